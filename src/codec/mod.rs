@@ -1,0 +1,409 @@
+//! The record schema and its binary encoding.
+//!
+//! Every state transition of the engine is one [`Record`]. A group of records that
+//! must be applied together (a parent suspending while its children are created) is
+//! a [`Batch`]; one batch is one frame in the log, so recovery applies it whole or
+//! not at all.
+//!
+//! # Wire format (version 1)
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 0 | format version, `1` |
+//! | 1.. | the batch encoded with [postcard] 1.x |
+//!
+//! postcard is used because its wire format is specified and frozen for the 1.x
+//! series (<https://postcard.jamesmunns.com/wire-format>), it is maintained, compact
+//! (varint integers) and fast, and it never needs a schema registry. Its one limit is
+//! that it cannot carry self-describing values, so the JSON payloads, results and
+//! metadata are stored as JSON text inside the record (see `json_value`). The
+//! enum variant order of [`Record`] is part of the format: new variants are only
+//! ever appended, and a change to an existing variant needs a new format version.
+//! See `docs/wire-format.md`.
+#![deny(clippy::indexing_slicing)]
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+
+/// The format version written in front of every encoded batch.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// The opaque, unique, increasing identity of a task.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct TaskId(pub u64);
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Milliseconds since the Unix epoch: the time unit of every record.
+pub type UnixMs = u64;
+
+/// The kind of a task: a one-shot task or a recurring cron task.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub enum TaskKind {
+    /// Runs until it completes or fails for good.
+    Async,
+    /// Runs on a cron schedule; a successful round returns it to `pending`.
+    Cron,
+}
+
+/// What a parent does when one of its children fails for good.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, Serialize, Deserialize)]
+pub enum OnChildFailure {
+    /// The parent resumes and sees the error entry (fib-flow's runtime behaviour).
+    #[default]
+    Deliver,
+    /// An async parent becomes `permanently_failed`, a cron parent `paused`.
+    FailParent,
+}
+
+/// How the retry delay grows with each retry.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, Serialize, Deserialize)]
+pub enum BackoffKind {
+    /// The same delay every time.
+    #[default]
+    Fixed,
+    /// `base * (retry + 1)`.
+    Linear,
+    /// `base * 2^retry`.
+    Exponential,
+}
+
+/// Everything needed to create a task. Options are already resolved (submit
+/// option, else handler registration, else manager default) when this is written.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct NewTask {
+    /// The new task's id.
+    pub id: TaskId,
+    /// The handler name.
+    pub name: String,
+    /// Async or cron.
+    pub kind: TaskKind,
+    /// The handler input.
+    #[serde(with = "json_value")]
+    pub payload: Value,
+    /// Higher runs first.
+    pub priority: i32,
+    /// A free-form label used by queries and stats.
+    pub tag: Option<String>,
+    /// Total time one attempt may run, in milliseconds; 0 means no limit.
+    pub timeout_ms: u64,
+    /// Maximum executions including the first.
+    pub max_retries: u32,
+    /// Base retry delay in milliseconds.
+    pub retry_interval_ms: u64,
+    /// Capability tags a worker must have.
+    pub requires: Vec<String>,
+    /// A key that makes a second submit return this task instead.
+    pub dedup_key: Option<String>,
+    /// The cron expression of a cron task.
+    pub cron: Option<String>,
+    /// When the task first becomes eligible.
+    pub next_run_ms: UnixMs,
+    /// The parent of a child task.
+    pub parent_id: Option<TaskId>,
+    /// The root of the workflow this task belongs to.
+    pub root_id: Option<TaskId>,
+    /// What the parent does if this child fails for good.
+    pub on_failure: OnChildFailure,
+    /// Creation time.
+    pub created_ms: UnixMs,
+}
+
+/// Why an attempt failed.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub enum FailKind {
+    /// The handler returned an error (or panicked).
+    Error,
+    /// `start_time + timeout` passed.
+    TimeoutTotal,
+    /// No heartbeat within the heartbeat window.
+    TimeoutHeartbeat,
+}
+
+/// A child's outcome as delivered to its parent.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub enum ChildOutcome {
+    /// The child completed with this result.
+    Completed(#[serde(with = "json_value")] Value),
+    /// The child failed for good with this error.
+    Failed(String),
+}
+
+/// One state transition. Each record changes exactly one task.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub enum Record {
+    /// A task was created (`task_created`).
+    Submit(Box<NewTask>),
+    /// A worker claimed a pending task and opened `attempt`.
+    Claim {
+        /// The task.
+        id: TaskId,
+        /// The attempt number it opens.
+        attempt: u32,
+        /// The worker's name.
+        worker: String,
+        /// When.
+        at_ms: UnixMs,
+    },
+    /// The attempt succeeded. For a cron task `next_run_ms` is the next occurrence.
+    Complete {
+        /// The task.
+        id: TaskId,
+        /// The attempt that produced the result.
+        attempt: u32,
+        /// The handler's result.
+        #[serde(with = "json_value")]
+        result: Value,
+        /// The next round of a cron task.
+        next_run_ms: Option<UnixMs>,
+        /// When.
+        at_ms: UnixMs,
+    },
+    /// The attempt failed or timed out; the engine decides retry or exhaustion.
+    Fail {
+        /// The task.
+        id: TaskId,
+        /// The failed attempt.
+        attempt: u32,
+        /// The error text.
+        error: String,
+        /// Why it failed.
+        kind: FailKind,
+        /// When a retry would run (computed by the runtime, jitter included).
+        retry_at_ms: UnixMs,
+        /// When.
+        at_ms: UnixMs,
+    },
+    /// The handler asked for children; they follow as `Submit` records in the same batch.
+    Spawn {
+        /// The parent.
+        id: TaskId,
+        /// The attempt that spawned.
+        attempt: u32,
+        /// The children, in creation order.
+        children: Vec<(TaskId, String)>,
+        /// A new context for the parent, if given.
+        context: Option<Vec<u8>>,
+        /// When.
+        at_ms: UnixMs,
+    },
+    /// The handler suspended explicitly.
+    Suspend {
+        /// The task.
+        id: TaskId,
+        /// The attempt that suspended.
+        attempt: u32,
+        /// Why (non-empty).
+        reason: String,
+        /// A new context, if given.
+        context: Option<Vec<u8>>,
+        /// When.
+        at_ms: UnixMs,
+    },
+    /// A child's final outcome reached its parent (exactly once per child).
+    ChildDone {
+        /// The parent.
+        parent: TaskId,
+        /// The child.
+        child: TaskId,
+        /// The outcome.
+        outcome: ChildOutcome,
+        /// Whether this failure fails the parent.
+        fail_parent: bool,
+        /// When.
+        at_ms: UnixMs,
+    },
+    /// `pause_task`: running or pending → paused.
+    Pause {
+        /// The task.
+        id: TaskId,
+        /// When.
+        at_ms: UnixMs,
+    },
+    /// `resume_task`: suspended or paused → pending.
+    Resume {
+        /// The task.
+        id: TaskId,
+        /// The reason for a suspended task (default `manual`).
+        reason: Option<String>,
+        /// When.
+        at_ms: UnixMs,
+    },
+    /// `cancel_task`: suspended → permanently failed.
+    Cancel {
+        /// The task.
+        id: TaskId,
+        /// The reason (default "Task cancelled").
+        reason: Option<String>,
+        /// When.
+        at_ms: UnixMs,
+    },
+    /// A running task whose process stopped: its attempt closes `interrupted`.
+    Recover {
+        /// The task.
+        id: TaskId,
+        /// Interruptions in a row after which the task is quarantined.
+        quarantine_after: u32,
+        /// Why (crash or shutdown).
+        message: String,
+        /// When.
+        at_ms: UnixMs,
+    },
+    /// Handler progress (`task_progress`).
+    Progress {
+        /// The task.
+        id: TaskId,
+        /// The open attempt.
+        attempt: u32,
+        /// New stage name, if given.
+        stage_name: Option<String>,
+        /// New progress text, if given.
+        text: Option<String>,
+        /// New percentage, if given.
+        percent: Option<u8>,
+        /// Structured metadata.
+        #[serde(with = "json_value")]
+        metadata: Value,
+        /// When.
+        at_ms: UnixMs,
+    },
+    /// Handler audit checkpoint (`task_checkpoint`).
+    Checkpoint {
+        /// The task.
+        id: TaskId,
+        /// The open attempt.
+        attempt: u32,
+        /// The checkpoint code.
+        code: String,
+        /// An optional message.
+        message: Option<String>,
+        /// Structured metadata.
+        #[serde(with = "json_value")]
+        metadata: Value,
+        /// When.
+        at_ms: UnixMs,
+    },
+    /// The task and its history are deleted.
+    Delete {
+        /// The task.
+        id: TaskId,
+    },
+}
+
+impl Record {
+    /// The task this record changes.
+    pub fn task_id(&self) -> TaskId {
+        match self {
+            Record::Submit(t) => t.id,
+            Record::ChildDone { parent, .. } => *parent,
+            Record::Claim { id, .. }
+            | Record::Complete { id, .. }
+            | Record::Fail { id, .. }
+            | Record::Spawn { id, .. }
+            | Record::Suspend { id, .. }
+            | Record::Pause { id, .. }
+            | Record::Resume { id, .. }
+            | Record::Cancel { id, .. }
+            | Record::Recover { id, .. }
+            | Record::Progress { id, .. }
+            | Record::Checkpoint { id, .. }
+            | Record::Delete { id } => *id,
+        }
+    }
+}
+
+/// Records applied together, whole or not at all.
+pub type Batch = Vec<Record>;
+
+/// Why bytes could not be decoded into a batch.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The record is empty.
+    #[error("empty record: the log holds a zero-length record, which fibflow never writes; run `fibflow verify` on the directory")]
+    Empty,
+    /// Written by a newer or unknown format.
+    #[error("record format version {0} is not supported by this build (it reads version {FORMAT_VERSION}); open the directory with the fibflow version that wrote it")]
+    UnsupportedVersion(u8),
+    /// The body does not parse.
+    #[error("record body does not decode: {0}; the log is damaged or from another program")]
+    Body(#[from] postcard::Error),
+}
+
+/// Why a batch could not be encoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// serde refused a value (for example a map with non-string keys in a payload).
+    #[error("cannot encode record: {0}; payloads and results must be JSON-compatible")]
+    Body(#[from] postcard::Error),
+}
+
+/// Encodes a batch into `out` (cleared first), version byte included.
+pub fn encode_into(batch: &[Record], out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    out.clear();
+    out.push(FORMAT_VERSION);
+    let taken = std::mem::take(out);
+    *out = postcard::to_extend(batch, taken)?;
+    Ok(())
+}
+
+/// Encodes a batch into a new buffer.
+pub fn encode(batch: &[Record]) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::with_capacity(128);
+    encode_into(batch, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes a batch written by [`encode`]. Never panics on any input.
+pub fn decode(bytes: &[u8]) -> Result<Batch, DecodeError> {
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if version != FORMAT_VERSION {
+        return Err(DecodeError::UnsupportedVersion(version));
+    }
+    Ok(postcard::from_bytes(body)?)
+}
+
+/// Stores a JSON value as JSON text, so a non-self-describing format can carry it.
+pub(crate) mod json_value {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_json::Value;
+
+    pub(crate) fn serialize<S: Serializer>(value: &Value, s: S) -> Result<S::Ok, S::Error> {
+        let text = serde_json::to_string(value).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(&text)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        serde_json::from_str(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// [`json_value`] for an optional value.
+pub(crate) mod opt_json_value {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Value;
+
+    pub(crate) fn serialize<S: Serializer>(value: &Option<Value>, s: S) -> Result<S::Ok, S::Error> {
+        let text = match value {
+            Some(v) => Some(serde_json::to_string(v).map_err(serde::ser::Error::custom)?),
+            None => None,
+        };
+        text.serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+        let text = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)?;
+        text.map(|t| serde_json::from_str(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,159 @@
+//! The deterministic state machine: `apply(record) -> new state + effects`.
+//!
+//! The engine owns the task table of one shard, with each task's attempts and audit
+//! events. It has no threads, no clock and no I/O: every time it needs comes in the
+//! record. Live operation and log replay call the same [`Shard::apply`], which is
+//! what makes invariant I1 (replay reproduces the live state) hold by construction.
+//!
+//! A record changes exactly one task (I3), so records on different tasks commute and
+//! a table split into shards by task id reaches the same state whatever the
+//! interleaving of shards, as long as each task's records are applied in log order.
+
+pub mod audit;
+pub mod schedule;
+pub mod task;
+mod transition;
+pub mod workflow;
+
+use crate::codec::{ChildOutcome, TaskId, UnixMs};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+pub use audit::{Event, EventType};
+pub use task::{Attempt, AttemptOutcome, Task, TaskStatus};
+pub use workflow::Round;
+
+/// An invalid transition: a value, never a panic.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransitionError {
+    /// No such task.
+    #[error("task {0} does not exist (it may have been deleted or removed by retention)")]
+    NotFound(TaskId),
+    /// A task with this id already exists.
+    #[error("task {0} already exists")]
+    Duplicate(TaskId),
+    /// The status table of SPEC §2 forbids this change.
+    #[error("task {id} cannot go from {from} to {to}")]
+    InvalidTransition {
+        /// The task.
+        id: TaskId,
+        /// Its status.
+        from: TaskStatus,
+        /// The refused status.
+        to: TaskStatus,
+    },
+    /// The write came from an attempt that no longer owns the task.
+    #[error("attempt {attempt} of task {id} no longer owns the task (it timed out, was paused or was recovered)")]
+    Stale {
+        /// The task.
+        id: TaskId,
+        /// The stale attempt.
+        attempt: u32,
+    },
+    /// The child's outcome was already delivered, or the parent does not wait for it.
+    #[error("task {parent} is not waiting for child {child}")]
+    NotAwaited {
+        /// The parent.
+        parent: TaskId,
+        /// The child.
+        child: TaskId,
+    },
+    /// A value in the record is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A task's full in-memory entry: the task, its history and its open child round.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct TaskEntry {
+    /// The task snapshot.
+    pub task: Task,
+    /// Its audit events, in order.
+    pub events: Vec<Event>,
+    /// Its attempts, in order.
+    pub attempts: Vec<Attempt>,
+    /// The child round the task waits on, if suspended for children.
+    pub round: Option<Round>,
+    /// The reason of the latest explicit suspension.
+    pub suspend_reason: Option<String>,
+    /// Attempts interrupted by a stop in a row (reset by any other outcome).
+    pub interruptions: u32,
+}
+
+/// What a transition means for the world outside the engine.
+#[derive(Clone, PartialEq, Debug, Default)]
+#[must_use]
+pub struct Applied {
+    /// The task became `pending`, eligible at this time.
+    pub ready_at: Option<UnixMs>,
+    /// The task left `running` (a worker slot is free, timers are stale).
+    pub left_running: bool,
+    /// The task reached a status `wait` returns at.
+    pub terminal: bool,
+    /// A child finished for good: deliver this to its parent as a `ChildDone` record.
+    pub notify_parent: Option<ParentNotice>,
+    /// The task was deleted; its dedup key (if any) is free.
+    pub deleted: Option<Task>,
+}
+
+/// A child's final outcome, to be appended as a `ChildDone` record on the parent.
+#[derive(Clone, PartialEq, Debug)]
+pub struct ParentNotice {
+    /// The parent.
+    pub parent: TaskId,
+    /// The finished child.
+    pub child: TaskId,
+    /// Its outcome.
+    pub outcome: ChildOutcome,
+    /// Whether the child's failure fails the parent.
+    pub fail_parent: bool,
+}
+
+/// The task table of one shard.
+#[derive(Default, Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shard {
+    tasks: HashMap<TaskId, TaskEntry>,
+}
+
+impl Shard {
+    /// An empty shard.
+    pub fn new() -> Shard {
+        Shard::default()
+    }
+
+    /// The entry of a task.
+    pub fn get(&self, id: TaskId) -> Option<&TaskEntry> {
+        self.tasks.get(&id)
+    }
+
+    /// Every entry, in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = &TaskEntry> {
+        self.tasks.values()
+    }
+
+    /// Number of tasks.
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Whether the shard has no tasks.
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Inserts an entry restored from a snapshot.
+    pub fn restore(&mut self, entry: TaskEntry) {
+        self.tasks.insert(entry.task.id, entry);
+    }
+
+    /// Applies one record. On error the shard is unchanged.
+    pub fn apply(&mut self, record: crate::codec::Record) -> Result<Applied, TransitionError> {
+        transition::apply(&mut self.tasks, record)
+    }
+
+    /// The entry of a task, mutably: only for the runtime's rebuild after replay.
+    pub fn get_mut(&mut self, id: TaskId) -> Option<&mut TaskEntry> {
+        self.tasks.get_mut(&id)
+    }
+}

@@ -1,0 +1,611 @@
+//! The transition functions behind [`Shard::apply`](super::Shard::apply).
+//!
+//! Each function checks every precondition before it changes anything, so a refused
+//! record leaves the task untouched.
+
+use super::audit::{Event, EventType};
+use super::task::{Attempt, AttemptOutcome, Task, TaskStatus};
+use super::workflow::Round;
+use super::{Applied, ParentNotice, TaskEntry, TransitionError};
+use crate::codec::{
+    ChildOutcome, FailKind, NewTask, OnChildFailure, Record, TaskId, TaskKind, UnixMs,
+};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+type Tasks = HashMap<TaskId, TaskEntry>;
+
+/// Appends events numbered per task: event `id` is the event's index in its task's
+/// history, so replay numbers them exactly as live operation did.
+struct Sink;
+
+/// One status change or other audit row to record.
+struct Row {
+    ty: EventType,
+    change: Option<(TaskStatus, TaskStatus)>,
+    attempt: Option<u32>,
+    message: Option<String>,
+    metadata: Value,
+}
+
+impl Row {
+    fn new(ty: EventType) -> Row {
+        Row {
+            ty,
+            change: None,
+            attempt: None,
+            message: None,
+            metadata: Value::Null,
+        }
+    }
+    fn change(mut self, from: TaskStatus, to: TaskStatus) -> Row {
+        self.change = Some((from, to));
+        self
+    }
+    fn attempt(mut self, n: u32) -> Row {
+        self.attempt = Some(n);
+        self
+    }
+    fn message(mut self, m: impl Into<String>) -> Row {
+        self.message = Some(m.into());
+        self
+    }
+    fn meta(mut self, metadata: Value) -> Row {
+        self.metadata = metadata;
+        self
+    }
+}
+
+impl Sink {
+    #[allow(clippy::unused_self)]
+    fn emit(&mut self, entry: &mut TaskEntry, at: UnixMs, row: Row) {
+        let t = &mut entry.task;
+        let id = entry.events.len() as u64;
+        t.last_event_time = Some(at);
+        t.last_event_type = Some(row.ty);
+        entry.events.push(Event {
+            id,
+            task_id: t.id,
+            root_id: t.root_id,
+            parent_id: t.parent_id,
+            event_type: row.ty,
+            from_status: row.change.map(|c| c.0),
+            to_status: row.change.map(|c| c.1),
+            stage: t.stage,
+            worker: row.attempt.and(t.worker.clone()),
+            attempt: row.attempt,
+            time: at,
+            message: row.message,
+            metadata: row.metadata,
+        });
+    }
+}
+
+pub(super) fn apply(tasks: &mut Tasks, record: Record) -> Result<Applied, TransitionError> {
+    let mut sink = Sink;
+    let s = &mut sink;
+    match record {
+        Record::Submit(new) => submit(tasks, s, *new),
+        Record::Claim { id, attempt, worker, at_ms } => claim(get(tasks, id)?, s, attempt, worker, at_ms),
+        Record::Complete { id, attempt, result, next_run_ms, at_ms } => {
+            complete(get(tasks, id)?, s, attempt, result, next_run_ms, at_ms)
+        }
+        Record::Fail { id, attempt, error, kind, retry_at_ms, at_ms } => {
+            fail(get(tasks, id)?, s, attempt, error, kind, retry_at_ms, at_ms)
+        }
+        Record::Spawn { id, attempt, children, context, at_ms } => {
+            spawn(get(tasks, id)?, s, attempt, children, context, at_ms)
+        }
+        Record::Suspend { id, attempt, reason, context, at_ms } => {
+            suspend(get(tasks, id)?, s, attempt, reason, context, at_ms)
+        }
+        Record::ChildDone { parent, child, outcome, fail_parent, at_ms } => {
+            child_done(get(tasks, parent)?, s, child, outcome, fail_parent, at_ms)
+        }
+        Record::Pause { id, at_ms } => pause(get(tasks, id)?, s, at_ms),
+        Record::Resume { id, reason, at_ms } => resume(get(tasks, id)?, s, reason, at_ms),
+        Record::Cancel { id, reason, at_ms } => cancel(get(tasks, id)?, s, reason, at_ms),
+        Record::Recover { id, quarantine_after, message, at_ms } => {
+            recover(get(tasks, id)?, s, quarantine_after, message, at_ms)
+        }
+        Record::Progress { id, attempt, stage_name, text, percent, metadata, at_ms } => {
+            let e = get(tasks, id)?;
+            own(e, attempt)?;
+            progress(e, s, stage_name, text, percent, metadata, at_ms)
+        }
+        Record::Checkpoint { id, attempt, code, message, metadata, at_ms } => {
+            let e = get(tasks, id)?;
+            own(e, attempt)?;
+            let mut row = Row::new(EventType::Checkpoint).attempt(attempt).meta(metadata);
+            row.message = message;
+            row.metadata = merge_code(row.metadata, code);
+            s.emit(e, at_ms, row);
+            Ok(Applied::default())
+        }
+        Record::Delete { id } => {
+            let entry = tasks.remove(&id).ok_or(TransitionError::NotFound(id))?;
+            Ok(Applied { deleted: Some(entry.task), ..Applied::default() })
+        }
+    }
+}
+
+fn get(tasks: &mut Tasks, id: TaskId) -> Result<&mut TaskEntry, TransitionError> {
+    tasks.get_mut(&id).ok_or(TransitionError::NotFound(id))
+}
+
+/// The write must come from the attempt that owns the running task.
+fn own(entry: &TaskEntry, attempt: u32) -> Result<(), TransitionError> {
+    let t = &entry.task;
+    if t.status == TaskStatus::Running && t.attempt == attempt {
+        Ok(())
+    } else {
+        Err(TransitionError::Stale { id: t.id, attempt })
+    }
+}
+
+fn check(entry: &TaskEntry, to: TaskStatus) -> Result<(), TransitionError> {
+    let from = entry.task.status;
+    if from.can_become(to) {
+        Ok(())
+    } else {
+        Err(TransitionError::InvalidTransition { id: entry.task.id, from, to })
+    }
+}
+
+/// Moves the task to `to` (already checked) and returns the previous status.
+fn set_status(entry: &mut TaskEntry, to: TaskStatus, at: UnixMs) -> TaskStatus {
+    let from = entry.task.status;
+    debug_assert!(from.can_become(to), "unchecked transition {from} -> {to}");
+    entry.task.status = to;
+    entry.task.last_active_time = at;
+    from
+}
+
+/// Closes the open attempt (the last one) with `outcome`.
+fn close_attempt(entry: &mut TaskEntry, outcome: AttemptOutcome, error: Option<String>, at: UnixMs) {
+    if outcome != AttemptOutcome::Interrupted {
+        entry.interruptions = 0;
+    }
+    if let Some(a) = entry.attempts.last_mut().filter(|a| a.outcome.is_none()) {
+        a.ended_at = Some(at);
+        a.outcome = Some(outcome);
+        a.timed_out = outcome == AttemptOutcome::Timeout;
+        a.error = error;
+    }
+}
+
+fn submit(tasks: &mut Tasks, s: &mut Sink, new: NewTask) -> Result<Applied, TransitionError> {
+    if tasks.contains_key(&new.id) {
+        return Err(TransitionError::Duplicate(new.id));
+    }
+    if new.name.trim().is_empty() {
+        return Err(TransitionError::Invalid("task name is empty".into()));
+    }
+    let at = new.created_ms;
+    let ready_at = new.next_run_ms;
+    let task = Task {
+        id: new.id,
+        name: new.name,
+        kind: new.kind,
+        status: TaskStatus::Pending,
+        stage: 0,
+        priority: new.priority,
+        payload: new.payload,
+        result: None,
+        error: None,
+        cron: new.cron,
+        max_retries: new.max_retries,
+        retry_count: 0,
+        timeout_ms: new.timeout_ms,
+        retry_interval_ms: new.retry_interval_ms,
+        next_run_time: new.next_run_ms,
+        created_at: at,
+        start_time: None,
+        last_active_time: at,
+        worker: None,
+        tag: new.tag,
+        parent_id: new.parent_id,
+        root_id: new.root_id,
+        total_children: 0,
+        completed_children: 0,
+        context: None,
+        requires: new.requires,
+        dedup_key: new.dedup_key,
+        on_failure: new.on_failure,
+        attempt: 0,
+        current_stage_name: None,
+        progress_text: None,
+        progress_percent: None,
+        last_event_time: None,
+        last_event_type: None,
+    };
+    let mut entry = TaskEntry {
+        task,
+        events: Vec::with_capacity(4),
+        attempts: Vec::with_capacity(1),
+        round: None,
+        suspend_reason: None,
+        interruptions: 0,
+    };
+    s.emit(&mut entry, at, Row::new(EventType::Created).change(TaskStatus::Pending, TaskStatus::Pending));
+    tasks.insert(entry.task.id, entry);
+    Ok(Applied { ready_at: Some(ready_at), ..Applied::default() })
+}
+
+fn claim(e: &mut TaskEntry, s: &mut Sink, attempt: u32, worker: String, at: UnixMs) -> Result<Applied, TransitionError> {
+    check(e, TaskStatus::Running)?;
+    if attempt != e.task.attempt + 1 {
+        return Err(TransitionError::Invalid(format!(
+            "attempt {attempt} of task {} does not follow attempt {}",
+            e.task.id, e.task.attempt
+        )));
+    }
+    let from = set_status(e, TaskStatus::Running, at);
+    e.task.attempt = attempt;
+    e.task.worker = Some(worker.clone());
+    e.task.start_time = Some(at);
+    e.attempts.push(Attempt {
+        task_id: e.task.id,
+        number: attempt,
+        worker,
+        started_at: at,
+        ended_at: None,
+        outcome: None,
+        error: None,
+        timed_out: false,
+    });
+    s.emit(e, at, Row::new(EventType::Claimed).change(from, TaskStatus::Running).attempt(attempt));
+    s.emit(e, at, Row::new(EventType::Started).attempt(attempt));
+    if e.task.retry_count > 0 {
+        let meta = json!({"retry_count": e.task.retry_count});
+        s.emit(e, at, Row::new(EventType::RetryStarted).attempt(attempt).meta(meta));
+    }
+    Ok(Applied::default())
+}
+
+fn complete(
+    e: &mut TaskEntry,
+    s: &mut Sink,
+    attempt: u32,
+    result: Value,
+    next_run_ms: Option<UnixMs>,
+    at: UnixMs,
+) -> Result<Applied, TransitionError> {
+    own(e, attempt)?;
+    close_attempt(e, AttemptOutcome::Completed, None, at);
+    e.task.result = Some(result);
+    let cron_next = next_run_ms.filter(|_| e.task.kind == TaskKind::Cron);
+    if let Some(next) = cron_next {
+        let from = set_status(e, TaskStatus::Pending, at);
+        e.task.retry_count = 0;
+        e.task.stage = 0;
+        e.task.next_run_time = next;
+        let meta = json!({"reason": "cron_round_completed", "next_run_time": next});
+        s.emit(e, at, Row::new(EventType::StatusChanged).change(from, TaskStatus::Pending).attempt(attempt).meta(meta));
+        return Ok(Applied { ready_at: Some(next), left_running: true, ..Applied::default() });
+    }
+    let from = set_status(e, TaskStatus::Completed, at);
+    s.emit(e, at, Row::new(EventType::Completed).change(from, TaskStatus::Completed).attempt(attempt));
+    Ok(finished(e, true))
+}
+
+/// The effects of a task that left `running` into a final or paused status.
+fn finished(e: &TaskEntry, left_running: bool) -> Applied {
+    let t = &e.task;
+    let notify_parent = t.parent_id.and_then(|parent| {
+        let outcome = match t.status {
+            TaskStatus::Completed => ChildOutcome::Completed(t.result.clone().unwrap_or(Value::Null)),
+            TaskStatus::PermanentlyFailed => ChildOutcome::Failed(t.error.clone().unwrap_or_default()),
+            _ => return None,
+        };
+        let fail_parent = matches!(outcome, ChildOutcome::Failed(_)) && t.on_failure == OnChildFailure::FailParent;
+        Some(ParentNotice { parent, child: t.id, outcome, fail_parent })
+    });
+    Applied { left_running, terminal: true, notify_parent, ..Applied::default() }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fail(
+    e: &mut TaskEntry,
+    s: &mut Sink,
+    attempt: u32,
+    error: String,
+    kind: FailKind,
+    retry_at: UnixMs,
+    at: UnixMs,
+) -> Result<Applied, TransitionError> {
+    own(e, attempt)?;
+    let (to, outcome, ty) = match kind {
+        FailKind::Error => (TaskStatus::Failed, AttemptOutcome::Failed, EventType::Failed),
+        FailKind::TimeoutTotal | FailKind::TimeoutHeartbeat => {
+            (TaskStatus::Timeout, AttemptOutcome::Timeout, EventType::TimedOut)
+        }
+    };
+    close_attempt(e, outcome, Some(error.clone()), at);
+    let from = set_status(e, to, at);
+    e.task.error = Some(error.clone());
+    let meta = match kind {
+        FailKind::Error => Value::Null,
+        FailKind::TimeoutTotal => json!({"timeout_type": "total"}),
+        FailKind::TimeoutHeartbeat => json!({"timeout_type": "heartbeat"}),
+    };
+    s.emit(e, at, Row::new(ty).change(from, to).attempt(attempt).message(error).meta(meta));
+    if e.task.retry_left() {
+        let from = set_status(e, TaskStatus::Pending, at);
+        let t = &mut e.task;
+        t.retry_count += 1;
+        t.stage = 0;
+        t.result = None;
+        t.context = None;
+        t.next_run_time = retry_at;
+        let meta = json!({"retry_count": t.retry_count, "next_run_time": retry_at});
+        s.emit(e, at, Row::new(EventType::RetryScheduled).change(from, TaskStatus::Pending).attempt(attempt).meta(meta));
+        return Ok(Applied { ready_at: Some(retry_at), left_running: true, ..Applied::default() });
+    }
+    exhaust(e, s, Some(attempt), at);
+    Ok(finished(e, true))
+}
+
+/// Retries are used up: an async task fails for good, a cron task pauses.
+fn exhaust(e: &mut TaskEntry, s: &mut Sink, attempt: Option<u32>, at: UnixMs) {
+    let (to, ty) = match e.task.kind {
+        TaskKind::Async => (TaskStatus::PermanentlyFailed, EventType::PermanentlyFailed),
+        TaskKind::Cron => (TaskStatus::Paused, EventType::Paused),
+    };
+    let from = set_status(e, to, at);
+    let meta = json!({"reason": "retry_exhausted", "retry_exhausted": true, "retry_count": e.task.retry_count});
+    let mut row = Row::new(ty).change(from, to).meta(meta);
+    row.attempt = attempt;
+    s.emit(e, at, row);
+}
+
+fn spawn(
+    e: &mut TaskEntry,
+    s: &mut Sink,
+    attempt: u32,
+    children: Vec<(TaskId, String)>,
+    context: Option<Vec<u8>>,
+    at: UnixMs,
+) -> Result<Applied, TransitionError> {
+    own(e, attempt)?;
+    if children.is_empty() {
+        return Err(TransitionError::Invalid("a spawn needs at least one child".into()));
+    }
+    close_attempt(e, AttemptOutcome::Suspended, None, at);
+    let from = set_status(e, TaskStatus::Suspended, at);
+    e.task.result = None;
+    if context.is_some() {
+        e.task.context = context;
+    }
+    e.task.total_children += children.len() as u32;
+    let ids: Vec<u64> = children.iter().map(|c| c.0 .0).collect();
+    let names: Vec<&str> = children.iter().map(|c| c.1.as_str()).collect();
+    let meta = json!({"child_ids": ids, "child_names": names, "count": children.len()});
+    s.emit(e, at, Row::new(EventType::SubtasksCreated).attempt(attempt).meta(meta));
+    let meta = json!({"suspend_reason": "awaiting_subtasks"});
+    s.emit(e, at, Row::new(EventType::StatusChanged).change(from, TaskStatus::Suspended).attempt(attempt).meta(meta));
+    e.round = Some(Round::new(children.into_iter().map(|c| c.0).collect()));
+    Ok(Applied { left_running: true, ..Applied::default() })
+}
+
+fn suspend(
+    e: &mut TaskEntry,
+    s: &mut Sink,
+    attempt: u32,
+    reason: String,
+    context: Option<Vec<u8>>,
+    at: UnixMs,
+) -> Result<Applied, TransitionError> {
+    own(e, attempt)?;
+    let reason = reason.trim().to_owned();
+    if reason.is_empty() {
+        return Err(TransitionError::Invalid("a suspension needs a non-empty reason".into()));
+    }
+    close_attempt(e, AttemptOutcome::Suspended, None, at);
+    let from = set_status(e, TaskStatus::Suspended, at);
+    if context.is_some() {
+        e.task.context = context;
+    }
+    e.round = None;
+    let meta = json!({"suspend_reason": reason});
+    e.suspend_reason = Some(reason);
+    s.emit(e, at, Row::new(EventType::Suspended).change(from, TaskStatus::Suspended).attempt(attempt).meta(meta));
+    Ok(Applied { left_running: true, ..Applied::default() })
+}
+
+fn child_done(
+    e: &mut TaskEntry,
+    s: &mut Sink,
+    child: TaskId,
+    outcome: ChildOutcome,
+    fail_parent: bool,
+    at: UnixMs,
+) -> Result<Applied, TransitionError> {
+    let parent = e.task.id;
+    let awaited = e.task.status == TaskStatus::Suspended && e.round.as_ref().is_some_and(|r| r.awaits(child));
+    if !awaited {
+        return Err(TransitionError::NotAwaited { parent, child });
+    }
+    e.task.completed_children += 1;
+    let failed = match &outcome {
+        ChildOutcome::Failed(err) if fail_parent => Some(err.clone()),
+        _ => None,
+    };
+    let Some(round) = e.round.as_mut() else {
+        return Err(TransitionError::NotAwaited { parent, child });
+    };
+    round.outcomes.insert(child, outcome);
+    if let Some(err) = failed {
+        e.round = None;
+        e.task.error = Some(format!("Child task {child} failed: {err}"));
+        return Ok(fail_parent_now(e, s, child, at));
+    }
+    if !round.is_done() {
+        return Ok(Applied::default());
+    }
+    let entries = round.result_entries();
+    e.round = None;
+    let from = set_status(e, TaskStatus::Pending, at);
+    e.task.stage += 1;
+    e.task.result = Some(entries);
+    e.task.next_run_time = at;
+    let meta = json!({"resume_reason": "children_completed"});
+    s.emit(e, at, Row::new(EventType::StatusChanged).change(from, TaskStatus::Pending).meta(meta));
+    Ok(Applied { ready_at: Some(at), ..Applied::default() })
+}
+
+/// A child with `on_failure = fail_parent` failed: the parent fails (async) or pauses (cron).
+fn fail_parent_now(e: &mut TaskEntry, s: &mut Sink, child: TaskId, at: UnixMs) -> Applied {
+    let (to, ty) = match e.task.kind {
+        TaskKind::Async => (TaskStatus::PermanentlyFailed, EventType::PermanentlyFailed),
+        TaskKind::Cron => (TaskStatus::Paused, EventType::Paused),
+    };
+    // The table of SPEC §2 has suspended -> permanently_failed (cancel); a cron
+    // parent pausing from suspended is the documented fail_parent policy.
+    e.task.status = to;
+    e.task.last_active_time = at;
+    let meta = json!({"reason": "child_failed", "child_id": child.0});
+    let row = Row::new(ty).change(TaskStatus::Suspended, to).message(e.task.error.clone().unwrap_or_default()).meta(meta);
+    s.emit(e, at, row);
+    finished(e, false)
+}
+
+fn pause(e: &mut TaskEntry, s: &mut Sink, at: UnixMs) -> Result<Applied, TransitionError> {
+    let from = e.task.status;
+    if !matches!(from, TaskStatus::Running | TaskStatus::Pending) {
+        return Err(TransitionError::InvalidTransition { id: e.task.id, from, to: TaskStatus::Paused });
+    }
+    let running = from == TaskStatus::Running;
+    if running {
+        close_attempt(e, AttemptOutcome::Paused, None, at);
+    }
+    set_status(e, TaskStatus::Paused, at);
+    let mut row = Row::new(EventType::Paused).change(from, TaskStatus::Paused);
+    row.attempt = running.then_some(e.task.attempt);
+    s.emit(e, at, row);
+    Ok(Applied { left_running: running, terminal: true, ..Applied::default() })
+}
+
+fn resume(e: &mut TaskEntry, s: &mut Sink, reason: Option<String>, at: UnixMs) -> Result<Applied, TransitionError> {
+    let from = e.task.status;
+    check(e, TaskStatus::Pending)?;
+    let row = match from {
+        TaskStatus::Suspended => {
+            e.task.stage += 1;
+            let reason = reason.unwrap_or_else(|| "manual".to_owned());
+            Row::new(EventType::Resumed).meta(json!({"resume_reason": reason}))
+        }
+        TaskStatus::Paused => {
+            e.task.stage = 0;
+            let mut meta = json!({"resume_reason": "manual"});
+            if let Some(r) = reason {
+                meta["resume_reason"] = Value::String(r);
+            }
+            Row::new(EventType::StatusChanged).meta(meta)
+        }
+        _ => return Err(TransitionError::InvalidTransition { id: e.task.id, from, to: TaskStatus::Pending }),
+    };
+    set_status(e, TaskStatus::Pending, at);
+    e.round = None;
+    e.task.retry_count = 0;
+    e.task.next_run_time = at;
+    s.emit(e, at, row.change(from, TaskStatus::Pending));
+    Ok(Applied { ready_at: Some(at), ..Applied::default() })
+}
+
+fn cancel(e: &mut TaskEntry, s: &mut Sink, reason: Option<String>, at: UnixMs) -> Result<Applied, TransitionError> {
+    let from = e.task.status;
+    if from != TaskStatus::Suspended {
+        return Err(TransitionError::InvalidTransition { id: e.task.id, from, to: TaskStatus::PermanentlyFailed });
+    }
+    let reason = reason.unwrap_or_else(|| "Task cancelled".to_owned());
+    set_status(e, TaskStatus::PermanentlyFailed, at);
+    e.round = None;
+    e.task.error = Some(reason.clone());
+    let row = Row::new(EventType::PermanentlyFailed)
+        .change(from, TaskStatus::PermanentlyFailed)
+        .message(reason.clone())
+        .meta(json!({"reason": "cancelled", "cancel_reason": reason}));
+    s.emit(e, at, row);
+    Ok(finished(e, false))
+}
+
+fn recover(e: &mut TaskEntry, s: &mut Sink, quarantine_after: u32, message: String, at: UnixMs) -> Result<Applied, TransitionError> {
+    let from = e.task.status;
+    if from != TaskStatus::Running {
+        return Err(TransitionError::InvalidTransition { id: e.task.id, from, to: TaskStatus::Pending });
+    }
+    let attempt = e.task.attempt;
+    close_attempt(e, AttemptOutcome::Interrupted, Some(message.clone()), at);
+    e.interruptions += 1;
+    set_status(e, TaskStatus::Pending, at);
+    e.task.stage = 0;
+    e.task.next_run_time = at;
+    let meta = json!({"interruptions": e.interruptions, "attempt": attempt});
+    s.emit(e, at, Row::new(EventType::Recovered).change(from, TaskStatus::Pending).message(message).meta(meta));
+    if e.interruptions > quarantine_after {
+        let error = format!(
+            "quarantined: the process stopped while this task ran {} times in a row; fix the handler, then resubmit the task",
+            e.interruptions
+        );
+        e.task.error = Some(error.clone());
+        // pending -> permanently_failed is outside the table of SPEC §2; quarantine is
+        // the one engine-made exception (SPEC §12), recorded as its own event.
+        e.task.status = TaskStatus::PermanentlyFailed;
+        let row = Row::new(EventType::PermanentlyFailed)
+            .change(TaskStatus::Pending, TaskStatus::PermanentlyFailed)
+            .message(error)
+            .meta(json!({"reason": "quarantined"}));
+        s.emit(e, at, row);
+        return Ok(finished(e, true));
+    }
+    Ok(Applied { ready_at: Some(at), left_running: true, ..Applied::default() })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn progress(
+    e: &mut TaskEntry,
+    s: &mut Sink,
+    stage_name: Option<String>,
+    text: Option<String>,
+    percent: Option<u8>,
+    metadata: Value,
+    at: UnixMs,
+) -> Result<Applied, TransitionError> {
+    if percent.is_some_and(|p| p > 100) {
+        return Err(TransitionError::Invalid("progress percent must be between 0 and 100".into()));
+    }
+    let attempt = e.task.attempt;
+    let mut meta = serde_json::Map::new();
+    if let Some(n) = &stage_name {
+        meta.insert("stage_name".into(), Value::String(n.clone()));
+        e.task.current_stage_name = stage_name.clone();
+    }
+    if let Some(t) = &text {
+        meta.insert("progress_text".into(), Value::String(t.clone()));
+        e.task.progress_text = text.clone();
+    }
+    if let Some(p) = percent {
+        meta.insert("progress_percent".into(), Value::from(p));
+        e.task.progress_percent = Some(p);
+    }
+    if !metadata.is_null() {
+        meta.insert("metadata".into(), metadata);
+    }
+    let row = Row::new(EventType::Progress).attempt(attempt).meta(Value::Object(meta));
+    let row = match text {
+        Some(t) => row.message(t),
+        None => row,
+    };
+    s.emit(e, at, row);
+    Ok(Applied::default())
+}
+
+fn merge_code(metadata: Value, code: String) -> Value {
+    let mut meta = serde_json::Map::new();
+    meta.insert("code".into(), Value::String(code));
+    if !metadata.is_null() {
+        meta.insert("metadata".into(), metadata);
+    }
+    Value::Object(meta)
+}

@@ -1,0 +1,4 @@
+//! fibflow (under construction)
+pub mod codec;
+pub mod engine;
+pub mod log;

@@ -1,0 +1,256 @@
+//! What a handler sees of its task, and the calls it can make while it runs.
+
+use super::Core;
+use crate::codec::{Record, TaskId};
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
+
+/// The state of one open attempt shared by the worker, the handler and the timer.
+#[derive(Debug)]
+pub(crate) struct AttemptCtl {
+    pub(crate) id: TaskId,
+    pub(crate) attempt: u32,
+    /// Absolute deadline of the attempt (ms), `u64::MAX` when none.
+    pub(crate) deadline_ms: u64,
+    /// Heartbeat window in ms, 0 when heartbeats are not required.
+    pub(crate) heartbeat_window_ms: u64,
+    pub(crate) last_heartbeat_ms: AtomicU64,
+    /// 0 = live, 1 = timed out (total), 2 = timed out (heartbeat), 3 = cancelled otherwise.
+    pub(crate) stop_reason: AtomicU8,
+    pub(crate) done: AtomicBool,
+    pub(crate) notify: tokio::sync::Notify,
+}
+
+impl AttemptCtl {
+    pub(crate) fn new(id: TaskId, attempt: u32, deadline_ms: u64, heartbeat_window_ms: u64, now: u64) -> Self {
+        AttemptCtl {
+            id,
+            attempt,
+            deadline_ms,
+            heartbeat_window_ms,
+            last_heartbeat_ms: AtomicU64::new(now),
+            stop_reason: AtomicU8::new(0),
+            done: AtomicBool::new(false),
+            notify: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The next time the timer must look at this attempt.
+    pub(crate) fn next_check_ms(&self) -> u64 {
+        if self.done.load(Ordering::Acquire) || self.stop_reason.load(Ordering::Acquire) != 0 {
+            return u64::MAX;
+        }
+        let hb = if self.heartbeat_window_ms == 0 {
+            u64::MAX
+        } else {
+            self.last_heartbeat_ms.load(Ordering::Acquire).saturating_add(self.heartbeat_window_ms)
+        };
+        hb.min(self.deadline_ms)
+    }
+
+    pub(crate) fn cancel(&self, reason: u8) {
+        self.stop_reason.store(reason, Ordering::Release);
+        self.notify.notify_waiters();
+        self.notify.notify_one();
+    }
+}
+
+/// Why a cooperative check stopped the handler.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Interrupted {
+    /// The attempt ran past its timeout.
+    #[error("task timed out: the attempt ran past its timeout")]
+    Timeout,
+    /// No heartbeat arrived within the window.
+    #[error("task timed out: no heartbeat within the heartbeat window")]
+    HeartbeatTimeout,
+    /// The attempt no longer owns the task (paused, or the manager stopped).
+    #[error("the attempt was stopped (the task was paused or the manager is stopping)")]
+    Stopped,
+}
+
+/// A handler's call that was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContextError {
+    /// Bad arguments.
+    #[error("{0}")]
+    Invalid(String),
+    /// The attempt no longer owns the task; its writes are discarded.
+    #[error("attempt {attempt} of task {id} no longer owns the task; stop working on it")]
+    Stale {
+        /// The task.
+        id: TaskId,
+        /// The attempt.
+        attempt: u32,
+    },
+    /// The manager is gone.
+    #[error("the task manager was dropped")]
+    Closed,
+}
+
+/// Progress fields to update; only the given ones change.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Progress {
+    /// Name of the current stage.
+    pub stage_name: Option<String>,
+    /// Free text.
+    pub text: Option<String>,
+    /// 0..=100.
+    pub percent: Option<u8>,
+    /// Structured details.
+    pub metadata: Option<Value>,
+}
+
+/// The task as its handler sees it, plus the calls it can make while running.
+/// Cheap to clone; an async handler owns one.
+#[derive(Clone)]
+pub struct TaskContext {
+    pub(crate) inner: Arc<ContextInner>,
+}
+
+pub(crate) struct ContextInner {
+    pub(crate) core: Weak<Core>,
+    pub(crate) ctl: Arc<AttemptCtl>,
+    pub(crate) name: String,
+    pub(crate) payload: Value,
+    pub(crate) result: Option<Value>,
+    pub(crate) context: Option<Vec<u8>>,
+    pub(crate) stage: u32,
+    pub(crate) retry_count: u32,
+    pub(crate) worker: String,
+    pub(crate) parent_id: Option<TaskId>,
+    pub(crate) root_id: Option<TaskId>,
+}
+
+impl std::fmt::Debug for TaskContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskContext")
+            .field("id", &self.id())
+            .field("name", &self.inner.name)
+            .field("attempt", &self.attempt())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskContext {
+    /// The task id.
+    pub fn id(&self) -> TaskId {
+        self.inner.ctl.id
+    }
+    /// The handler name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+    /// The payload given at submit.
+    pub fn payload(&self) -> &Value {
+        &self.inner.payload
+    }
+    /// The stored result: for a parent resumed after its children, the round's
+    /// `{task_id, result}` / `{task_id, error}` entries sorted by task id.
+    pub fn result(&self) -> Option<&Value> {
+        self.inner.result.as_ref()
+    }
+    /// The task's saved context bytes.
+    pub fn context(&self) -> Option<&[u8]> {
+        self.inner.context.as_deref()
+    }
+    /// The workflow stage (0 on the first run, +1 per finished child round or resume).
+    pub fn stage(&self) -> u32 {
+        self.inner.stage
+    }
+    /// The attempt number.
+    pub fn attempt(&self) -> u32 {
+        self.inner.ctl.attempt
+    }
+    /// Retries already scheduled before this run.
+    pub fn retry_count(&self) -> u32 {
+        self.inner.retry_count
+    }
+    /// The worker running this attempt.
+    pub fn worker(&self) -> &str {
+        &self.inner.worker
+    }
+    /// The parent task, for a child.
+    pub fn parent_id(&self) -> Option<TaskId> {
+        self.inner.parent_id
+    }
+    /// The workflow root, for a child.
+    pub fn root_id(&self) -> Option<TaskId> {
+        self.inner.root_id
+    }
+
+    /// Records that the handler is alive (see `HandlerOptions::heartbeat_window`).
+    pub fn heartbeat(&self) {
+        let now = self.inner.core.upgrade().map_or(0, |c| c.clock.now_ms());
+        self.inner.ctl.last_heartbeat_ms.fetch_max(now, Ordering::AcqRel);
+    }
+
+    /// The cooperative timeout check: `Err` once the attempt timed out or was stopped.
+    /// A long-running sync handler should call it between steps and return the error.
+    pub fn check(&self) -> Result<(), Interrupted> {
+        match self.inner.ctl.stop_reason.load(Ordering::Acquire) {
+            0 => Ok(()),
+            1 => Err(Interrupted::Timeout),
+            2 => Err(Interrupted::HeartbeatTimeout),
+            _ => Err(Interrupted::Stopped),
+        }
+    }
+
+    /// Updates the progress snapshot and records a `task_progress` event.
+    /// Empty strings and percentages above 100 are refused.
+    pub fn progress(&self, p: Progress) -> Result<(), ContextError> {
+        non_empty("stage_name", p.stage_name.as_deref())?;
+        non_empty("text", p.text.as_deref())?;
+        if p.percent.is_some_and(|x| x > 100) {
+            return Err(ContextError::Invalid(format!(
+                "progress percent {} is out of range: use 0..=100",
+                p.percent.unwrap_or_default()
+            )));
+        }
+        self.heartbeat();
+        self.write(|id, attempt, at_ms| Record::Progress {
+            id,
+            attempt,
+            stage_name: p.stage_name,
+            text: p.text,
+            percent: p.percent,
+            metadata: p.metadata.unwrap_or(Value::Null),
+            at_ms,
+        })
+    }
+
+    /// Records a `task_checkpoint` audit event with a non-empty `code`.
+    pub fn audit(&self, code: &str, message: Option<&str>, metadata: Option<Value>) -> Result<(), ContextError> {
+        non_empty("code", Some(code))?;
+        non_empty("message", message)?;
+        self.heartbeat();
+        self.write(|id, attempt, at_ms| Record::Checkpoint {
+            id,
+            attempt,
+            code: code.to_owned(),
+            message: message.map(str::to_owned),
+            metadata: metadata.unwrap_or(Value::Null),
+            at_ms,
+        })
+    }
+
+    fn write(&self, make: impl FnOnce(TaskId, u32, u64) -> Record) -> Result<(), ContextError> {
+        let core = self.inner.core.upgrade().ok_or(ContextError::Closed)?;
+        let (id, attempt) = (self.id(), self.attempt());
+        let record = make(id, attempt, core.clock.now_ms());
+        core.handler_write(record).map_err(|e| match e {
+            crate::engine::TransitionError::Stale { .. } => ContextError::Stale { id, attempt },
+            other => ContextError::Invalid(other.to_string()),
+        })
+    }
+}
+
+fn non_empty(field: &str, v: Option<&str>) -> Result<(), ContextError> {
+    match v {
+        Some(s) if s.trim().is_empty() => Err(ContextError::Invalid(format!("{field} must not be empty"))),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,242 @@
+//! Ready queues by capability requirement, and the park/wake protocol of idle workers.
+//!
+//! A ready task sits in the queue of its requirement set (the sorted capability tags
+//! it needs), a lock-free ordered set keyed by (priority desc, ready time, id). Each
+//! pool knows the queues whose requirements its tags cover; a worker scans only
+//! those, so a task never reaches a worker lacking a capability it requires.
+//!
+//! # Park/wake protocol
+//!
+//! 1. A worker that finds no work pushes itself on its pool's idle stack, then scans
+//!    the queues once more, then parks.
+//! 2. Whoever makes work ready inserts it first, then pops one idle worker of a pool
+//!    that serves the queue and unparks it.
+//!
+//! Correct because: if the producer's pop misses the worker (step 1 push not yet
+//! visible), the insert happened before the pop, so the worker's re-scan in step 1,
+//! which follows its push, sees the task. A `Parker` keeps an unpark that arrives
+//! before `park`, so no wake-up is lost. A worker that finds work on the re-scan
+//! takes itself off the idle stack; if someone already popped it, it passes the
+//! wake-up on so that no other idle worker is left asleep with work queued.
+
+use crate::codec::TaskId;
+use arc_swap::ArcSwap;
+use crossbeam::sync::Unparker;
+use crossbeam_skiplist::SkipSet;
+use parking_lot::{Mutex, RwLock};
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// A queued task: ordered by priority (higher first), ready time, then id.
+#[derive(Debug, Clone)]
+pub(crate) struct ReadyItem {
+    pub(crate) priority: i32,
+    pub(crate) ready_at: u64,
+    pub(crate) id: TaskId,
+    pub(crate) name: Arc<str>,
+}
+
+impl ReadyItem {
+    fn key(&self) -> (std::cmp::Reverse<i32>, u64, TaskId) {
+        (std::cmp::Reverse(self.priority), self.ready_at, self.id)
+    }
+}
+
+impl PartialEq for ReadyItem {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for ReadyItem {}
+impl PartialOrd for ReadyItem {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ReadyItem {
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        self.key().cmp(&other.key())
+    }
+}
+
+/// The queue of one requirement set.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    pub(crate) requires: Vec<String>,
+    pub(crate) set: SkipSet<ReadyItem>,
+    /// Pools whose tags include every requirement.
+    pub(crate) servers: Vec<usize>,
+}
+
+/// A pool's scheduling state.
+pub(crate) struct PoolState {
+    pub(crate) name: String,
+    pub(crate) tags: Vec<String>,
+    pub(crate) queues: ArcSwap<Vec<Arc<Queue>>>,
+    idle: Mutex<Vec<usize>>,
+    idle_count: AtomicUsize,
+}
+
+impl PoolState {
+    pub(crate) fn new(name: String, mut tags: Vec<String>) -> PoolState {
+        tags.sort();
+        tags.dedup();
+        PoolState {
+            name,
+            tags,
+            queues: ArcSwap::from_pointee(Vec::new()),
+            idle: Mutex::new(Vec::new()),
+            idle_count: AtomicUsize::new(0),
+        }
+    }
+
+    fn serves(&self, requires: &[String]) -> bool {
+        requires.iter().all(|r| self.tags.binary_search(r).is_ok())
+    }
+}
+
+/// Ready queues plus the idle workers of every pool.
+pub(crate) struct Dispatcher {
+    queues: RwLock<HashMap<Vec<String>, Arc<Queue>>>,
+    default_queue: Arc<Queue>,
+    pub(crate) pools: Vec<Arc<PoolState>>,
+    unparkers: Vec<Unparker>,
+}
+
+impl Dispatcher {
+    /// `unparkers[w]` wakes worker `w`; pools are fixed for the dispatcher's life.
+    pub(crate) fn new(pools: Vec<PoolState>, unparkers: Vec<Unparker>) -> Dispatcher {
+        let pools: Vec<Arc<PoolState>> = pools.into_iter().map(Arc::new).collect();
+        let servers = (0..pools.len()).collect();
+        let default_queue = Arc::new(Queue { requires: Vec::new(), set: SkipSet::new(), servers });
+        for p in &pools {
+            p.queues.store(Arc::new(vec![default_queue.clone()]));
+        }
+        Dispatcher { queues: RwLock::new(HashMap::new()), default_queue, pools, unparkers }
+    }
+
+    /// The queue for a (sorted, deduplicated) requirement set, created on first use.
+    pub(crate) fn queue_for(&self, requires: &[String]) -> Arc<Queue> {
+        if requires.is_empty() {
+            return self.default_queue.clone();
+        }
+        if let Some(q) = self.queues.read().get(requires) {
+            return q.clone();
+        }
+        let mut map = self.queues.write();
+        if let Some(q) = map.get(requires) {
+            return q.clone();
+        }
+        let servers: Vec<usize> = (0..self.pools.len()).filter(|&i| self.pools[i].serves(requires)).collect();
+        let q = Arc::new(Queue { requires: requires.to_vec(), set: SkipSet::new(), servers: servers.clone() });
+        for &i in &servers {
+            let pool = &self.pools[i];
+            let mut list = (**pool.queues.load()).clone();
+            list.push(q.clone());
+            pool.queues.store(Arc::new(list));
+        }
+        map.insert(requires.to_vec(), q.clone());
+        q
+    }
+
+    /// Whether some pool can run tasks with these requirements.
+    pub(crate) fn has_server(&self, requires: &[String]) -> bool {
+        self.pools.iter().any(|p| p.serves(requires))
+    }
+
+    /// Queues a ready task and wakes one idle worker that can run it.
+    pub(crate) fn push(&self, item: ReadyItem, requires: &[String]) {
+        let q = self.queue_for(requires);
+        q.set.insert(item);
+        for &p in &q.servers {
+            if self.wake_one(p) {
+                return;
+            }
+        }
+    }
+
+    /// Wakes one idle worker of pool `p`; false if none was idle.
+    pub(crate) fn wake_one(&self, p: usize) -> bool {
+        let pool = &self.pools[p];
+        if pool.idle_count.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let w = {
+            let mut idle = pool.idle.lock();
+            let w = idle.pop();
+            pool.idle_count.store(idle.len(), Ordering::Release);
+            w
+        };
+        match w {
+            Some(w) => {
+                self.unparkers[w].unpark();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Wakes one idle worker in every pool (a slot freed, a handler registered).
+    pub(crate) fn wake_each_pool(&self) {
+        for p in 0..self.pools.len() {
+            self.wake_one(p);
+        }
+    }
+
+    /// Wakes every worker (pause/resume of the manager, stop).
+    pub(crate) fn wake_all(&self) {
+        for u in &self.unparkers {
+            u.unpark();
+        }
+    }
+
+    /// Step 1 of the protocol: worker `w` of pool `p` declares itself idle.
+    pub(crate) fn go_idle(&self, p: usize, w: usize) {
+        let pool = &self.pools[p];
+        let mut idle = pool.idle.lock();
+        if !idle.contains(&w) {
+            idle.push(w);
+        }
+        pool.idle_count.store(idle.len(), Ordering::Release);
+    }
+
+    /// Worker `w` found work after declaring itself idle: it leaves the idle stack,
+    /// and if a producer had already popped it, passes the wake-up on.
+    pub(crate) fn leave_idle(&self, p: usize, w: usize) {
+        let pool = &self.pools[p];
+        let was_idle = {
+            let mut idle = pool.idle.lock();
+            let pos = idle.iter().position(|&x| x == w);
+            if let Some(i) = pos {
+                idle.swap_remove(i);
+            }
+            pool.idle_count.store(idle.len(), Ordering::Release);
+            pos.is_some()
+        };
+        if !was_idle {
+            self.wake_one(p);
+        }
+    }
+
+    /// Number of queued items, over all queues.
+    pub(crate) fn queued(&self) -> usize {
+        let extra: usize = self.queues.read().values().map(|q| q.set.len()).sum();
+        self.default_queue.set.len() + extra
+    }
+
+    /// Removes every queued entry of task `id` (used when a task is deleted).
+    pub(crate) fn remove_task(&self, id: TaskId) {
+        let all: Vec<Arc<Queue>> = std::iter::once(self.default_queue.clone())
+            .chain(self.queues.read().values().cloned())
+            .collect();
+        for q in all {
+            for e in q.set.iter() {
+                if e.value().id == id {
+                    e.remove();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! One timer for delays, retry backoff, cron rounds, timeouts and heartbeats.
+//!
+//! Delayed tasks wait in a min-heap of `(due, task)`; an entry whose task changed
+//! meanwhile is dropped when it fires (the claim re-checks the task under its shard
+//! lock, so a stale entry can never run a task early or twice). Open attempts are
+//! not in the heap: each worker publishes its attempt in its slot, and the timer
+//! looks at the few slots when it wakes, so starting and finishing an attempt costs
+//! no heap operation and no lock shared between workers.
+//!
+//! The timer thread sleeps until the earliest due time (system clock), or until the
+//! clock is advanced by hand (manual clock), or until an earlier entry arrives.
+
+use super::context::AttemptCtl;
+use crate::codec::TaskId;
+use parking_lot::{Condvar, Mutex};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The timer's shared state.
+#[derive(Default)]
+pub(crate) struct Timer {
+    heap: Mutex<TimerState>,
+    cv: Condvar,
+    /// The time the timer thread plans to wake at next (ms), for cheap "is mine earlier?" checks.
+    planned_wake: AtomicU64,
+    /// The attempt each worker runs, for timeouts and heartbeats.
+    pub(crate) slots: Vec<Mutex<Option<Arc<AttemptCtl>>>>,
+}
+
+#[derive(Default)]
+struct TimerState {
+    due: BinaryHeap<Reverse<(u64, TaskId)>>,
+    kicked: bool,
+    stopped: bool,
+}
+
+/// What the timer thread found due.
+pub(crate) struct Due {
+    pub(crate) tasks: Vec<(u64, TaskId)>,
+    pub(crate) attempts: Vec<Arc<AttemptCtl>>,
+}
+
+impl Timer {
+    pub(crate) fn new(workers: usize) -> Timer {
+        Timer {
+            slots: (0..workers).map(|_| Mutex::new(None)).collect(),
+            planned_wake: AtomicU64::new(u64::MAX),
+            ..Timer::default()
+        }
+    }
+
+    /// Makes task `id` ready at `due_ms`.
+    pub(crate) fn schedule(&self, due_ms: u64, id: TaskId) {
+        let mut st = self.heap.lock();
+        st.due.push(Reverse((due_ms, id)));
+        if due_ms < self.planned_wake.load(Ordering::Acquire) {
+            st.kicked = true;
+            self.cv.notify_one();
+        }
+    }
+
+    /// Worker `w` starts (`Some`) or ends (`None`) an attempt.
+    pub(crate) fn set_slot(&self, w: usize, ctl: Option<Arc<AttemptCtl>>) {
+        let check = ctl.as_ref().map_or(u64::MAX, |c| c.next_check_ms());
+        if let Some(slot) = self.slots.get(w) {
+            *slot.lock() = ctl;
+        }
+        if check < self.planned_wake.load(Ordering::Acquire) {
+            self.kick();
+        }
+    }
+
+    /// Wakes the timer thread to look again (clock advanced, heartbeat window changed).
+    pub(crate) fn kick(&self) {
+        let mut st = self.heap.lock();
+        st.kicked = true;
+        self.cv.notify_one();
+    }
+
+    /// Ends the timer thread.
+    pub(crate) fn stop(&self) {
+        let mut st = self.heap.lock();
+        st.stopped = true;
+        self.cv.notify_all();
+    }
+
+    /// Blocks until something is due; `None` when stopped. `real` is whether the
+    /// clock moves by itself (else only a kick wakes the thread).
+    pub(crate) fn next_due(&self, now: &dyn Fn() -> u64, real: bool) -> Option<Due> {
+        let mut st = self.heap.lock();
+        loop {
+            if st.stopped {
+                return None;
+            }
+            st.kicked = false;
+            let t = now();
+            let mut due = Due { tasks: Vec::new(), attempts: Vec::new() };
+            while let Some(Reverse((at, _))) = st.due.peek() {
+                if *at > t {
+                    break;
+                }
+                if let Some(Reverse(item)) = st.due.pop() {
+                    due.tasks.push(item);
+                }
+            }
+            let mut next = st.due.peek().map_or(u64::MAX, |Reverse((at, _))| *at);
+            for slot in &self.slots {
+                if let Some(ctl) = slot.lock().as_ref() {
+                    let c = ctl.next_check_ms();
+                    if c <= t {
+                        due.attempts.push(ctl.clone());
+                    } else {
+                        next = next.min(c);
+                    }
+                }
+            }
+            if !due.tasks.is_empty() || !due.attempts.is_empty() {
+                self.planned_wake.store(t, Ordering::Release);
+                return Some(due);
+            }
+            self.planned_wake.store(next, Ordering::Release);
+            if real && next != u64::MAX {
+                let wait = std::time::Duration::from_millis(next.saturating_sub(t).clamp(1, 60_000));
+                if !st.kicked {
+                    self.cv.wait_for(&mut st, wait);
+                }
+            } else if !st.kicked {
+                self.cv.wait(&mut st);
+            }
+        }
+    }
+
+    /// Number of pending timer entries.
+    pub(crate) fn len(&self) -> usize {
+        self.heap.lock().due.len()
+    }
+}
