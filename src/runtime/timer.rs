@@ -116,13 +116,14 @@ impl Timer {
                     }
                 }
             }
-            if !due.tasks.is_empty() || !due.attempts.is_empty() {
+            if !due.tasks.is_empty() || !due.attempts.is_empty() || st.kicked {
                 self.planned_wake.store(t, Ordering::Release);
                 return Some(due);
             }
             self.planned_wake.store(next, Ordering::Release);
-            if real && next != u64::MAX {
-                let wait = std::time::Duration::from_millis(next.saturating_sub(t).clamp(1, 60_000));
+            if real {
+                // At least once a second, for housekeeping (compaction, retention).
+                let wait = std::time::Duration::from_millis(next.saturating_sub(t).clamp(1, 1_000));
                 if !st.kicked {
                     self.cv.wait_for(&mut st, wait);
                 }

@@ -1,0 +1,444 @@
+//! The `TaskManager` facade: registration, submission, control, queries, lifecycle.
+
+mod builder;
+mod query;
+
+pub use builder::{Builder, Pool, Storage};
+pub use query::{Page, Paged, TaskFilter};
+
+use crate::codec::{Record, TaskId};
+use crate::engine::{Task, TaskStatus};
+use crate::log::{Log, LogStats, RecoveryReport};
+use crate::runtime::clock::Clock;
+use crate::runtime::context::TaskContext;
+use crate::runtime::error::{Error, Result};
+use crate::runtime::registry::{Handler, HandlerOptions, HandlerResult};
+use crate::runtime::store::Store;
+use crate::runtime::{worker_main, Config, Core, RecoveryStats, SubmitOptions, WorkerInfo};
+use crossbeam::sync::Parker;
+use parking_lot::Mutex;
+use serde_json::Value;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Name and description of a registered handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerInfo {
+    /// The handler name.
+    pub name: String,
+    /// Its description, if registered with one.
+    pub description: Option<String>,
+}
+
+/// What `stop` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StopReport {
+    /// Tasks whose handlers had not finished by the deadline; they were recorded
+    /// as interrupted and are `pending` again for the next start.
+    pub interrupted: Vec<TaskId>,
+}
+
+/// The embedded task engine.
+///
+/// ```
+/// use fibflow::{TaskManager, TaskStatus};
+/// use serde_json::json;
+/// use std::time::Duration;
+///
+/// let mgr = TaskManager::builder().memory().build()?;
+/// mgr.register("double", |ctx| {
+///     let n = ctx.payload()["n"].as_i64().unwrap_or(0);
+///     Ok(json!({ "n": n * 2 }).into())
+/// })?;
+/// let id = mgr.submit("double", json!({ "n": 21 }))?;
+/// mgr.start()?;
+/// let task = mgr.wait(id, Duration::from_secs(30))?;
+/// assert_eq!(task.status, TaskStatus::Completed);
+/// assert_eq!(task.result, Some(json!({ "n": 42 })));
+/// mgr.stop(Duration::from_secs(5))?;
+/// # Ok::<(), fibflow::Error>(())
+/// ```
+pub struct TaskManager {
+    core: Arc<Core>,
+    parkers: Mutex<Option<Vec<Parker>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    timer_thread: Mutex<Option<JoinHandle<()>>>,
+    _clock_hook: Arc<dyn Fn() + Send + Sync>,
+    recovery: RecoveryStats,
+    log_report: Option<RecoveryReport>,
+}
+
+impl std::fmt::Debug for TaskManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskManager").finish_non_exhaustive()
+    }
+}
+
+impl TaskManager {
+    /// A builder with the defaults of SPEC §13 (in memory until `dir` is called).
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// An in-memory manager with default settings.
+    pub fn in_memory() -> Result<TaskManager> {
+        Builder::default().memory().build()
+    }
+
+    /// A durable manager on `dir` with default settings (`Durability::Sync`).
+    pub fn open(dir: impl Into<std::path::PathBuf>) -> Result<TaskManager> {
+        Builder::default().dir(dir).build()
+    }
+
+    pub(crate) fn assemble(clock: Arc<dyn Clock>, config: Config, log: Option<(Log, RecoveryReport)>) -> Result<TaskManager> {
+        let (log, log_report) = match log {
+            Some((l, r)) => (Some(l), Some(r)),
+            None => (None, None),
+        };
+        let mut workers = Vec::new();
+        for (p, pool) in config.pools.iter().enumerate() {
+            for i in 0..pool.concurrency {
+                workers.push(WorkerInfo { pool: p, name: format!("{}-{}", pool.name, i) });
+            }
+        }
+        let parkers: Vec<Parker> = workers.iter().map(|_| Parker::new()).collect();
+        let unparkers = parkers.iter().map(|p| p.unparker().clone()).collect();
+        let core = Arc::new(Core::new(clock.clone(), config, Store::new(log), unparkers, workers)?);
+        let weak = Arc::downgrade(&core);
+        let hook: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            if let Some(c) = weak.upgrade() {
+                c.timer.kick();
+            }
+        });
+        clock.on_advance(Arc::downgrade(&hook));
+        let mut recovery = RecoveryStats::default();
+        core.replay_log(&mut recovery)?;
+        Ok(TaskManager {
+            core,
+            parkers: Mutex::new(Some(parkers)),
+            threads: Mutex::new(Vec::new()),
+            timer_thread: Mutex::new(None),
+            _clock_hook: hook,
+            recovery,
+            log_report,
+        })
+    }
+
+    /// Registers a sync handler run on a worker thread.
+    pub fn register<F>(&self, name: &str, f: F) -> Result<()>
+    where
+        F: Fn(&TaskContext) -> HandlerResult + Send + Sync + 'static,
+    {
+        self.register_handler(name, Handler::sync(f), HandlerOptions::default())
+    }
+
+    /// Registers a sync handler with options.
+    pub fn register_with<F>(&self, name: &str, options: HandlerOptions, f: F) -> Result<()>
+    where
+        F: Fn(&TaskContext) -> HandlerResult + Send + Sync + 'static,
+    {
+        self.register_handler(name, Handler::sync(f), options)
+    }
+
+    /// Registers an async handler driven on the manager's tokio runtime.
+    pub fn register_async<F, Fut>(&self, name: &str, f: F) -> Result<()>
+    where
+        F: Fn(TaskContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.register_handler(name, Handler::from_async(f), HandlerOptions::default())
+    }
+
+    /// Registers an async handler with options.
+    pub fn register_async_with<F, Fut>(&self, name: &str, options: HandlerOptions, f: F) -> Result<()>
+    where
+        F: Fn(TaskContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.register_handler(name, Handler::from_async(f), options)
+    }
+
+    /// Registers one handler value.
+    pub fn register_handler(&self, name: &str, handler: Handler, options: HandlerOptions) -> Result<()> {
+        self.register_many(vec![(name.to_owned(), handler, options)])
+    }
+
+    /// Registers many handlers at once (all or none). Re-registering a name
+    /// replaces it for future claims; running attempts keep their handler.
+    pub fn register_many(&self, items: Vec<(String, Handler, HandlerOptions)>) -> Result<()> {
+        for (name, _, o) in &items {
+            if name.trim().is_empty() {
+                return Err(Error::EmptyName);
+            }
+            for t in &o.requires {
+                crate::runtime::error::check_tag(t)?;
+            }
+            if o.max_concurrent_tasks == Some(0) {
+                return Err(Error::InvalidOption(format!("handler `{name}`: max_concurrent_tasks must be at least 1")));
+            }
+            if let Some(r) = &o.retry {
+                r.validate()?;
+            }
+        }
+        let items = items
+            .into_iter()
+            .map(|(n, h, mut o)| {
+                o.requires.sort();
+                o.requires.dedup();
+                (n, h, o)
+            })
+            .collect();
+        self.core.register(items);
+        Ok(())
+    }
+
+    /// Unregisters names; returns how many were registered. In-flight runs finish.
+    pub fn unregister(&self, names: &[&str]) -> usize {
+        self.core.registry.unregister(names)
+    }
+
+    /// Name and description of a registered handler.
+    pub fn task_info(&self, name: &str) -> Result<HandlerInfo> {
+        let reg = self.core.registry.get(name).ok_or_else(|| Error::NoHandler(name.to_owned()))?;
+        Ok(HandlerInfo { name: reg.name.to_string(), description: reg.options.description.clone() })
+    }
+
+    /// Registered handler names, sorted.
+    pub fn handler_names(&self) -> Vec<String> {
+        self.core.registry.names()
+    }
+
+    /// Submits a task; returns once it is acknowledged at the configured durability.
+    pub fn submit(&self, name: &str, payload: Value) -> Result<TaskId> {
+        self.submit_with(name, payload, SubmitOptions::default())
+    }
+
+    /// Submits a task with options.
+    pub fn submit_with(&self, name: &str, payload: Value, options: SubmitOptions) -> Result<TaskId> {
+        let (id, lsn) = self.core.submit_one(name, payload, options)?;
+        self.core.store.wait(lsn)?;
+        Ok(id)
+    }
+
+    /// Submits many tasks and waits once for all of them. Stops at the first refused
+    /// one: the tasks before it are created, and their ids are lost to the caller,
+    /// so validate input first when that matters.
+    pub fn submit_batch<I>(&self, tasks: I) -> Result<Vec<TaskId>>
+    where
+        I: IntoIterator<Item = (String, Value, SubmitOptions)>,
+    {
+        let mut ids = Vec::new();
+        let mut last = None;
+        for (name, payload, o) in tasks {
+            let (id, lsn) = self.core.submit_one(&name, payload, o)?;
+            last = lsn.max(last);
+            ids.push(id);
+        }
+        self.core.store.wait(last)?;
+        Ok(ids)
+    }
+
+    /// Starts workers and timers. Recovery of tasks that were running when the
+    /// process stopped happens here. Calling it twice is harmless.
+    pub fn start(&self) -> Result<()> {
+        if self.core.stopping.load(Ordering::Acquire) {
+            return Err(Error::Stopped);
+        }
+        let Some(parkers) = self.parkers.lock().take() else { return Ok(()) };
+        let mut stats = self.recovery.clone();
+        let lsn = self.core.rebuild(&mut stats)?;
+        self.core.store.wait(lsn)?;
+        self.core.started.store(true, Ordering::Release);
+        let mut threads = self.threads.lock();
+        *self.core.live.0.lock() = parkers.len();
+        for (w, parker) in parkers.into_iter().enumerate() {
+            let core = self.core.clone();
+            let name = format!("fibflow-{}", core.workers[w].name);
+            let h = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || {
+                    worker_main(&core, w, &parker);
+                    let mut live = core.live.0.lock();
+                    *live -= 1;
+                    core.live.1.notify_all();
+                })
+                .map_err(|source| Error::Io { context: "cannot spawn a worker thread", source })?;
+            threads.push(h);
+        }
+        let core = self.core.clone();
+        let t = std::thread::Builder::new()
+            .name("fibflow-timer".into())
+            .spawn(move || timer_main(&core))
+            .map_err(|source| Error::Io { context: "cannot spawn the timer thread", source })?;
+        *self.timer_thread.lock() = Some(t);
+        Ok(())
+    }
+
+    /// Stops claiming, waits for running handlers up to `deadline`, records the
+    /// ones that did not finish as interrupted, flushes and closes the log.
+    pub fn stop(&self, deadline: Duration) -> Result<StopReport> {
+        if self.core.stopping.swap(true, Ordering::AcqRel) {
+            return Ok(StopReport::default());
+        }
+        self.core.dispatch.wake_all();
+        let until = Instant::now() + deadline;
+        {
+            let mut live = self.core.live.0.lock();
+            while *live > 0 {
+                if self.core.live.1.wait_until(&mut live, until).timed_out() {
+                    break;
+                }
+            }
+        }
+        let interrupted = self.core.interrupt_running();
+        self.core.timer.stop();
+        if let Some(t) = self.timer_thread.lock().take() {
+            let _ = t.join();
+        }
+        let done: Vec<JoinHandle<()>> = self.threads.lock().drain(..).collect();
+        for h in done {
+            if h.is_finished() {
+                let _ = h.join();
+            }
+        }
+        if let Some(log) = &self.core.store.log {
+            log.flush()?;
+        }
+        Ok(StopReport { interrupted })
+    }
+
+    /// Stops new claims (submission still works, running handlers carry on).
+    pub fn pause(&self) {
+        self.core.paused.store(true, Ordering::Release);
+    }
+
+    /// Lets workers claim again after [`TaskManager::pause`].
+    pub fn resume(&self) {
+        self.core.paused.store(false, Ordering::Release);
+        self.core.dispatch.wake_all();
+    }
+
+    /// `running` or `pending` → `paused`; a running handler's late result is discarded.
+    pub fn pause_task(&self, id: TaskId) -> Result<()> {
+        self.core.control(Record::Pause { id, at_ms: self.core.now() })
+    }
+
+    /// `suspended` → `pending` (stage + 1, `task_resumed`), or `paused` → `pending` (stage 0).
+    pub fn resume_task(&self, id: TaskId, reason: Option<&str>) -> Result<()> {
+        let reason = reason.map(str::to_owned);
+        self.core.control(Record::Resume { id, reason, at_ms: self.core.now() })
+    }
+
+    /// `suspended` → `permanently_failed` with `reason` (default "Task cancelled").
+    pub fn cancel_task(&self, id: TaskId, reason: Option<&str>) -> Result<()> {
+        let reason = reason.map(str::to_owned);
+        self.core.control(Record::Cancel { id, reason, at_ms: self.core.now() })
+    }
+
+    /// Waits until the task is completed, permanently failed or paused, and its
+    /// final record is durable; returns the task.
+    pub fn wait(&self, id: TaskId, timeout: Duration) -> Result<Task> {
+        let until = Instant::now() + timeout;
+        let w = &self.core.waiters;
+        w.count.fetch_add(1, Ordering::AcqRel);
+        let result = loop {
+            let epoch = *w.epoch.lock();
+            match self.get_task(id) {
+                None => break Err(Error::NotFound(id)),
+                Some(t) if t.status.is_terminal() => break Ok(t),
+                Some(_) => {}
+            }
+            let mut g = w.epoch.lock();
+            if *g == epoch && w.cv.wait_until(&mut g, until).timed_out() {
+                break Err(Error::WaitTimeout { id, waited: timeout });
+            }
+        };
+        w.count.fetch_sub(1, Ordering::AcqRel);
+        let task = result?;
+        if let Some(log) = &self.core.store.log {
+            log.wait_durable(log.last_lsn())?;
+        }
+        Ok(task)
+    }
+
+    /// One task, as an owned snapshot.
+    pub fn get_task(&self, id: TaskId) -> Option<Task> {
+        self.core.store.lock(id).get(id).map(|e| e.task.clone())
+    }
+
+    /// Why a pending task is not running, in words; `None` if it is not waiting.
+    pub fn waiting_reason(&self, id: TaskId) -> Result<Option<String>> {
+        let t = self.get_task(id).ok_or(Error::NotFound(id))?;
+        if t.status != TaskStatus::Pending {
+            return Ok(None);
+        }
+        if self.core.registry.get(&t.name).is_none() {
+            return Ok(Some(format!("No handler registered for task: {}", t.name)));
+        }
+        if !self.core.dispatch.has_server(&t.requires) {
+            return Ok(Some(format!("no worker pool has all the capabilities it requires: {}", t.requires.join(", "))));
+        }
+        if t.next_run_time > self.core.now() {
+            return Ok(Some(format!("scheduled to run at {} ms since the epoch", t.next_run_time)));
+        }
+        if !self.core.started.load(Ordering::Acquire) {
+            return Ok(Some("the manager is not started".into()));
+        }
+        if self.core.paused.load(Ordering::Acquire) {
+            return Ok(Some("the manager is paused".into()));
+        }
+        Ok(Some("queued: waiting for a free worker".into()))
+    }
+
+    /// Takes a snapshot of the live state and removes log segments below it.
+    pub fn compact(&self) -> Result<()> {
+        self.core.snapshot_now()
+    }
+
+    /// What opening the log found.
+    pub fn recovery_stats(&self) -> &RecoveryStats {
+        &self.recovery
+    }
+
+    /// What the log's recovery scan reported (torn tail cut, etc.), for a directory.
+    pub fn log_recovery_report(&self) -> Option<&RecoveryReport> {
+        self.log_report.as_ref()
+    }
+
+    /// Log statistics, for a directory.
+    pub fn log_stats(&self) -> Option<LogStats> {
+        self.core.store.log.as_ref().map(Log::stats)
+    }
+
+    /// Number of currently running attempts.
+    pub fn running(&self) -> usize {
+        self.core.global.running()
+    }
+}
+
+impl Drop for TaskManager {
+    fn drop(&mut self) {
+        if self.parkers.lock().is_none() {
+            let _ = self.stop(Duration::from_secs(1));
+        }
+        self.core.dispatch.wake_all();
+        self.core.timer.stop();
+    }
+}
+
+fn timer_main(core: &Arc<Core>) {
+    let now = || core.now();
+    let real = core.clock.is_real();
+    while let Some(due) = core.timer.next_due(&now, real) {
+        for (at, id) in due.tasks {
+            core.due_task(at, id);
+        }
+        for ctl in due.attempts {
+            core.attempt_due(&ctl);
+        }
+        core.maybe_compact();
+    }
+}

@@ -1,0 +1,321 @@
+//! Everything non-deterministic: threads, time, handlers.
+//!
+//! [`Core`] ties together the sharded store (engine + log), the handler registry,
+//! the dispatcher (ready queues and idle workers), the timer and the worker threads.
+//! The public facade in `api` is a thin layer over it.
+
+pub mod clock;
+pub mod context;
+pub(crate) mod dispatch;
+pub mod error;
+mod recover;
+pub mod registry;
+pub(crate) mod store;
+mod submit;
+pub(crate) mod timer;
+mod worker;
+
+use crate::codec::{Record, TaskId, UnixMs};
+use crate::engine::schedule::{CatchUp, CronSchedule, RetryStrategy, TimeZone};
+use crate::engine::{Applied, Shard, TransitionError};
+use crate::log::Lsn;
+use clock::Clock;
+use dispatch::{Dispatcher, ReadyItem};
+use error::{Error, Result};
+use parking_lot::{Condvar, Mutex};
+use registry::Registry;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use store::Store;
+use timer::Timer;
+
+pub use recover::RecoveryStats;
+pub use submit::SubmitOptions;
+pub(crate) use worker::worker_main;
+
+/// Manager-wide defaults (SPEC §13).
+#[derive(Debug, Clone)]
+pub(crate) struct Defaults {
+    pub(crate) max_retries: u32,
+    pub(crate) retry_interval_ms: u64,
+    pub(crate) timeout_ms: u64,
+    pub(crate) priority: i32,
+}
+
+/// A pool as configured.
+#[derive(Debug, Clone)]
+pub(crate) struct PoolConfig {
+    pub(crate) name: String,
+    pub(crate) tags: Vec<String>,
+    pub(crate) concurrency: usize,
+    pub(crate) retry: Option<RetryStrategy>,
+    pub(crate) max_attempts: Option<u32>,
+}
+
+/// Everything fixed when the manager is built.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) defaults: Defaults,
+    pub(crate) max_concurrent: usize,
+    pub(crate) pools: Vec<PoolConfig>,
+    pub(crate) quarantine_after: u32,
+    pub(crate) time_zone: TimeZone,
+    pub(crate) catch_up: CatchUp,
+    pub(crate) compact_after_bytes: u64,
+}
+
+/// The global concurrency limit.
+pub(crate) struct GlobalSlots {
+    running: AtomicUsize,
+    cap: usize,
+}
+
+impl GlobalSlots {
+    fn try_acquire(&self) -> bool {
+        self.running
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < self.cap).then_some(n + 1))
+            .is_ok()
+    }
+    /// Returns a slot; true if the limit was reached before.
+    fn release(&self) -> bool {
+        self.running.fetch_sub(1, Ordering::AcqRel) >= self.cap
+    }
+    pub(crate) fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+}
+
+/// Wakes `wait` callers when a task reaches a terminal status.
+#[derive(Default)]
+pub(crate) struct Waiters {
+    pub(crate) count: AtomicUsize,
+    pub(crate) epoch: Mutex<u64>,
+    pub(crate) cv: Condvar,
+}
+
+impl Waiters {
+    fn notify(&self) {
+        if self.count.load(Ordering::Acquire) > 0 {
+            *self.epoch.lock() += 1;
+            self.cv.notify_all();
+        }
+    }
+}
+
+/// Worker identity.
+pub(crate) struct WorkerInfo {
+    pub(crate) pool: usize,
+    pub(crate) name: String,
+}
+
+/// The shared core of a manager.
+pub(crate) struct Core {
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: Config,
+    pub(crate) registry: Registry,
+    pub(crate) store: Store,
+    pub(crate) dispatch: Dispatcher,
+    pub(crate) timer: Timer,
+    pub(crate) global: GlobalSlots,
+    pub(crate) waiters: Waiters,
+    pub(crate) workers: Vec<WorkerInfo>,
+    pub(crate) paused: AtomicBool,
+    pub(crate) stopping: AtomicBool,
+    pub(crate) started: AtomicBool,
+    crons: Mutex<HashMap<String, Arc<CronSchedule>>>,
+    pub(crate) tokio: tokio::runtime::Runtime,
+    /// Workers still running their loop.
+    pub(crate) live: (Mutex<usize>, Condvar),
+}
+
+impl Core {
+    pub(crate) fn new(
+        clock: Arc<dyn Clock>,
+        config: Config,
+        store: Store,
+        unparkers: Vec<crossbeam::sync::Unparker>,
+        workers: Vec<WorkerInfo>,
+    ) -> Result<Core> {
+        let pools = config
+            .pools
+            .iter()
+            .map(|p| dispatch::PoolState::new(p.name.clone(), p.tags.clone()))
+            .collect();
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("fibflow-async")
+            .enable_time()
+            .build()
+            .map_err(|source| Error::Io { context: "cannot start the tokio runtime for async handlers", source })?;
+        Ok(Core {
+            global: GlobalSlots { running: AtomicUsize::new(0), cap: config.max_concurrent },
+            timer: Timer::new(workers.len()),
+            dispatch: Dispatcher::new(pools, unparkers),
+            clock,
+            config,
+            registry: Registry::default(),
+            store,
+            waiters: Waiters::default(),
+            workers,
+            paused: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            started: AtomicBool::new(false),
+            crons: Mutex::new(HashMap::new()),
+            tokio,
+            live: (Mutex::new(0), Condvar::new()),
+        })
+    }
+
+    pub(crate) fn now(&self) -> UnixMs {
+        self.clock.now_ms()
+    }
+
+    /// A parsed cron schedule, cached by expression.
+    pub(crate) fn cron(&self, expr: &str) -> Result<Arc<CronSchedule>> {
+        if let Some(s) = self.crons.lock().get(expr) {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(CronSchedule::parse(expr, self.config.time_zone)?);
+        self.crons.lock().insert(expr.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    /// Publishes the effects of an applied record, on the still-locked shard.
+    /// A child's final outcome is delivered to its parent here, under the same
+    /// lock (a workflow lives in one shard), as its own record after the child's.
+    pub(crate) fn settle(&self, shard: &mut Shard, id: TaskId, applied: Applied, lsn: &mut Option<Lsn>) {
+        if let Some(at) = applied.ready_at {
+            self.make_ready(shard, id, at);
+        }
+        if applied.terminal {
+            self.waiters.notify();
+        }
+        if let Some(task) = &applied.deleted {
+            if let Some(key) = &task.dedup_key {
+                let mut d = self.store.dedup.lock();
+                if d.get(key) == Some(&task.id) {
+                    d.remove(key);
+                }
+            }
+        }
+        if let Some(n) = applied.notify_parent {
+            let record = Record::ChildDone {
+                parent: n.parent,
+                child: n.child,
+                outcome: n.outcome,
+                fail_parent: n.fail_parent,
+                at_ms: self.now(),
+            };
+            match self.store.commit(shard, record) {
+                Ok((a, l)) => {
+                    *lsn = l.or(*lsn);
+                    self.settle(shard, n.parent, a, lsn);
+                }
+                // The parent no longer waits (cancelled, resumed by hand, deleted).
+                Err(Error::Transition(_)) => {}
+                Err(_) => {} // the log is poisoned; every later write reports it
+            }
+        }
+    }
+
+    /// Queues a pending task now, or hands it to the timer until `at`.
+    pub(crate) fn make_ready(&self, shard: &Shard, id: TaskId, at: UnixMs) {
+        if at > self.now() {
+            self.timer.schedule(at, id);
+            return;
+        }
+        let Some(e) = shard.get(id) else { return };
+        let name = match self.registry.get(&e.task.name) {
+            Some(r) => r.name.clone(),
+            None => Arc::from(e.task.name.as_str()),
+        };
+        let item = ReadyItem { priority: e.task.priority, ready_at: e.task.next_run_time, id, name };
+        self.dispatch.push(item, &e.task.requires);
+    }
+
+    /// A timer entry fired: queue the task if it is still pending and due.
+    pub(crate) fn due_task(&self, at: UnixMs, id: TaskId) {
+        let shard = self.store.lock(id);
+        let Some(e) = shard.get(id) else { return };
+        if e.task.status == crate::engine::TaskStatus::Pending && e.task.next_run_time <= at {
+            self.make_ready(&shard, id, at);
+        }
+    }
+
+    /// Applies a record written by a running handler (progress, audit).
+    pub(crate) fn handler_write(&self, record: Record) -> std::result::Result<(), TransitionError> {
+        let id = record.task_id();
+        let lsn = {
+            let mut shard = self.store.lock(id);
+            match self.store.commit(&mut shard, record) {
+                Ok((_, lsn)) => lsn,
+                Err(Error::Transition(e)) => return Err(e),
+                Err(e) => return Err(TransitionError::Invalid(e.to_string())),
+            }
+        };
+        self.store.wait(lsn).map_err(|e| TransitionError::Invalid(e.to_string()))
+    }
+
+    /// Commits a control record (pause, resume, cancel, delete) and waits for durability.
+    pub(crate) fn control(&self, record: Record) -> Result<()> {
+        let id = record.task_id();
+        let mut lsn = None;
+        {
+            let mut shard = self.store.lock(id);
+            if shard.get(id).is_none() {
+                return Err(Error::NotFound(id));
+            }
+            let (applied, l) = self.store.commit(&mut shard, record)?;
+            lsn = l.or(lsn);
+            self.settle(&mut shard, id, applied, &mut lsn);
+        }
+        self.store.wait(lsn)
+    }
+
+    /// Whether workers may claim now.
+    pub(crate) fn gate_open(&self) -> bool {
+        !self.paused.load(Ordering::Acquire) && !self.stopping.load(Ordering::Acquire)
+    }
+
+    /// `stop`: records the attempts still running as interrupted; returns their tasks.
+    pub(crate) fn interrupt_running(&self) -> Vec<TaskId> {
+        let ctls: Vec<_> = self.timer.slots.iter().filter_map(|s| s.lock().clone()).collect();
+        let mut out = Vec::new();
+        for ctl in ctls {
+            let mut shard = self.store.lock(ctl.id);
+            let owns = shard
+                .get(ctl.id)
+                .is_some_and(|e| e.task.status == crate::engine::TaskStatus::Running && e.task.attempt == ctl.attempt);
+            if owns {
+                let record = Record::Recover {
+                    id: ctl.id,
+                    quarantine_after: self.config.quarantine_after,
+                    message: "interrupted: the manager stopped before the attempt finished".into(),
+                    at_ms: self.now(),
+                };
+                if let Ok((applied, mut lsn)) = self.store.commit(&mut shard, record) {
+                    self.settle(&mut shard, ctl.id, applied, &mut lsn);
+                    out.push(ctl.id);
+                }
+            }
+            ctl.cancel(3);
+        }
+        out
+    }
+
+    /// Takes a snapshot when the log has grown past the configured size.
+    pub(crate) fn maybe_compact(&self) {
+        let Some(log) = &self.store.log else { return };
+        let st = log.stats();
+        if st.bytes_since_snapshot >= self.config.compact_after_bytes {
+            let _ = self.snapshot_now();
+        }
+    }
+
+    /// Registers handlers and wakes workers that may now run waiting tasks.
+    pub(crate) fn register(&self, items: Vec<(String, registry::Handler, registry::HandlerOptions)>) {
+        self.registry.register(items);
+        self.dispatch.wake_each_pool();
+    }
+}

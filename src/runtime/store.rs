@@ -1,0 +1,138 @@
+//! The sharded task table plus the log: check, append and apply one transition.
+//!
+//! A workflow (a root and all its descendants) lives in one shard: a child's id
+//! carries its parent's shard number in its low bits. So a spawn (parent suspends,
+//! children are created) and a fan-in (child finishes, parent is told) each happen
+//! under one shard lock, and a snapshot taken with every shard locked is consistent.
+//!
+//! Order of one transition, all under the task's shard lock (I2):
+//! 1. encode the record (a rejected record is never written);
+//! 2. apply it to the shard (the engine refuses invalid transitions as values);
+//! 3. append the encoded bytes to the log, which assigns the LSN.
+//!
+//! Nobody waits for durability while holding a shard lock.
+
+use crate::codec::{self, Record, TaskId};
+use crate::engine::{Applied, Shard};
+use crate::log::{Log, Lsn};
+use parking_lot::{Mutex, MutexGuard};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::error::{Error, Result};
+
+/// Low bits of a task id that name its shard.
+pub(crate) const SHARD_BITS: u32 = 4;
+/// Number of shards.
+pub(crate) const SHARDS: usize = 1 << SHARD_BITS;
+
+thread_local! {
+    static ENCODE_BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(256));
+}
+
+pub(crate) struct Store {
+    shards: Box<[Mutex<Shard>]>,
+    pub(crate) log: Option<Log>,
+    counter: AtomicU64,
+    /// Dedup keys of live tasks.
+    pub(crate) dedup: Mutex<HashMap<String, TaskId>>,
+}
+
+/// Where the shard of a task is.
+pub(crate) fn shard_of(id: TaskId) -> usize {
+    (id.0 & (SHARDS as u64 - 1)) as usize
+}
+
+impl Store {
+    pub(crate) fn new(log: Option<Log>) -> Store {
+        Store {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect(),
+            log,
+            counter: AtomicU64::new(1),
+            dedup: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Locks the shard of `id`.
+    pub(crate) fn lock(&self, id: TaskId) -> MutexGuard<'_, Shard> {
+        self.shards[shard_of(id)].lock()
+    }
+
+    /// Locks shard `i`.
+    pub(crate) fn lock_index(&self, i: usize) -> MutexGuard<'_, Shard> {
+        self.shards[i].lock()
+    }
+
+    /// A fresh id: increasing; in the parent's shard for a child.
+    pub(crate) fn alloc_id(&self, parent: Option<TaskId>) -> TaskId {
+        let c = self.counter.fetch_add(1, Ordering::Relaxed);
+        let shard = parent.map_or(c & (SHARDS as u64 - 1), |p| p.0 & (SHARDS as u64 - 1));
+        TaskId((c << SHARD_BITS) | shard)
+    }
+
+    /// Makes sure later ids are above `id` (replay and snapshot restore).
+    pub(crate) fn observe_id(&self, id: TaskId) {
+        self.counter.fetch_max((id.0 >> SHARD_BITS) + 1, Ordering::Relaxed);
+    }
+
+    /// The id counter, for snapshots.
+    pub(crate) fn counter(&self) -> u64 {
+        self.counter.load(Ordering::Relaxed)
+    }
+
+    /// Checks, applies and logs one record on a locked shard.
+    pub(crate) fn commit(&self, shard: &mut Shard, record: Record) -> Result<(Applied, Option<Lsn>)> {
+        let Some(log) = &self.log else {
+            return Ok((shard.apply(record)?, None));
+        };
+        ENCODE_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            codec::encode_into(std::slice::from_ref(&record), &mut buf)?;
+            let applied = shard.apply(record)?;
+            let lsn = log.append(&buf)?;
+            Ok((applied, Some(lsn)))
+        })
+    }
+
+    /// Applies and logs records that must land together (one frame). The first
+    /// record is the one that can be refused; the rest (children) are fresh tasks.
+    pub(crate) fn commit_batch(&self, shard: &mut Shard, batch: Vec<Record>) -> Result<(Vec<Applied>, Option<Lsn>)> {
+        let bytes = match &self.log {
+            Some(_) => Some(codec::encode(&batch)?),
+            None => None,
+        };
+        let mut applied = Vec::with_capacity(batch.len());
+        for (i, record) in batch.into_iter().enumerate() {
+            match shard.apply(record) {
+                Ok(a) => applied.push(a),
+                Err(e) if i == 0 => return Err(e.into()),
+                // I4: later records of a batch are fresh child submissions validated
+                // before the batch was built; replay refuses them the same way.
+                Err(_) => {}
+            }
+        }
+        let lsn = match (&self.log, bytes) {
+            (Some(log), Some(b)) => Some(log.append(&b)?),
+            _ => None,
+        };
+        Ok((applied, lsn))
+    }
+
+    /// Waits until `lsn` is durable at the configured level.
+    pub(crate) fn wait(&self, lsn: Option<Lsn>) -> Result<()> {
+        match (&self.log, lsn) {
+            (Some(log), Some(lsn)) => log.wait_durable(lsn).map_err(Error::from),
+            _ => Ok(()),
+        }
+    }
+
+    /// Applies a replayed record (no logging).
+    pub(crate) fn replay_record(&self, record: Record) -> bool {
+        let id = record.task_id();
+        if let Record::Submit(t) = &record {
+            self.observe_id(t.id);
+        }
+        self.lock(id).apply(record).is_ok()
+    }
+}

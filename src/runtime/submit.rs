@@ -1,0 +1,196 @@
+//! Submission: validate, resolve options, create the task.
+
+use super::error::{check_tag, Error, Result};
+use super::registry::Registered;
+use super::Core;
+use crate::codec::{NewTask, OnChildFailure, Record, TaskId, TaskKind};
+use crate::log::Lsn;
+use serde_json::Value;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Per-task options of a submission; unset ones come from the handler's
+/// registration, else from the manager's defaults.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubmitOptions {
+    /// Run no earlier than this long after now.
+    pub delay: Option<Duration>,
+    /// Run no earlier than this time (overrides `delay`).
+    pub run_at: Option<SystemTime>,
+    /// Higher runs first.
+    pub priority: Option<i32>,
+    /// A label for queries and stats.
+    pub tag: Option<String>,
+    /// Time limit of one attempt.
+    pub timeout: Option<Duration>,
+    /// Maximum executions including the first.
+    pub max_retries: Option<u32>,
+    /// Fixed retry delay.
+    pub retry_interval: Option<Duration>,
+    /// Capability tags a worker must have (added to the handler's).
+    pub requires: Vec<String>,
+    /// A second submit with a key an existing task holds returns that task's id.
+    pub dedup_key: Option<String>,
+    /// Makes a cron task with this expression.
+    pub cron: Option<String>,
+}
+
+impl SubmitOptions {
+    /// No options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Delays the first run.
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.delay = Some(d);
+        self
+    }
+    /// Runs no earlier than `t`.
+    pub fn run_at(mut self, t: SystemTime) -> Self {
+        self.run_at = Some(t);
+        self
+    }
+    /// Sets the priority.
+    pub fn priority(mut self, p: i32) -> Self {
+        self.priority = Some(p);
+        self
+    }
+    /// Sets the tag.
+    pub fn tag(mut self, t: impl Into<String>) -> Self {
+        self.tag = Some(t.into());
+        self
+    }
+    /// Sets the attempt time limit.
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = Some(d);
+        self
+    }
+    /// Sets the maximum executions.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = Some(n);
+        self
+    }
+    /// Sets the retry delay.
+    pub fn retry_interval(mut self, d: Duration) -> Self {
+        self.retry_interval = Some(d);
+        self
+    }
+    /// Adds required capability tags.
+    pub fn requires<I, S>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.requires.extend(tags.into_iter().map(Into::into));
+        self
+    }
+    /// Sets a dedup key.
+    pub fn dedup_key(mut self, k: impl Into<String>) -> Self {
+        self.dedup_key = Some(k.into());
+        self
+    }
+    /// Makes this a cron task.
+    pub fn cron(mut self, expr: impl Into<String>) -> Self {
+        self.cron = Some(expr.into());
+        self
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Sorted, deduplicated, validated capability tags.
+pub(crate) fn normalize_tags(mut tags: Vec<String>) -> Result<Vec<String>> {
+    for t in &tags {
+        check_tag(t)?;
+    }
+    tags.sort();
+    tags.dedup();
+    Ok(tags)
+}
+
+impl Core {
+    /// Resolves options into the record of a new top-level task.
+    fn new_task(&self, reg: &Registered, payload: Value, o: SubmitOptions) -> Result<NewTask> {
+        let now = self.now();
+        if let Some(tag) = &o.tag {
+            check_tag(tag)?;
+        }
+        let mut requires = reg.options.requires.clone();
+        requires.extend(o.requires);
+        let requires = normalize_tags(requires)?;
+        let d = &self.config.defaults;
+        let (kind, next_run_ms) = match &o.cron {
+            Some(expr) => {
+                let s = self.cron(expr)?;
+                let next = s.next_after(now).ok_or_else(|| {
+                    Error::InvalidOption(format!("cron expression `{expr}` has no future occurrence"))
+                })?;
+                (TaskKind::Cron, next)
+            }
+            None => {
+                let at = match (o.run_at, o.delay) {
+                    (Some(t), _) => t.duration_since(UNIX_EPOCH).map_or(0, ms),
+                    (None, Some(delay)) => now.saturating_add(ms(delay)),
+                    (None, None) => now,
+                };
+                (TaskKind::Async, at)
+            }
+        };
+        Ok(NewTask {
+            id: TaskId(0),
+            name: reg.name.to_string(),
+            kind,
+            payload,
+            priority: o.priority.or(reg.options.priority).unwrap_or(d.priority),
+            tag: o.tag,
+            timeout_ms: o.timeout.or(reg.options.timeout).map_or(d.timeout_ms, ms),
+            max_retries: o.max_retries.or(reg.options.max_retries).unwrap_or(d.max_retries),
+            retry_interval_ms: o.retry_interval.or(reg.options.retry_interval).map_or(d.retry_interval_ms, ms),
+            requires,
+            dedup_key: o.dedup_key,
+            cron: o.cron,
+            next_run_ms,
+            parent_id: None,
+            root_id: None,
+            on_failure: OnChildFailure::Deliver,
+            created_ms: now,
+        })
+    }
+
+    /// Creates one task; returns its id (or the id holding the dedup key) and the LSN to wait for.
+    pub(crate) fn submit_one(&self, name: &str, payload: Value, o: SubmitOptions) -> Result<(TaskId, Option<Lsn>)> {
+        if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Stopped);
+        }
+        if name.trim().is_empty() {
+            return Err(Error::EmptyName);
+        }
+        let reg = self.registry.get(name).ok_or_else(|| Error::NoHandler(name.to_owned()))?;
+        let mut new = self.new_task(&reg, payload, o)?;
+        let mut dedup = match &new.dedup_key {
+            Some(key) => {
+                let guard = self.store.dedup.lock();
+                if let Some(&id) = guard.get(key) {
+                    return Ok((id, None));
+                }
+                Some(guard)
+            }
+            None => None,
+        };
+        new.id = self.store.alloc_id(None);
+        let id = new.id;
+        let key = new.dedup_key.clone();
+        let mut lsn = None;
+        {
+            let mut shard = self.store.lock(id);
+            let (applied, l) = self.store.commit(&mut shard, Record::Submit(Box::new(new)))?;
+            lsn = l.or(lsn);
+            self.settle(&mut shard, id, applied, &mut lsn);
+        }
+        if let (Some(d), Some(key)) = (dedup.as_mut(), key) {
+            d.insert(key, id);
+        }
+        Ok((id, lsn))
+    }
+}

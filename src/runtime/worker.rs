@@ -1,0 +1,337 @@
+//! Worker threads: take the best ready task, claim it, run its handler, record
+//! the outcome. Also the timer thread's handling of due tasks and attempts.
+
+use super::context::{AttemptCtl, ContextInner, TaskContext};
+use super::dispatch::{Queue, ReadyItem};
+use super::error::{Error, Result};
+use super::registry::{ChildSpec, Handler, HandlerResult, Outcome, Registered};
+use super::submit::normalize_tags;
+use super::Core;
+use crate::codec::{FailKind, NewTask, Record, TaskId, TaskKind};
+use crate::engine::schedule::{next_round, RetryStrategy};
+use crate::engine::{Shard, TaskEntry, TaskStatus};
+use crossbeam::sync::Parker;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// How many queued entries a worker looks at per queue before giving up on it
+/// (entries of handlers at their cap or unregistered are skipped).
+const SCAN_LIMIT: usize = 256;
+
+/// A claimed task, ready to run.
+pub(crate) struct Job {
+    reg: Arc<Registered>,
+    ctx: TaskContext,
+    kind: TaskKind,
+    cron: Option<String>,
+    next_run_time: u64,
+}
+
+/// The body of worker thread `w`.
+pub(crate) fn worker_main(core: &Arc<Core>, w: usize, parker: &Parker) {
+    let pool = core.workers[w].pool;
+    while !core.stopping.load(Ordering::Acquire) {
+        let job = match core.try_take(w) {
+            Some(job) => job,
+            None => {
+                core.dispatch.go_idle(pool, w);
+                match core.try_take(w) {
+                    Some(job) => {
+                        core.dispatch.leave_idle(pool, w);
+                        job
+                    }
+                    None => {
+                        parker.park();
+                        continue;
+                    }
+                }
+            }
+        };
+        core.run_job(w, job);
+    }
+}
+
+impl Core {
+    /// Takes the best task this worker may run, with its slots, and claims it.
+    fn try_take(self: &Arc<Self>, w: usize) -> Option<Job> {
+        if !self.gate_open() || !self.global.try_acquire() {
+            return None;
+        }
+        for _ in 0..64 {
+            let Some((queue, item, reg)) = self.pick(w) else { break };
+            if !reg.slots.try_acquire() {
+                queue.set.insert(item); // lost the last slot to another worker: put back
+                continue;
+            }
+            if let Some(job) = self.claim(w, &item, reg.clone()) {
+                return Some(job);
+            }
+            reg.slots.release();
+        }
+        if self.global.release() {
+            self.dispatch.wake_each_pool();
+        }
+        None
+    }
+
+    /// Removes the best runnable entry from the queues this worker's pool serves.
+    fn pick(&self, w: usize) -> Option<(Arc<Queue>, ReadyItem, Arc<Registered>)> {
+        let pool = &self.dispatch.pools[self.workers[w].pool];
+        let queues = pool.queues.load_full();
+        loop {
+            let mut best: Option<(usize, ReadyItem, Arc<Registered>)> = None;
+            for (qi, q) in queues.iter().enumerate() {
+                for entry in q.set.iter().take(SCAN_LIMIT) {
+                    let item = entry.value();
+                    match self.registry.get(&item.name) {
+                        Some(r) if !r.slots.is_full() => {
+                            if best.as_ref().is_none_or(|b| item < &b.1) {
+                                best = Some((qi, item.clone(), r));
+                            }
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let (qi, item, reg) = best?;
+            let q = &queues[qi];
+            if q.set.remove(&item).is_some() {
+                return Some((q.clone(), item, reg));
+            }
+        }
+    }
+
+    /// Claims `item` under its shard lock; `None` if the task is no longer runnable.
+    fn claim(self: &Arc<Self>, w: usize, item: &ReadyItem, reg: Arc<Registered>) -> Option<Job> {
+        let now = self.now();
+        let mut shard = self.store.lock(item.id);
+        let e = shard.get(item.id)?;
+        if e.task.status != TaskStatus::Pending || e.task.next_run_time > now {
+            return None;
+        }
+        let attempt = e.task.attempt + 1;
+        let worker = self.workers[w].name.clone();
+        let record = Record::Claim { id: item.id, attempt, worker: worker.clone(), at_ms: now };
+        match self.store.commit(&mut shard, record) {
+            // A claim is not acknowledged to anyone, so nobody waits for its LSN.
+            Ok((applied, mut lsn)) => self.settle(&mut shard, item.id, applied, &mut lsn),
+            Err(_) => return None,
+        }
+        let e = shard.get(item.id)?;
+        Some(self.job(e, reg, worker, now))
+    }
+
+    fn job(self: &Arc<Self>, e: &TaskEntry, reg: Arc<Registered>, worker: String, now: u64) -> Job {
+        let t = &e.task;
+        let deadline = if t.timeout_ms == 0 { u64::MAX } else { now.saturating_add(t.timeout_ms) };
+        let hb = reg.options.heartbeat_window.map_or(0, |d| d.as_millis() as u64);
+        let ctl = Arc::new(AttemptCtl::new(t.id, t.attempt, deadline, hb, now));
+        let inner = ContextInner {
+            core: Arc::downgrade(self),
+            ctl,
+            name: t.name.clone(),
+            payload: t.payload.clone(),
+            result: t.result.clone(),
+            context: t.context.clone(),
+            stage: t.stage,
+            retry_count: t.retry_count,
+            worker,
+            parent_id: t.parent_id,
+            root_id: t.root_id,
+        };
+        Job {
+            reg,
+            ctx: TaskContext { inner: Arc::new(inner) },
+            kind: t.kind,
+            cron: t.cron.clone(),
+            next_run_time: t.next_run_time,
+        }
+    }
+
+    /// Runs the handler of a claimed task and records its outcome.
+    fn run_job(self: &Arc<Self>, w: usize, job: Job) {
+        let ctl = job.ctx.inner.ctl.clone();
+        self.timer.set_slot(w, Some(ctl.clone()));
+        let result = self.call(&job);
+        ctl.done.store(true, Ordering::Release);
+        self.timer.set_slot(w, None);
+        self.finish(w, &job, result);
+        let cap_was_hit = job.reg.slots.release();
+        let global_was_hit = self.global.release();
+        if cap_was_hit || global_was_hit {
+            self.dispatch.wake_each_pool();
+        }
+    }
+
+    fn call(&self, job: &Job) -> HandlerResult {
+        let outcome = match &job.reg.handler {
+            Handler::Sync(f) => catch_unwind(AssertUnwindSafe(|| f(&job.ctx))),
+            Handler::Async(f) => {
+                let ctl = job.ctx.inner.ctl.clone();
+                let fut = f(job.ctx.clone());
+                catch_unwind(AssertUnwindSafe(|| {
+                    self.tokio.block_on(async move {
+                        tokio::select! {
+                            r = fut => r,
+                            () = ctl.notify.notified() => Err("the attempt was cancelled at an await point (timeout or pause)".into()),
+                        }
+                    })
+                }))
+            }
+        };
+        outcome.unwrap_or_else(|panic| {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic payload".to_owned());
+            Err(format!("handler panicked: {msg}").into())
+        })
+    }
+
+    /// The retry delay for the next retry of `e`, from the handler's strategy, else
+    /// the pool's, else the task's fixed interval.
+    fn retry_at(&self, e: &TaskEntry, reg: Option<&Registered>, pool: Option<usize>, now: u64) -> u64 {
+        let strategy = reg
+            .and_then(|r| r.options.retry)
+            .or_else(|| pool.and_then(|p| self.config.pools.get(p)).and_then(|p| p.retry))
+            .unwrap_or_else(|| RetryStrategy::fixed(std::time::Duration::from_millis(e.task.retry_interval_ms)));
+        let d = strategy.delay(e.task.retry_count, rand::random::<f64>());
+        now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Records the outcome of an attempt; a stale one (timed out, paused) is dropped.
+    fn finish(&self, w: usize, job: &Job, result: HandlerResult) {
+        let id = job.ctx.id();
+        let attempt = job.ctx.attempt();
+        let now = self.now();
+        let mut shard = self.store.lock(id);
+        let Some(e) = shard.get(id) else { return };
+        if e.task.status != TaskStatus::Running || e.task.attempt != attempt {
+            return; // stale: the manager drops its own late writes silently
+        }
+        let batch = match result {
+            Ok(Outcome::Complete(value)) => {
+                let next_run_ms = self.cron_next(job, now);
+                vec![Record::Complete { id, attempt, result: value, next_run_ms, at_ms: now }]
+            }
+            Ok(Outcome::Spawn { children, context }) => match self.children(&shard, e, children, now) {
+                Ok(subs) => {
+                    let list = subs.iter().map(|c| (c.id, c.name.clone())).collect();
+                    let mut batch = vec![Record::Spawn { id, attempt, children: list, context, at_ms: now }];
+                    batch.extend(subs.into_iter().map(|c| Record::Submit(Box::new(c))));
+                    batch
+                }
+                Err(err) => vec![self.fail_record(e, Some(&job.reg), w, err.to_string(), FailKind::Error, now)],
+            },
+            Ok(Outcome::Suspend { reason, context }) if !reason.trim().is_empty() => {
+                vec![Record::Suspend { id, attempt, reason, context, at_ms: now }]
+            }
+            Ok(Outcome::Suspend { .. }) => {
+                let err = "suspend reason must not be empty: return Outcome::Suspend with a reason".to_owned();
+                vec![self.fail_record(e, Some(&job.reg), w, err, FailKind::Error, now)]
+            }
+            Err(err) => vec![self.fail_record(e, Some(&job.reg), w, err.to_string(), FailKind::Error, now)],
+        };
+        self.commit_outcome(&mut shard, batch);
+    }
+
+    fn fail_record(&self, e: &TaskEntry, reg: Option<&Registered>, w: usize, error: String, kind: FailKind, now: u64) -> Record {
+        let pool = self.workers.get(w).map(|x| x.pool);
+        Record::Fail {
+            id: e.task.id,
+            attempt: e.task.attempt,
+            error,
+            kind,
+            retry_at_ms: self.retry_at(e, reg, pool, now),
+            at_ms: now,
+        }
+    }
+
+    fn commit_outcome(&self, shard: &mut Shard, batch: Vec<Record>) {
+        let ids: Vec<TaskId> = batch.iter().map(Record::task_id).collect();
+        let mut lsn = None;
+        if let Ok((applied, l)) = self.store.commit_batch(shard, batch) {
+            lsn = l;
+            for (a, id) in applied.into_iter().zip(ids) {
+                self.settle(shard, id, a, &mut lsn);
+            }
+        }
+    }
+
+    /// The next round of a cron task after a success.
+    fn cron_next(&self, job: &Job, now: u64) -> Option<u64> {
+        if job.kind != TaskKind::Cron {
+            return None;
+        }
+        let s = self.cron(job.cron.as_deref()?).ok()?;
+        next_round(&s, self.config.catch_up, job.next_run_time, now)
+    }
+
+    /// Builds the children of a spawn: option from the spec, else the child
+    /// handler's registration, else the parent.
+    fn children(&self, _shard: &Shard, parent: &TaskEntry, specs: Vec<ChildSpec>, now: u64) -> Result<Vec<NewTask>> {
+        if specs.is_empty() {
+            return Err(Error::InvalidOption("a spawn needs at least one child".into()));
+        }
+        let p = &parent.task;
+        specs
+            .into_iter()
+            .map(|c| {
+                let reg = self.registry.get(&c.name).ok_or_else(|| Error::NoHandler(c.name.clone()))?;
+                let o = &reg.options;
+                let ms = |d: std::time::Duration| d.as_millis() as u64;
+                let requires = match c.requires {
+                    Some(r) => r,
+                    None if !o.requires.is_empty() => o.requires.clone(),
+                    None => p.requires.clone(),
+                };
+                if let Some(t) = &c.tag {
+                    super::error::check_tag(t)?;
+                }
+                Ok(NewTask {
+                    id: self.store.alloc_id(Some(p.id)),
+                    name: reg.name.to_string(),
+                    kind: TaskKind::Async,
+                    payload: c.payload,
+                    priority: c.priority.or(o.priority).unwrap_or(p.priority),
+                    tag: c.tag.or_else(|| p.tag.clone()),
+                    timeout_ms: c.timeout.or(o.timeout).map_or(p.timeout_ms, ms),
+                    max_retries: c.max_retries.or(o.max_retries).unwrap_or(p.max_retries),
+                    retry_interval_ms: c.retry_interval.or(o.retry_interval).map_or(p.retry_interval_ms, ms),
+                    requires: normalize_tags(requires)?,
+                    dedup_key: None,
+                    cron: None,
+                    next_run_ms: now,
+                    parent_id: Some(p.id),
+                    root_id: Some(p.root_id.unwrap_or(p.id)),
+                    on_failure: c.on_failure,
+                    created_ms: now,
+                })
+            })
+            .collect()
+    }
+
+    /// The timer found an attempt past its deadline or heartbeat window.
+    pub(crate) fn attempt_due(&self, ctl: &AttemptCtl) {
+        let now = self.now();
+        let kind = if now >= ctl.deadline_ms { FailKind::TimeoutTotal } else { FailKind::TimeoutHeartbeat };
+        let mut shard = self.store.lock(ctl.id);
+        let Some(e) = shard.get(ctl.id) else { return };
+        if e.task.status != TaskStatus::Running || e.task.attempt != ctl.attempt {
+            return;
+        }
+        let reg = self.registry.get(&e.task.name);
+        let error = match kind {
+            FailKind::TimeoutHeartbeat => "Task heartbeat timed out: no heartbeat within the window".to_owned(),
+            _ => "Task execution timed out".to_owned(),
+        };
+        let worker = e.task.worker.clone();
+        let w = self.workers.iter().position(|x| Some(&x.name) == worker.as_ref()).unwrap_or(usize::MAX);
+        let record = self.fail_record(e, reg.as_deref(), w, error, kind, now);
+        self.commit_outcome(&mut shard, vec![record]);
+        ctl.cancel(if kind == FailKind::TimeoutTotal { 1 } else { 2 });
+    }
+}

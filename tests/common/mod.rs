@@ -1,0 +1,42 @@
+//! Shared helpers for the integration tests: conditions with generous deadlines,
+//! never fixed sleeps.
+#![allow(dead_code)]
+
+use fibflow::{EventType, ManualClock, TaskId, TaskManager};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a condition may take on a slow, loaded machine.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits until `f` is true, yielding between checks; panics with `what` after PATIENCE.
+pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + PATIENCE;
+    while !f() {
+        assert!(Instant::now() < until, "timed out waiting for: {what}");
+        std::thread::yield_now();
+        std::thread::park_timeout(Duration::from_millis(1));
+    }
+}
+
+/// A manager on a manual clock at a fixed start.
+pub fn manual(max_concurrent: usize) -> (TaskManager, Arc<ManualClock>) {
+    let clock = ManualClock::new(1_700_000_000_000);
+    let mgr = TaskManager::builder()
+        .memory()
+        .clock(clock.clone())
+        .max_concurrent_tasks(max_concurrent)
+        .build()
+        .unwrap();
+    (mgr, clock)
+}
+
+/// The event type names of a task, in order.
+pub fn event_names(mgr: &TaskManager, id: TaskId) -> Vec<&'static str> {
+    mgr.events(id).unwrap().iter().map(|e| e.event_type.as_str()).collect()
+}
+
+/// Whether the task has an event of this type.
+pub fn has_event(mgr: &TaskManager, id: TaskId, ty: EventType) -> bool {
+    mgr.events(id).unwrap().iter().any(|e| e.event_type == ty)
+}
