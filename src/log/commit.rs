@@ -1,0 +1,216 @@
+//! Completion notification and group commit (leader/follower, okaywal shape).
+//!
+//! Watermarks, all logical byte positions (LSNs), each monotonic:
+//!
+//! - W1 `completed` (per mapping, in `mmap.rs`, combined across segments by
+//!   the log): every frame below it is fully copied into the mapping.
+//! - W2 `synced` (here): every frame below it is durable on disk. `synced <=
+//!   completed` always, because a leader only syncs up to a `completed` it read.
+//!
+//! Group commit protocol for `wait_durable(lsn)` in `Sync` mode:
+//!
+//! 1. If `synced > lsn`, return: the record and all before it are durable.
+//! 2. Lock `state`. If a leader is active, wait on the condvar, then go to 1.
+//! 3. Otherwise become leader, unlock, wait until `completed > lsn` (every
+//!    earlier append finished copying), read `completed` as the target, sync
+//!    `[synced, target)`, publish `synced = target`, clear the leader flag and
+//!    wake every follower. Followers whose LSN is now covered return at once;
+//!    the others elect the next leader, which syncs everything completed so far
+//!    in one go (one flush for the whole group).
+//! 4. A sync error poisons the log: the error is returned to the leader,
+//!    followers see [`LogError::Poisoned`], and the sync is never retried
+//!    (after a failed fsync the page cache state is unknown; see the
+//!    PostgreSQL "fsyncgate" discussion, 2018). A leader that panics poisons
+//!    the log through the drop guard.
+//!
+//! Correct because `synced` only moves to a `completed` value that was read
+//! after waiting for `completed > lsn`, and syncs cover `[old synced, target)`
+//! in full; so `synced > lsn` implies every byte below the end of `lsn`'s frame
+//! was copied before the sync started and is on disk (I2).
+
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::{Condvar, Mutex};
+
+use super::LogError;
+
+/// Wakes threads waiting for a watermark to move (no lost wake-ups: both sides fence).
+#[derive(Debug, Default)]
+pub(crate) struct Notify {
+    waiters: AtomicUsize,
+    lock: Mutex<()>,
+    cond: Condvar,
+}
+
+impl Notify {
+    /// Wakes every waiter, cheaply if there is none.
+    pub(crate) fn notify_all(&self) {
+        fence(Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            let _g = self.lock.lock();
+            self.cond.notify_all();
+        }
+    }
+
+    /// Blocks until `done()` is true; `done` is re-checked after every wake-up.
+    pub(crate) fn wait_until(&self, mut done: impl FnMut() -> bool) {
+        if done() {
+            return;
+        }
+        let mut g = self.lock.lock();
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        while !done() {
+            self.cond.wait(&mut g);
+        }
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The synced watermark, the leader flag, and the poison flag.
+#[derive(Debug)]
+pub(crate) struct GroupCommit {
+    synced: AtomicU64,
+    leader: Mutex<bool>,
+    cond: Condvar,
+    poisoned: AtomicBool,
+    reason: Mutex<Option<String>>,
+}
+
+/// Clears the leader flag and wakes followers, also when the leader panics (then it poisons).
+struct LeaderGuard<'a>(&'a GroupCommit);
+
+impl Drop for LeaderGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.poison("a thread panicked while flushing the log".to_owned());
+        }
+        *self.0.leader.lock() = false;
+        self.0.cond.notify_all();
+    }
+}
+
+/// Poisons the log if the thread holding it panics (background threads hold one).
+pub(crate) struct PoisonOnPanic<'a>(pub(crate) &'a GroupCommit);
+
+impl Drop for PoisonOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.poison("a background log thread panicked".to_owned());
+        }
+    }
+}
+
+impl GroupCommit {
+    /// Starts with everything below `synced` durable.
+    pub(crate) fn new(synced: u64) -> GroupCommit {
+        GroupCommit { synced: AtomicU64::new(synced), leader: Mutex::new(false), cond: Condvar::new(), poisoned: AtomicBool::new(false), reason: Mutex::new(None) }
+    }
+
+    /// W2: every frame below this LSN is durable.
+    pub(crate) fn synced(&self) -> u64 {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// Fails with [`LogError::Poisoned`] once a sync failed.
+    pub(crate) fn check(&self) -> Result<(), LogError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            let reason = self.reason.lock().clone().unwrap_or_default();
+            return Err(LogError::Poisoned { reason });
+        }
+        Ok(())
+    }
+
+    /// Marks the log poisoned for good and wakes everybody.
+    pub(crate) fn poison(&self, reason: String) {
+        {
+            let mut r = self.reason.lock();
+            if r.is_none() {
+                *r = Some(reason);
+            }
+        }
+        self.poisoned.store(true, Ordering::Release);
+        let _g = self.leader.lock();
+        self.cond.notify_all();
+    }
+
+    /// Blocks until `synced > lsn`. At most one caller at a time runs
+    /// `flush(synced) -> new synced`; the others wait and share its result.
+    pub(crate) fn wait(&self, lsn: u64, flush: impl Fn(u64) -> Result<u64, LogError>) -> Result<(), LogError> {
+        loop {
+            self.check()?;
+            if self.synced() > lsn {
+                return Ok(());
+            }
+            let mut leader = self.leader.lock();
+            if self.synced() > lsn {
+                return Ok(());
+            }
+            if *leader {
+                self.cond.wait(&mut leader);
+                continue;
+            }
+            self.check()?;
+            *leader = true;
+            drop(leader);
+            let guard = LeaderGuard(self);
+            match flush(self.synced()) {
+                Ok(to) => {
+                    self.synced.fetch_max(to, Ordering::AcqRel);
+                }
+                Err(e) => {
+                    self.poison(e.to_string());
+                    drop(guard);
+                    return Err(e);
+                }
+            }
+            drop(guard);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::type_complexity)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn watermark_table() {
+        // (synced before, lsn waited for, flush result, expected synced after, expected ok)
+        let cases: [(u64, u64, Result<u64, ()>, u64, bool); 4] =
+            [(0, 10, Ok(20), 20, true), (30, 10, Ok(99), 30, true), (0, 5, Err(()), 0, false), (8, 8, Ok(16), 16, true)];
+        for (i, (before, lsn, result, after, ok)) in cases.into_iter().enumerate() {
+            let gc = GroupCommit::new(before);
+            let r = gc.wait(lsn, |_| result.map_err(|()| LogError::Poisoned { reason: "x".into() }));
+            assert_eq!(r.is_ok(), ok, "case {i}");
+            assert_eq!(gc.synced(), after, "case {i}");
+            if !ok {
+                assert!(matches!(gc.wait(0, |_| Ok(1)), Err(LogError::Poisoned { .. })), "case {i}: poisoned forever");
+            }
+        }
+    }
+
+    #[test]
+    fn followers_share_one_flush() {
+        let gc = Arc::new(GroupCommit::new(0));
+        let flushes = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(std::sync::Barrier::new(8));
+        let handles: Vec<_> = (0..8u64)
+            .map(|i| {
+                let (gc, flushes, gate) = (gc.clone(), flushes.clone(), gate.clone());
+                std::thread::spawn(move || {
+                    gate.wait();
+                    gc.wait(i, |_| {
+                        flushes.fetch_add(1, Ordering::SeqCst);
+                        Ok(100)
+                    })
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
+        assert_eq!(flushes.load(Ordering::SeqCst), 1, "one flush to 100 covers every waiter");
+    }
+}

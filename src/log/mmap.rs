@@ -1,0 +1,277 @@
+//! The only `unsafe` code in fibflow: a memory mapping with a small safe API.
+//!
+//! A [`Mapping`] hands out disjoint write [`Slot`]s by an atomic add on its
+//! tail, tracks which slots are finished, and lets readers see only the prefix
+//! in which every slot is finished. Exclusive (`&mut self`) access gives the
+//! whole byte range, for recovery and preparation before the mapping is shared.
+//!
+//! Soundness argument, as numbered invariants relied on by every `unsafe` block:
+//!
+//! - M1: `ptr`/`len` describe memory owned by `map` for the whole life of the
+//!   `Mapping`; it is never remapped, grown or shrunk (there is no API for it).
+//! - M2: the directory lock (`lock.rs`) is held by the `Log` that owns the
+//!   file, so no other process of ours writes the file; memmap2 documents that
+//!   outside modification of a mapped file is undefined behaviour. Users must
+//!   not edit segment files while a log is open (documented in `docs/log-format.md`).
+//! - M3: slots are disjoint: each is the result of one `fetch_add` on `tail`,
+//!   clipped to `[0, len)`.
+//! - M4: `completed` only moves over bytes whose slots were dropped, and slots
+//!   are only ever issued at offsets `>= tail >= completed`, so bytes below
+//!   `completed` are never written again while `&self` borrows exist.
+#![allow(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use memmap2::{MmapOptions, MmapRaw};
+use parking_lot::Mutex;
+
+/// Page granularity used for prefaulting.
+const PAGE: u64 = 4096;
+
+/// Where a mapping's bytes live.
+#[derive(Debug)]
+enum Backing {
+    /// A shared mapping of a segment file.
+    File(MmapRaw),
+    /// Anonymous memory (tests' `SimStorage` and the Memory baseline).
+    Anon(MmapRaw),
+}
+
+/// A fixed-size mapped region with lock-free slot reservation.
+#[derive(Debug)]
+pub struct Mapping {
+    // M1: `ptr` points at `len` bytes owned by `map`.
+    map: Backing,
+    ptr: NonNull<u8>,
+    len: u64,
+    // M3: next unreserved offset; may grow past `len` (those reservations get no slot).
+    tail: AtomicU64,
+    // M4: every byte in [0, completed) is finished and never written through a slot again.
+    completed: AtomicU64,
+    // Finished slots that are not yet contiguous with `completed`: start -> end.
+    pending: Mutex<BTreeMap<u64, u64>>,
+}
+
+// SAFETY: the mapping is plain memory; concurrent access is coordinated by M3/M4
+// (disjoint slots for writers, readers only below `completed`), so sharing the
+// raw pointer between threads is sound.
+unsafe impl Send for Mapping {}
+// SAFETY: see `Send` above; every `&self` method upholds M3/M4.
+unsafe impl Sync for Mapping {}
+
+/// Result of [`Mapping::reserve`].
+#[derive(Debug)]
+pub enum Reserve<'a> {
+    /// The whole request fits: write the frame here.
+    Fits(Slot<'a>),
+    /// The request crossed the end: this slot is the rest of the mapping
+    /// (possibly shorter than a frame header) and must be marked dead.
+    Straddles(Slot<'a>),
+    /// The mapping was already full before this request.
+    Full,
+}
+
+/// Exclusive write access to `[start, end)` of a mapping; finishing it (drop)
+/// publishes the bytes to readers once every earlier slot is finished too.
+#[derive(Debug)]
+pub struct Slot<'a> {
+    map: &'a Mapping,
+    start: u64,
+    end: u64,
+}
+
+impl Mapping {
+    /// Maps `len` bytes of `file` shared and read-write, prefaulting page tables.
+    pub fn map_file(file: &File, len: u64) -> io::Result<Mapping> {
+        let raw = MmapOptions::new().len(to_usize(len)?).populate().map_raw(file)?;
+        Ok(Self::from_raw(Backing::File(raw), len))
+    }
+
+    /// Maps `len` zeroed bytes of anonymous memory.
+    pub fn anon(len: u64) -> io::Result<Mapping> {
+        let raw = MmapRaw::from(MmapOptions::new().len(to_usize(len)?).map_anon()?);
+        Ok(Self::from_raw(Backing::Anon(raw), len))
+    }
+
+    fn from_raw(map: Backing, len: u64) -> Mapping {
+        let raw = match &map {
+            Backing::File(r) | Backing::Anon(r) => r,
+        };
+        let ptr = NonNull::new(raw.as_mut_ptr()).unwrap_or(NonNull::dangling());
+        let len = if raw.as_mut_ptr().is_null() { 0 } else { len };
+        // A fresh mapping is exclusively owned: everything is "completed" and readable,
+        // and no slot can be issued until `set_tail` is called.
+        Mapping { map, ptr, len, tail: AtomicU64::new(len), completed: AtomicU64::new(len), pending: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// Size of the mapping in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the mapping is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Offset below which every slot is finished.
+    pub fn completed(&self) -> u64 {
+        self.completed.load(Ordering::Acquire)
+    }
+
+    /// Next unreserved offset (may exceed `len`).
+    pub fn tail(&self) -> u64 {
+        self.tail.load(Ordering::Acquire)
+    }
+
+    /// The whole mapping, mutably. Exclusive access means no slot or reader exists.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: M1 (ptr/len valid for the mapping's life), M2 (no other process
+        // writes the file), and `&mut self` proves no slot or shared borrow exists.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len as usize) }
+    }
+
+    /// Sets where slots start being issued; bytes below stay readable.
+    pub fn set_tail(&mut self, tail: u64) {
+        let tail = tail.min(self.len);
+        *self.tail.get_mut() = tail;
+        *self.completed.get_mut() = tail;
+        self.pending.get_mut().clear();
+    }
+
+    /// Writes to each page so its first use by an appender does not fault.
+    pub fn prefault(&mut self) {
+        let mut off = 0u64;
+        while off < self.len {
+            // SAFETY: M1 (off < len, so the byte is inside the mapping), M2, and
+            // `&mut self` proves no slot or reader exists. Writing back the value just
+            // read changes nothing; the volatile pair keeps the compiler from dropping it.
+            unsafe {
+                let p = self.ptr.as_ptr().add(off as usize);
+                std::ptr::write_volatile(p, std::ptr::read_volatile(p));
+            }
+            off += PAGE;
+        }
+    }
+
+    /// Borrows `[start, end)`, which must lie below `completed` (else `None`).
+    pub fn read(&self, start: u64, end: u64) -> Option<&[u8]> {
+        if start > end || end > self.completed() {
+            return None;
+        }
+        // SAFETY: M1 (in bounds: end <= completed <= len), M4 (bytes below
+        // `completed` are never written while `&self` lives), M2 (no other writer).
+        Some(unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(start as usize), (end - start) as usize) })
+    }
+
+    /// Reserves `len` bytes at the tail by one atomic add.
+    pub fn reserve(&self, len: u64) -> Reserve<'_> {
+        let start = self.tail.fetch_add(len, Ordering::AcqRel);
+        let end = start.saturating_add(len);
+        if end <= self.len {
+            Reserve::Fits(Slot { map: self, start, end })
+        } else if start < self.len {
+            Reserve::Straddles(Slot { map: self, start, end: self.len })
+        } else {
+            Reserve::Full
+        }
+    }
+
+    /// Flushes `[start, end)` to the file with `msync(MS_SYNC)`; a no-op for anonymous memory.
+    pub fn flush_range(&self, start: u64, end: u64) -> io::Result<()> {
+        match &self.map {
+            Backing::File(raw) if end > start => raw.flush_range(start as usize, (end - start) as usize),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records that slot `[start, end)` is finished and advances `completed`.
+    fn finish(&self, start: u64, end: u64) {
+        let mut pending = self.pending.lock();
+        let mut done = self.completed.load(Ordering::Acquire);
+        if start != done {
+            pending.insert(start, end);
+            return;
+        }
+        done = end;
+        while let Some(next_end) = pending.remove(&done) {
+            done = next_end;
+        }
+        self.completed.store(done, Ordering::Release);
+    }
+}
+
+impl Slot<'_> {
+    /// Offset of the slot in the mapping.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// Length of the slot in bytes.
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Whether the slot is empty.
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+
+    /// Copies `data` to `offset` within the slot; returns false (writing nothing)
+    /// if it would not fit.
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> bool {
+        let Some(end) = offset.checked_add(data.len() as u64) else { return false };
+        if end > self.len() {
+            return false;
+        }
+        // SAFETY: M1 and the check above keep the copy inside [start, end) ⊆ [0, len);
+        // M3 makes this range exclusive to this slot; M2 rules out other processes;
+        // `data` cannot overlap the mapping range because no `&[u8]` into an unfinished
+        // slot exists (M4: readers only see bytes below `completed`).
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.ptr.as_ptr().add((self.start + offset) as usize), data.len());
+        }
+        true
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.map.finish(self.start, self.end);
+    }
+}
+
+fn to_usize(len: u64) -> io::Result<usize> {
+    usize::try_from(len).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mapping length does not fit in usize"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::type_complexity)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_complete_out_of_order() {
+        let mut m = Mapping::anon(4096).unwrap();
+        m.set_tail(64);
+        let Reserve::Fits(a) = m.reserve(32) else { panic!() };
+        let Reserve::Fits(mut b) = m.reserve(32) else { panic!() };
+        assert!(b.write(0, &[7; 32]));
+        assert!(!b.write(1, &[7; 32]));
+        drop(b);
+        assert_eq!(m.completed(), 64, "b finished first but a is still open");
+        drop(a);
+        assert_eq!(m.completed(), 128);
+        assert_eq!(m.read(96, 128).unwrap(), &[7; 32]);
+        assert!(m.read(96, 129).is_none());
+        let Reserve::Straddles(s) = m.reserve(8000) else { panic!() };
+        assert_eq!((s.start(), s.len()), (128, 4096 - 128));
+        assert!(matches!(m.reserve(8), Reserve::Full));
+        drop(s);
+        assert_eq!(m.completed(), 4096);
+    }
+}
