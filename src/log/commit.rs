@@ -83,7 +83,8 @@ struct LeaderGuard<'a>(&'a GroupCommit);
 impl Drop for LeaderGuard<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.poison("a thread panicked while flushing the log".to_owned());
+            self.0
+                .poison("a thread panicked while flushing the log".to_owned());
         }
         *self.0.leader.lock() = false;
         self.0.cond.notify_all();
@@ -104,7 +105,13 @@ impl Drop for PoisonOnPanic<'_> {
 impl GroupCommit {
     /// Starts with everything below `synced` durable.
     pub(crate) fn new(synced: u64) -> GroupCommit {
-        GroupCommit { synced: AtomicU64::new(synced), leader: Mutex::new(false), cond: Condvar::new(), poisoned: AtomicBool::new(false), reason: Mutex::new(None) }
+        GroupCommit {
+            synced: AtomicU64::new(synced),
+            leader: Mutex::new(false),
+            cond: Condvar::new(),
+            poisoned: AtomicBool::new(false),
+            reason: Mutex::new(None),
+        }
     }
 
     /// W2: every frame below this LSN is durable.
@@ -136,7 +143,11 @@ impl GroupCommit {
 
     /// Blocks until `synced > lsn`. At most one caller at a time runs
     /// `flush(synced) -> new synced`; the others wait and share its result.
-    pub(crate) fn wait(&self, lsn: u64, flush: impl Fn(u64) -> Result<u64, LogError>) -> Result<(), LogError> {
+    pub(crate) fn wait(
+        &self,
+        lsn: u64,
+        flush: impl Fn(u64) -> Result<u64, LogError>,
+    ) -> Result<(), LogError> {
         loop {
             self.check()?;
             if self.synced() > lsn {
@@ -178,15 +189,24 @@ mod tests {
     #[test]
     fn watermark_table() {
         // (synced before, lsn waited for, flush result, expected synced after, expected ok)
-        let cases: [(u64, u64, Result<u64, ()>, u64, bool); 4] =
-            [(0, 10, Ok(20), 20, true), (30, 10, Ok(99), 30, true), (0, 5, Err(()), 0, false), (8, 8, Ok(16), 16, true)];
+        let cases: [(u64, u64, Result<u64, ()>, u64, bool); 4] = [
+            (0, 10, Ok(20), 20, true),
+            (30, 10, Ok(99), 30, true),
+            (0, 5, Err(()), 0, false),
+            (8, 8, Ok(16), 16, true),
+        ];
         for (i, (before, lsn, result, after, ok)) in cases.into_iter().enumerate() {
             let gc = GroupCommit::new(before);
-            let r = gc.wait(lsn, |_| result.map_err(|()| LogError::Poisoned { reason: "x".into() }));
+            let r = gc.wait(lsn, |_| {
+                result.map_err(|()| LogError::Poisoned { reason: "x".into() })
+            });
             assert_eq!(r.is_ok(), ok, "case {i}");
             assert_eq!(gc.synced(), after, "case {i}");
             if !ok {
-                assert!(matches!(gc.wait(0, |_| Ok(1)), Err(LogError::Poisoned { .. })), "case {i}: poisoned forever");
+                assert!(
+                    matches!(gc.wait(0, |_| Ok(1)), Err(LogError::Poisoned { .. })),
+                    "case {i}: poisoned forever"
+                );
             }
         }
     }
@@ -211,6 +231,10 @@ mod tests {
         for h in handles {
             h.join().unwrap().unwrap();
         }
-        assert_eq!(flushes.load(Ordering::SeqCst), 1, "one flush to 100 covers every waiter");
+        assert_eq!(
+            flushes.load(Ordering::SeqCst),
+            1,
+            "one flush to 100 covers every waiter"
+        );
     }
 }

@@ -205,7 +205,10 @@ pub fn decode_frame(buf: &[u8]) -> Result<Frame<'_>, FrameError> {
         if buf.iter().all(|&b| b == 0) {
             return Err(FrameError::Empty);
         }
-        return Err(FrameError::Truncated { need: FRAME_HEADER_LEN as u64, have });
+        return Err(FrameError::Truncated {
+            need: FRAME_HEADER_LEN as u64,
+            have,
+        });
     };
     let mut header = [0u8; FRAME_HEADER_LEN];
     header.copy_from_slice(hbytes);
@@ -216,7 +219,10 @@ pub fn decode_frame(buf: &[u8]) -> Result<Frame<'_>, FrameError> {
     if version != FRAME_VERSION {
         return Err(FrameError::Version(version));
     }
-    if header.get(26..32).is_some_and(|r| r.iter().any(|&b| b != 0)) {
+    if header
+        .get(26..32)
+        .is_some_and(|r| r.iter().any(|&b| b != 0))
+    {
         return Err(FrameError::Reserved);
     }
     let kind = match header.get(24).copied().unwrap_or_default() {
@@ -234,20 +240,31 @@ pub fn decode_frame(buf: &[u8]) -> Result<Frame<'_>, FrameError> {
     }
     let body_end = FRAME_HEADER_LEN + body_len as usize;
     let (body, padding) = match kind {
-        FrameKind::Record => (buf.get(FRAME_HEADER_LEN..body_end).unwrap_or_default(), (total as usize) - body_end),
+        FrameKind::Record => (
+            buf.get(FRAME_HEADER_LEN..body_end).unwrap_or_default(),
+            (total as usize) - body_end,
+        ),
         FrameKind::Pad => (&[][..], 0),
     };
     let stored = read_u32(&header, 4);
     let computed = crc_of(&header, body, padding);
     // Padding bytes are covered by the CRC as zeros, so they must be zero.
     let pad_ok = match kind {
-        FrameKind::Record => buf.get(body_end..total as usize).is_some_and(|p| p.iter().all(|&b| b == 0)),
+        FrameKind::Record => buf
+            .get(body_end..total as usize)
+            .is_some_and(|p| p.iter().all(|&b| b == 0)),
         FrameKind::Pad => true,
     };
     if stored != computed || !pad_ok {
         return Err(FrameError::Checksum { stored, computed });
     }
-    Ok(Frame { lsn: read_u64(&header, 8), stable: read_u64(&header, 16), kind, body, frame_len: total })
+    Ok(Frame {
+        lsn: read_u64(&header, 8),
+        stable: read_u64(&header, 16),
+        kind,
+        body,
+        frame_len: total,
+    })
 }
 
 /// Writes a complete record frame for `body` into `out` (which must be at least
@@ -275,7 +292,10 @@ mod tests {
         let got = decode_frame(input).map(|f| (f.lsn, f.kind, f.body.to_vec()));
         match (&got, expected) {
             (Ok(g), Ok(e)) => assert_eq!(g, e, "{name}"),
-            (Err(g), Err(e)) => assert!(format!("{g:?}").starts_with(e), "{name}: got {g:?}, want {e}"),
+            (Err(g), Err(e)) => assert!(
+                format!("{g:?}").starts_with(e),
+                "{name}: got {g:?}, want {e}"
+            ),
             _ => panic!("{name}: got {got:?}, want {expected:?}"),
         }
     }
@@ -298,8 +318,16 @@ mod tests {
         let mut pad_frame = pad.to_vec();
         pad_frame.extend_from_slice(&[0xAA; 64]);
         let cases: Vec<(&str, Vec<u8>, Result<(u64, FrameKind, Vec<u8>), &str>)> = vec![
-            ("valid", ok.clone(), Ok((64, FrameKind::Record, b"hello".to_vec()))),
-            ("empty record", encoded(8, b""), Ok((8, FrameKind::Record, vec![]))),
+            (
+                "valid",
+                ok.clone(),
+                Ok((64, FrameKind::Record, b"hello".to_vec())),
+            ),
+            (
+                "empty record",
+                encoded(8, b""),
+                Ok((8, FrameKind::Record, vec![])),
+            ),
             ("zero header", vec![0; 64], Err("Empty")),
             ("short zero", vec![0; 5], Err("Empty")),
             ("short", vec![1; 5], Err("Truncated")),
@@ -319,7 +347,14 @@ mod tests {
 
     #[test]
     fn lengths_are_aligned() {
-        for (body, want) in [(0u64, 32u64), (1, 40), (8, 40), (9, 48), (64, 96), (1024, 1056)] {
+        for (body, want) in [
+            (0u64, 32u64),
+            (1, 40),
+            (8, 40),
+            (9, 48),
+            (64, 96),
+            (1024, 1056),
+        ] {
             assert_eq!(frame_len(body), want, "body {body}");
             assert_eq!(encoded(8, &vec![3; body as usize]).len() as u64, want);
         }

@@ -23,11 +23,27 @@ pub(crate) struct DirLock {
 /// Takes the exclusive lock on `dir`, failing with [`LogError::Locked`] if it is held.
 pub(crate) fn lock_dir(dir: &Path) -> Result<DirLock, LogError> {
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(|source| LogError::Io { context: format!("opening lock file {}", path.display()), source })?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|source| LogError::Io {
+            context: format!("opening lock file {}", path.display()),
+            source,
+        })?;
     match fs4::fs_std::FileExt::try_lock_exclusive(&file) {
         Ok(true) => Ok(DirLock { _file: file }),
-        Ok(false) => Err(LogError::Locked { dir: dir.to_path_buf() }),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(LogError::Locked { dir: dir.to_path_buf() }),
-        Err(source) => Err(LogError::Io { context: format!("locking {}", path.display()), source }),
+        Ok(false) => Err(LogError::Locked {
+            dir: dir.to_path_buf(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(LogError::Locked {
+            dir: dir.to_path_buf(),
+        }),
+        Err(source) => Err(LogError::Io {
+            context: format!("locking {}", path.display()),
+            source,
+        }),
     }
 }

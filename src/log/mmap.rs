@@ -87,7 +87,10 @@ pub struct Slot<'a> {
 impl Mapping {
     /// Maps `len` bytes of `file` shared and read-write, prefaulting page tables.
     pub fn map_file(file: &File, len: u64) -> io::Result<Mapping> {
-        let raw = MmapOptions::new().len(to_usize(len)?).populate().map_raw(file)?;
+        let raw = MmapOptions::new()
+            .len(to_usize(len)?)
+            .populate()
+            .map_raw(file)?;
         Ok(Self::from_raw(Backing::File(raw), len))
     }
 
@@ -105,7 +108,14 @@ impl Mapping {
         let len = if raw.as_mut_ptr().is_null() { 0 } else { len };
         // A fresh mapping is exclusively owned: everything is "completed" and readable,
         // and no slot can be issued until `set_tail` is called.
-        Mapping { map, ptr, len, tail: AtomicU64::new(len), completed: AtomicU64::new(len), pending: Mutex::new(BTreeMap::new()) }
+        Mapping {
+            map,
+            ptr,
+            len,
+            tail: AtomicU64::new(len),
+            completed: AtomicU64::new(len),
+            pending: Mutex::new(BTreeMap::new()),
+        }
     }
 
     /// Size of the mapping in bytes.
@@ -165,7 +175,12 @@ impl Mapping {
         }
         // SAFETY: M1 (in bounds: end <= completed <= len), M4 (bytes below
         // `completed` are never written while `&self` lives), M2 (no other writer).
-        Some(unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(start as usize), (end - start) as usize) })
+        Some(unsafe {
+            std::slice::from_raw_parts(
+                self.ptr.as_ptr().add(start as usize),
+                (end - start) as usize,
+            )
+        })
     }
 
     /// Reserves `len` bytes at the tail by one atomic add.
@@ -173,9 +188,17 @@ impl Mapping {
         let start = self.tail.fetch_add(len, Ordering::AcqRel);
         let end = start.saturating_add(len);
         if end <= self.len {
-            Reserve::Fits(Slot { map: self, start, end })
+            Reserve::Fits(Slot {
+                map: self,
+                start,
+                end,
+            })
         } else if start < self.len {
-            Reserve::Straddles(Slot { map: self, start, end: self.len })
+            Reserve::Straddles(Slot {
+                map: self,
+                start,
+                end: self.len,
+            })
         } else {
             Reserve::Full
         }
@@ -184,7 +207,9 @@ impl Mapping {
     /// Flushes `[start, end)` to the file with `msync(MS_SYNC)`; a no-op for anonymous memory.
     pub fn flush_range(&self, start: u64, end: u64) -> io::Result<()> {
         match &self.map {
-            Backing::File(raw) if end > start => raw.flush_range(start as usize, (end - start) as usize),
+            Backing::File(raw) if end > start => {
+                raw.flush_range(start as usize, (end - start) as usize)
+            }
             _ => Ok(()),
         }
     }
@@ -224,7 +249,9 @@ impl Slot<'_> {
     /// Copies `data` to `offset` within the slot; returns false (writing nothing)
     /// if it would not fit.
     pub fn write(&mut self, offset: u64, data: &[u8]) -> bool {
-        let Some(end) = offset.checked_add(data.len() as u64) else { return false };
+        let Some(end) = offset.checked_add(data.len() as u64) else {
+            return false;
+        };
         if end > self.len() {
             return false;
         }
@@ -233,7 +260,11 @@ impl Slot<'_> {
         // `data` cannot overlap the mapping range because no `&[u8]` into an unfinished
         // slot exists (M4: readers only see bytes below `completed`).
         unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.ptr.as_ptr().add((self.start + offset) as usize), data.len());
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.map.ptr.as_ptr().add((self.start + offset) as usize),
+                data.len(),
+            );
         }
         true
     }
@@ -246,7 +277,12 @@ impl Drop for Slot<'_> {
 }
 
 fn to_usize(len: u64) -> io::Result<usize> {
-    usize::try_from(len).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mapping length does not fit in usize"))
+    usize::try_from(len).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "mapping length does not fit in usize",
+        )
+    })
 }
 
 #[cfg(test)]
@@ -258,8 +294,12 @@ mod tests {
     fn slots_complete_out_of_order() {
         let mut m = Mapping::anon(4096).unwrap();
         m.set_tail(64);
-        let Reserve::Fits(a) = m.reserve(32) else { panic!() };
-        let Reserve::Fits(mut b) = m.reserve(32) else { panic!() };
+        let Reserve::Fits(a) = m.reserve(32) else {
+            panic!()
+        };
+        let Reserve::Fits(mut b) = m.reserve(32) else {
+            panic!()
+        };
         assert!(b.write(0, &[7; 32]));
         assert!(!b.write(1, &[7; 32]));
         drop(b);
@@ -268,7 +308,9 @@ mod tests {
         assert_eq!(m.completed(), 128);
         assert_eq!(m.read(96, 128).unwrap(), &[7; 32]);
         assert!(m.read(96, 129).is_none());
-        let Reserve::Straddles(s) = m.reserve(8000) else { panic!() };
+        let Reserve::Straddles(s) = m.reserve(8000) else {
+            panic!()
+        };
         assert_eq!((s.start(), s.len()), (128, 4096 - 128));
         assert!(matches!(m.reserve(8), Reserve::Full));
         drop(s);

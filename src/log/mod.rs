@@ -60,7 +60,9 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use thiserror::Error;
 
 use commit::{GroupCommit, Notify, PoisonOnPanic};
-use frame::{decode_frame, frame_len, pad_header, record_header, FrameKind, FRAME_HEADER_LEN, MAX_RECORD_LEN};
+use frame::{
+    decode_frame, frame_len, pad_header, record_header, FrameKind, FRAME_HEADER_LEN, MAX_RECORD_LEN,
+};
 use lock::DirLock;
 use mmap::Reserve;
 use recovery::{Repair, SegView};
@@ -121,7 +123,11 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { durability: Durability::Sync, segment_size: 64 << 20, recovery: RecoveryMode::StopAtTornTail }
+        LogConfig {
+            durability: Durability::Sync,
+            segment_size: 64 << 20,
+            recovery: RecoveryMode::StopAtTornTail,
+        }
     }
 }
 
@@ -151,7 +157,9 @@ pub enum LogError {
         reason: String,
     },
     /// A record exceeds the maximum size.
-    #[error("record of {len} bytes exceeds the maximum of {max} bytes; split it or raise segment_size")]
+    #[error(
+        "record of {len} bytes exceeds the maximum of {max} bytes; split it or raise segment_size"
+    )]
     RecordTooLarge {
         /// The record's length.
         len: usize,
@@ -324,11 +332,15 @@ pub struct Log {
 fn validate(config: &LogConfig) -> Result<usize, LogError> {
     let s = config.segment_size;
     if s < 4096 || !s.is_multiple_of(4096) || s > (1 << 31) {
-        return Err(LogError::InvalidConfig(format!("segment_size {s} must be a multiple of 4096 between 4096 and 2 GiB")));
+        return Err(LogError::InvalidConfig(format!(
+            "segment_size {s} must be a multiple of 4096 between 4096 and 2 GiB"
+        )));
     }
     if let Durability::Batched { interval } = config.durability {
         if interval.is_zero() {
-            return Err(LogError::InvalidConfig("Batched interval must be positive".into()));
+            return Err(LogError::InvalidConfig(
+                "Batched interval must be positive".into(),
+            ));
         }
     }
     Ok(MAX_RECORD_LEN.min((s - SEGMENT_HEADER_LEN) as usize - FRAME_HEADER_LEN))
@@ -347,15 +359,28 @@ impl Log {
 
     /// Opens a log on any [`Storage`] (tests use [`SimStorage`]). No directory
     /// lock is taken: the caller guarantees exclusive use.
-    pub fn open_with_storage(storage: Arc<dyn Storage>, config: LogConfig) -> Result<(Log, RecoveryReport), LogError> {
+    pub fn open_with_storage(
+        storage: Arc<dyn Storage>,
+        config: LogConfig,
+    ) -> Result<(Log, RecoveryReport), LogError> {
         validate(&config)?;
         Self::open_inner(storage, config, None)
     }
 
-    fn open_inner(storage: Arc<dyn Storage>, config: LogConfig, lock: Option<DirLock>) -> Result<(Log, RecoveryReport), LogError> {
+    fn open_inner(
+        storage: Arc<dyn Storage>,
+        config: LogConfig,
+        lock: Option<DirLock>,
+    ) -> Result<(Log, RecoveryReport), LogError> {
         let max_record = validate(&config)?;
         let recovered = recover(&*storage, &config)?;
-        let Recovered { segs, report, snapshot, log_id, synced } = recovered;
+        let Recovered {
+            segs,
+            report,
+            snapshot,
+            log_id,
+            synced,
+        } = recovered;
         let segs: Vec<Arc<Segment>> = segs.into_iter().map(Arc::new).collect();
         for s in &segs {
             storage.track(&s.name, &s.map);
@@ -381,10 +406,20 @@ impl Log {
         });
         let mut threads = Vec::new();
         let prep = Arc::clone(&inner);
-        threads.push(std::thread::Builder::new().name("fibflow-log-prep".into()).spawn(move || prep.preparer()).map_err(io_err("spawning the segment preparer"))?);
+        threads.push(
+            std::thread::Builder::new()
+                .name("fibflow-log-prep".into())
+                .spawn(move || prep.preparer())
+                .map_err(io_err("spawning the segment preparer"))?,
+        );
         if let Durability::Batched { interval } = inner.config.durability {
             let fl = Arc::clone(&inner);
-            threads.push(std::thread::Builder::new().name("fibflow-log-flush".into()).spawn(move || fl.flusher(interval)).map_err(io_err("spawning the flusher"))?);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("fibflow-log-flush".into())
+                    .spawn(move || fl.flusher(interval))
+                    .map_err(io_err("spawning the flusher"))?,
+            );
         }
         inner.request_next();
         Ok((Log { inner, threads }, report))
@@ -395,13 +430,20 @@ impl Log {
     /// The newest valid snapshot: its LSN (records with `lsn <=` it are inside)
     /// and its bytes. Loaded at open; updated by [`Log::write_snapshot`].
     pub fn snapshot(&self) -> Option<(Lsn, Vec<u8>)> {
-        self.inner.snapshot.lock().as_ref().map(|(l, b)| (Lsn(*l), b.clone()))
+        self.inner
+            .snapshot
+            .lock()
+            .as_ref()
+            .map(|(l, b)| (Lsn(*l), b.clone()))
     }
 
     /// Calls `f` for every valid record after the snapshot's LSN, in LSN order,
     /// with a slice borrowed from the mapping (no copy). Records appended
     /// concurrently may or may not be seen. Stops at the first error `f` returns.
-    pub fn replay<E>(&self, mut f: impl FnMut(Lsn, &[u8]) -> Result<(), E>) -> Result<(), ReplayError<E>> {
+    pub fn replay<E>(
+        &self,
+        mut f: impl FnMut(Lsn, &[u8]) -> Result<(), E>,
+    ) -> Result<(), ReplayError<E>> {
         let after = self.inner.snapshot.lock().as_ref().map(|(l, _)| *l);
         let segs: Vec<Arc<Segment>> = self.inner.segs.read().clone();
         for seg in &segs {
@@ -413,8 +455,16 @@ impl Log {
                 let frame = match frame {
                     Ok(fr) if fr.lsn == seg.base() + off => fr,
                     other => {
-                        let reason = other.err().map_or_else(|| "frame LSN does not match its position".to_owned(), |e| e.to_string());
-                        return Err(ReplayError::Log(LogError::Corrupt { segment: seg.name.clone(), offset: off, lsn: seg.base() + off, reason }));
+                        let reason = other.err().map_or_else(
+                            || "frame LSN does not match its position".to_owned(),
+                            |e| e.to_string(),
+                        );
+                        return Err(ReplayError::Log(LogError::Corrupt {
+                            segment: seg.name.clone(),
+                            offset: off,
+                            lsn: seg.base() + off,
+                            reason,
+                        }));
                     }
                 };
                 if frame.kind == FrameKind::Record && after.is_none_or(|a| frame.lsn > a) {
@@ -432,7 +482,10 @@ impl Log {
     pub fn append(&self, record: &[u8]) -> Result<Lsn, LogError> {
         let inner = &*self.inner;
         if record.len() > inner.max_record {
-            return Err(LogError::RecordTooLarge { len: record.len(), max: inner.max_record });
+            return Err(LogError::RecordTooLarge {
+                len: record.len(),
+                max: inner.max_record,
+            });
         }
         inner.commit.check()?;
         let flen = frame_len(record.len() as u64);
@@ -455,7 +508,11 @@ impl Log {
                     // Mark the rest of this segment dead so readers move on (a
                     // remainder shorter than a header is left zero and skipped).
                     if slot.len() >= FRAME_HEADER_LEN as u64 {
-                        let pad = pad_header(seg.base() + slot.start(), inner.commit.synced(), (slot.len() - FRAME_HEADER_LEN as u64) as u32);
+                        let pad = pad_header(
+                            seg.base() + slot.start(),
+                            inner.commit.synced(),
+                            (slot.len() - FRAME_HEADER_LEN as u64) as u32,
+                        );
                         slot.write(0, &pad);
                     }
                     drop(slot);
@@ -502,21 +559,38 @@ impl Log {
             return Err(LogError::UnknownLsn { lsn: lsn.0, next });
         }
         let name = snapshot_name(lsn.0);
-        inner.storage.write_atomic(&name, &encode_snapshot(inner.log_id, lsn.0, bytes)).map_err(io_err(format!("writing snapshot {name}")))?;
+        inner
+            .storage
+            .write_atomic(&name, &encode_snapshot(inner.log_id, lsn.0, bytes))
+            .map_err(io_err(format!("writing snapshot {name}")))?;
         *inner.snapshot.lock() = Some((lsn.0, bytes.to_vec()));
-        for old in inner.storage.list().map_err(io_err("listing the log directory"))? {
+        for old in inner
+            .storage
+            .list()
+            .map_err(io_err("listing the log directory"))?
+        {
             if parse_snapshot_name(&old).is_some_and(|l| l < lsn.0) {
-                inner.storage.remove(&old).map_err(io_err(format!("removing old snapshot {old}")))?;
+                inner
+                    .storage
+                    .remove(&old)
+                    .map_err(io_err(format!("removing old snapshot {old}")))?;
             }
         }
         let removable: Vec<Arc<Segment>> = {
             let mut segs = inner.segs.write();
             let keep_last = segs.len().saturating_sub(1);
-            let n = segs.iter().take(keep_last).take_while(|s| s.end() <= lsn.0 + 1).count();
+            let n = segs
+                .iter()
+                .take(keep_last)
+                .take_while(|s| s.end() <= lsn.0 + 1)
+                .count();
             segs.drain(..n).collect()
         };
         for s in removable {
-            inner.storage.remove(&s.name).map_err(io_err(format!("removing compacted segment {}", s.name)))?;
+            inner
+                .storage
+                .remove(&s.name)
+                .map_err(io_err(format!("removing compacted segment {}", s.name)))?;
         }
         Ok(())
     }
@@ -525,11 +599,19 @@ impl Log {
     pub fn stats(&self) -> LogStats {
         let inner = &*self.inner;
         let segs = inner.segs.read();
-        let snap = inner.snapshot.lock().as_ref().map(|(l, b)| (*l, b.len() as u64));
+        let snap = inner
+            .snapshot
+            .lock()
+            .as_ref()
+            .map(|(l, b)| (*l, b.len() as u64));
         LogStats {
             segments: segs.len(),
-            bytes_on_disk: segs.iter().map(|s| s.map.len()).sum::<u64>() + snap.map_or(0, |(_, n)| n + snapshot::SNAPSHOT_HEADER_LEN as u64),
-            last_lsn: inner.has_last.load(Ordering::Acquire).then(|| Lsn(inner.last_lsn.load(Ordering::Acquire))),
+            bytes_on_disk: segs.iter().map(|s| s.map.len()).sum::<u64>()
+                + snap.map_or(0, |(_, n)| n + snapshot::SNAPSHOT_HEADER_LEN as u64),
+            last_lsn: inner
+                .has_last
+                .load(Ordering::Acquire)
+                .then(|| Lsn(inner.last_lsn.load(Ordering::Acquire))),
             snapshot_lsn: snap.map(|(l, _)| Lsn(l)),
             synced_lsn: Lsn(inner.commit.synced()),
         }
@@ -555,7 +637,10 @@ impl Drop for Log {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        if !matches!(self.inner.config.durability, Durability::Os | Durability::Memory) {
+        if !matches!(
+            self.inner.config.durability,
+            Durability::Os | Durability::Memory
+        ) {
             // Best effort: a failure here poisons nothing anyone can still observe.
             let _ = self.inner.flush_all();
         }
@@ -566,7 +651,10 @@ impl Inner {
     fn active(&self) -> Arc<Segment> {
         let segs = self.segs.read();
         // I1: there is always at least one segment after open.
-        Arc::clone(segs.last().unwrap_or_else(|| unreachable!("log has no segment")))
+        Arc::clone(
+            segs.last()
+                .unwrap_or_else(|| unreachable!("log has no segment")),
+        )
     }
 
     /// The first LSN not yet handed out.
@@ -579,7 +667,9 @@ impl Inner {
     fn completed(&self) -> u64 {
         let segs = self.segs.read();
         let synced = self.commit.synced();
-        let first = segs.partition_point(|s| s.end() <= synced).min(segs.len().saturating_sub(1));
+        let first = segs
+            .partition_point(|s| s.end() <= synced)
+            .min(segs.len().saturating_sub(1));
         let mut c = segs.get(first).map_or(0, |s| s.base());
         for s in segs.iter().skip(first) {
             let sc = s.map.completed();
@@ -595,11 +685,19 @@ impl Inner {
     fn flush_to(&self, lsn: u64, from: u64) -> Result<u64, LogError> {
         self.completion.wait_until(|| self.completed() > lsn);
         let to = self.completed();
-        let segs: Vec<Arc<Segment>> = self.segs.read().iter().filter(|s| s.end() > from && s.base() < to).cloned().collect();
+        let segs: Vec<Arc<Segment>> = self
+            .segs
+            .read()
+            .iter()
+            .filter(|s| s.end() > from && s.base() < to)
+            .cloned()
+            .collect();
         for s in segs {
             let lo = from.max(s.base()) - s.base();
             let hi = to.min(s.end()) - s.base();
-            self.storage.sync(&s.name, &s.map, lo, hi).map_err(io_err(format!("syncing segment {} [{lo}, {hi})", s.name)))?;
+            self.storage
+                .sync(&s.name, &s.map, lo, hi)
+                .map_err(io_err(format!("syncing segment {} [{lo}, {hi})", s.name)))?;
         }
         Ok(to)
     }
@@ -656,7 +754,12 @@ impl Inner {
     }
 
     fn create_segment(&self, id: u64, base: u64) -> Result<Segment, LogError> {
-        let header = SegmentHeader { log_id: self.log_id, segment_id: id, base_lsn: base, segment_len: self.config.segment_size };
+        let header = SegmentHeader {
+            log_id: self.log_id,
+            segment_id: id,
+            base_lsn: base,
+            segment_len: self.config.segment_size,
+        };
         new_segment(&*self.storage, header)
     }
 
@@ -710,9 +813,15 @@ impl Inner {
 /// Creates segment `header.segment_id` through `storage`, ready for appends.
 fn new_segment(storage: &dyn Storage, header: SegmentHeader) -> Result<Segment, LogError> {
     let name = segment_name(header.segment_id);
-    let mut map = storage.create_segment(&name, header.segment_len, &header.encode()).map_err(io_err(format!("creating segment {name}")))?;
+    let mut map = storage
+        .create_segment(&name, header.segment_len, &header.encode())
+        .map_err(io_err(format!("creating segment {name}")))?;
     map.set_tail(SEGMENT_HEADER_LEN);
-    Ok(Segment { header, name, map: Arc::new(map) })
+    Ok(Segment {
+        header,
+        name,
+        map: Arc::new(map),
+    })
 }
 
 struct Recovered {
@@ -730,13 +839,23 @@ struct Listing {
 }
 
 fn list(storage: &dyn Storage) -> Result<Listing, LogError> {
-    let mut l = Listing { segments: Vec::new(), snapshots: Vec::new(), temps: Vec::new() };
-    for name in storage.list().map_err(io_err("listing the log directory"))? {
+    let mut l = Listing {
+        segments: Vec::new(),
+        snapshots: Vec::new(),
+        temps: Vec::new(),
+    };
+    for name in storage
+        .list()
+        .map_err(io_err("listing the log directory"))?
+    {
         if let Some(id) = parse_segment_name(&name) {
             l.segments.push((id, name));
         } else if let Some(lsn) = parse_snapshot_name(&name) {
             l.snapshots.push((lsn, name));
-        } else if Path::new(&name).extension().is_some_and(|e| e.eq_ignore_ascii_case("tmp")) {
+        } else if Path::new(&name)
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("tmp"))
+        {
             l.temps.push(name);
         }
     }
@@ -749,44 +868,83 @@ fn list(storage: &dyn Storage) -> Result<Listing, LogError> {
 /// A loaded snapshot: `(log_id, lsn, body)`.
 type LoadedSnapshot = (u64, u64, Vec<u8>);
 
-fn load_snapshot(storage: &dyn Storage, names: &[(u64, String)]) -> (Option<LoadedSnapshot>, Vec<CorruptionReport>) {
+fn load_snapshot(
+    storage: &dyn Storage,
+    names: &[(u64, String)],
+) -> (Option<LoadedSnapshot>, Vec<CorruptionReport>) {
     let mut problems = Vec::new();
     for (_, name) in names {
         let bytes = match storage.read_file(name) {
             Ok(b) => b,
             Err(e) => {
-                problems.push(CorruptionReport { segment: name.clone(), offset: 0, reason: e.to_string() });
+                problems.push(CorruptionReport {
+                    segment: name.clone(),
+                    offset: 0,
+                    reason: e.to_string(),
+                });
                 continue;
             }
         };
         match decode_snapshot(&bytes) {
             Ok((id, lsn, body)) => return (Some((id, lsn, body.to_vec())), problems),
-            Err(e) => problems.push(CorruptionReport { segment: name.clone(), offset: 0, reason: e.to_string() }),
+            Err(e) => problems.push(CorruptionReport {
+                segment: name.clone(),
+                offset: 0,
+                reason: e.to_string(),
+            }),
         }
     }
     (None, problems)
 }
 
 /// Checks headers: one log id, consecutive ids, contiguous LSNs, nothing missing.
-fn check_headers(segs: &[(String, Result<SegmentHeader, segment::SegmentHeaderError>, u64)], snap: Option<(u64, u64)>) -> Result<Option<u64>, LogError> {
+fn check_headers(
+    segs: &[(
+        String,
+        Result<SegmentHeader, segment::SegmentHeaderError>,
+        u64,
+    )],
+    snap: Option<(u64, u64)>,
+) -> Result<Option<u64>, LogError> {
     let mut log_id = snap.map(|(id, _)| id);
     let mut prev: Option<SegmentHeader> = None;
     for (name, header, len) in segs {
-        let corrupt = |reason: String| LogError::Corrupt { segment: name.clone(), offset: 0, lsn: 0, reason };
-        let h = header.clone().map_err(|e| corrupt(format!("bad segment header: {e}")))?;
+        let corrupt = |reason: String| LogError::Corrupt {
+            segment: name.clone(),
+            offset: 0,
+            lsn: 0,
+            reason,
+        };
+        let h = header
+            .clone()
+            .map_err(|e| corrupt(format!("bad segment header: {e}")))?;
         let expected = *log_id.get_or_insert(h.log_id);
         if h.log_id != expected {
-            return Err(LogError::ForeignSegment { segment: name.clone(), expected, found: h.log_id });
+            return Err(LogError::ForeignSegment {
+                segment: name.clone(),
+                expected,
+                found: h.log_id,
+            });
         }
         if parse_segment_name(name) != Some(h.segment_id) || h.segment_len != *len {
-            return Err(corrupt(format!("header says segment {} of {} bytes, file is {name} of {len} bytes", h.segment_id, h.segment_len)));
+            return Err(corrupt(format!(
+                "header says segment {} of {} bytes, file is {name} of {len} bytes",
+                h.segment_id, h.segment_len
+            )));
         }
         match prev {
-            Some(p) if p.segment_id + 1 != h.segment_id || p.base_lsn + p.segment_len != h.base_lsn => {
-                return Err(corrupt(format!("segment does not follow segment {} (missing or misplaced segment)", p.segment_id)));
+            Some(p)
+                if p.segment_id + 1 != h.segment_id || p.base_lsn + p.segment_len != h.base_lsn =>
+            {
+                return Err(corrupt(format!(
+                    "segment does not follow segment {} (missing or misplaced segment)",
+                    p.segment_id
+                )));
             }
             None if h.base_lsn > snap.map_or(0, |(_, l)| l + 1) => {
-                return Err(corrupt("records between the snapshot and this first segment are missing".to_owned()));
+                return Err(corrupt(
+                    "records between the snapshot and this first segment are missing".to_owned(),
+                ));
             }
             _ => {}
         }
@@ -799,25 +957,56 @@ fn recover(storage: &dyn Storage, config: &LogConfig) -> Result<Recovered, LogEr
     let listing = list(storage)?;
     let mut report = RecoveryReport::default();
     for t in &listing.temps {
-        storage.remove(t).map_err(io_err(format!("removing leftover {t}")))?;
+        storage
+            .remove(t)
+            .map_err(io_err(format!("removing leftover {t}")))?;
         report.removed.push(t.clone());
     }
     let (snap, _bad_snaps) = load_snapshot(storage, &listing.snapshots);
     let mut maps = Vec::new();
     for (_, name) in &listing.segments {
-        let map = storage.open_segment(name).map_err(io_err(format!("opening segment {name}")))?;
+        let map = storage
+            .open_segment(name)
+            .map_err(io_err(format!("opening segment {name}")))?;
         let header = SegmentHeader::decode(map.read(0, map.len()).unwrap_or_default());
         maps.push((name.clone(), header, map));
     }
-    let checked: Vec<_> = maps.iter().map(|(n, h, m)| (n.clone(), h.clone(), m.len())).collect();
-    let log_id = check_headers(&checked, snap.as_ref().map(|(id, l, _)| (*id, *l)))?.unwrap_or_else(rand::random);
-    let mut segs: Vec<Segment> = maps.into_iter().filter_map(|(name, h, map)| h.ok().map(|header| Segment { header, name, map: Arc::new(map) })).collect();
+    let checked: Vec<_> = maps
+        .iter()
+        .map(|(n, h, m)| (n.clone(), h.clone(), m.len()))
+        .collect();
+    let log_id = check_headers(&checked, snap.as_ref().map(|(id, l, _)| (*id, *l)))?
+        .unwrap_or_else(rand::random);
+    let mut segs: Vec<Segment> = maps
+        .into_iter()
+        .filter_map(|(name, h, map)| {
+            h.ok().map(|header| Segment {
+                header,
+                name,
+                map: Arc::new(map),
+            })
+        })
+        .collect();
     let scan = {
-        let views: Vec<SegView<'_>> = segs.iter().map(|s| SegView { base: s.base(), bytes: s.map.read(0, s.map.len()).unwrap_or_default() }).collect();
+        let views: Vec<SegView<'_>> = segs
+            .iter()
+            .map(|s| SegView {
+                base: s.base(),
+                bytes: s.map.read(0, s.map.len()).unwrap_or_default(),
+            })
+            .collect();
         let scan = recovery::scan(&views, config.recovery);
         if let Some(c) = &scan.corrupt {
-            let segment = segs.get(c.at.seg).map(|s| s.name.clone()).unwrap_or_default();
-            return Err(LogError::Corrupt { segment, offset: c.at.offset, lsn: c.lsn, reason: c.reason.clone() });
+            let segment = segs
+                .get(c.at.seg)
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
+            return Err(LogError::Corrupt {
+                segment,
+                offset: c.at.offset,
+                lsn: c.lsn,
+                reason: c.reason.clone(),
+            });
         }
         let repairs = recovery::repairs(&views, &scan);
         (scan, repairs)
@@ -826,9 +1015,18 @@ fn recover(storage: &dyn Storage, config: &LogConfig) -> Result<Recovered, LogEr
     apply_repairs(storage, &mut segs, &repairs, &mut report)?;
     if segs.is_empty() {
         let base = snap.as_ref().map_or(0, |(_, l, _)| frame::align_up(l + 1));
-        segs.push(new_segment(storage, SegmentHeader { log_id, segment_id: 0, base_lsn: base, segment_len: config.segment_size })?);
+        segs.push(new_segment(
+            storage,
+            SegmentHeader {
+                log_id,
+                segment_id: 0,
+                base_lsn: base,
+                segment_len: config.segment_size,
+            },
+        )?);
     } else if let Some(last) = segs.last_mut() {
-        let map = Arc::get_mut(&mut last.map).ok_or_else(|| LogError::InvalidConfig("segment shared during recovery".into()))?;
+        let map = Arc::get_mut(&mut last.map)
+            .ok_or_else(|| LogError::InvalidConfig("segment shared during recovery".into()))?;
         // Repairs removed every segment after the one the scan ended in.
         map.set_tail(scan.end.offset);
         map.prefault();
@@ -837,33 +1035,61 @@ fn recover(storage: &dyn Storage, config: &LogConfig) -> Result<Recovered, LogEr
     // killed): make them durable before anything counts as synced.
     for s in &segs {
         let end = s.map.completed();
-        storage.sync(&s.name, &s.map, 0, end).map_err(io_err(format!("syncing recovered segment {}", s.name)))?;
+        storage
+            .sync(&s.name, &s.map, 0, end)
+            .map_err(io_err(format!("syncing recovered segment {}", s.name)))?;
     }
     let synced = segs.last().map_or(0, |s| s.base() + s.map.completed());
     fill_report(&mut report, &segs, &scan, snap.as_ref().map(|(_, l, _)| *l));
-    Ok(Recovered { segs, report, snapshot: snap.map(|(_, l, b)| (l, b)), log_id, synced })
+    Ok(Recovered {
+        segs,
+        report,
+        snapshot: snap.map(|(_, l, b)| (l, b)),
+        log_id,
+        synced,
+    })
 }
 
-fn apply_repairs(storage: &dyn Storage, segs: &mut Vec<Segment>, repairs: &[Repair], report: &mut RecoveryReport) -> Result<(), LogError> {
+fn apply_repairs(
+    storage: &dyn Storage,
+    segs: &mut Vec<Segment>,
+    repairs: &[Repair],
+    report: &mut RecoveryReport,
+) -> Result<(), LogError> {
     let mut remove = Vec::new();
     for r in repairs {
         match r {
             Repair::Write { seg, offset, bytes } => {
-                let Some(s) = segs.get_mut(*seg) else { continue };
-                let map = Arc::get_mut(&mut s.map).ok_or_else(|| LogError::InvalidConfig("segment shared during recovery".into()))?;
-                if let Some(dst) = map.bytes_mut().get_mut(*offset as usize..*offset as usize + bytes.len()) {
+                let Some(s) = segs.get_mut(*seg) else {
+                    continue;
+                };
+                let map = Arc::get_mut(&mut s.map).ok_or_else(|| {
+                    LogError::InvalidConfig("segment shared during recovery".into())
+                })?;
+                if let Some(dst) = map
+                    .bytes_mut()
+                    .get_mut(*offset as usize..*offset as usize + bytes.len())
+                {
                     dst.copy_from_slice(bytes);
                 }
-                storage.sync(&s.name, &s.map, *offset, offset + bytes.len() as u64).map_err(io_err(format!("repairing segment {}", s.name)))?;
+                storage
+                    .sync(&s.name, &s.map, *offset, offset + bytes.len() as u64)
+                    .map_err(io_err(format!("repairing segment {}", s.name)))?;
             }
             Repair::ZeroFrom { seg, offset } => {
-                let Some(s) = segs.get_mut(*seg) else { continue };
-                let map = Arc::get_mut(&mut s.map).ok_or_else(|| LogError::InvalidConfig("segment shared during recovery".into()))?;
+                let Some(s) = segs.get_mut(*seg) else {
+                    continue;
+                };
+                let map = Arc::get_mut(&mut s.map).ok_or_else(|| {
+                    LogError::InvalidConfig("segment shared during recovery".into())
+                })?;
                 if let Some(dst) = map.bytes_mut().get_mut(*offset as usize..) {
                     dst.fill(0);
                 }
                 let len = s.map.len();
-                storage.sync(&s.name, &s.map, *offset, len).map_err(io_err(format!("truncating segment {}", s.name)))?;
+                storage
+                    .sync(&s.name, &s.map, *offset, len)
+                    .map_err(io_err(format!("truncating segment {}", s.name)))?;
             }
             Repair::Remove { seg } => remove.push(*seg),
         }
@@ -871,21 +1097,43 @@ fn apply_repairs(storage: &dyn Storage, segs: &mut Vec<Segment>, repairs: &[Repa
     for &i in remove.iter().rev() {
         if i < segs.len() {
             let s = segs.remove(i);
-            storage.remove(&s.name).map_err(io_err(format!("removing segment {} after the end of the log", s.name)))?;
+            storage.remove(&s.name).map_err(io_err(format!(
+                "removing segment {} after the end of the log",
+                s.name
+            )))?;
             report.removed.push(s.name);
         }
     }
     Ok(())
 }
 
-fn fill_report(report: &mut RecoveryReport, segs: &[Segment], scan: &recovery::ScanResult, snap: Option<u64>) {
+fn fill_report(
+    report: &mut RecoveryReport,
+    segs: &[Segment],
+    scan: &recovery::ScanResult,
+    snap: Option<u64>,
+) {
     let name = |i: usize| segs.get(i).map(|s| s.name.clone()).unwrap_or_default();
     report.segments = segs.len();
     report.records = scan.records;
     report.last_lsn = scan.last_lsn.map(Lsn);
     report.snapshot_lsn = snap.map(Lsn);
-    report.torn_tail = scan.torn.as_ref().map(|t| TornTailReport { segment: name(t.at.seg), offset: t.at.offset, lsn: Lsn(t.lsn), bytes_discarded: t.bytes, records_discarded: t.records });
-    report.skipped = scan.skipped.iter().map(|c| CorruptionReport { segment: name(c.at.seg), offset: c.at.offset, reason: c.reason.clone() }).collect();
+    report.torn_tail = scan.torn.as_ref().map(|t| TornTailReport {
+        segment: name(t.at.seg),
+        offset: t.at.offset,
+        lsn: Lsn(t.lsn),
+        bytes_discarded: t.bytes,
+        records_discarded: t.records,
+    });
+    report.skipped = scan
+        .skipped
+        .iter()
+        .map(|c| CorruptionReport {
+            segment: name(c.at.seg),
+            offset: c.at.offset,
+            reason: c.reason.clone(),
+        })
+        .collect();
 }
 
 /// Read-only check of every segment and snapshot in `dir`: headers, every
@@ -903,26 +1151,64 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
         let bytes = std::fs::read(dir.join(name)).map_err(io_err(format!("reading {name}")))?;
         files.push((name.clone(), bytes));
     }
-    let checked: Vec<_> = files.iter().map(|(n, b)| (n.clone(), SegmentHeader::decode(b), b.len() as u64)).collect();
+    let checked: Vec<_> = files
+        .iter()
+        .map(|(n, b)| (n.clone(), SegmentHeader::decode(b), b.len() as u64))
+        .collect();
     if let Err(e) = check_headers(&checked, snap.as_ref().map(|(id, l, _)| (*id, *l))) {
         let segment = match &e {
-            LogError::Corrupt { segment, .. } | LogError::ForeignSegment { segment, .. } => segment.clone(),
+            LogError::Corrupt { segment, .. } | LogError::ForeignSegment { segment, .. } => {
+                segment.clone()
+            }
             _ => String::new(),
         };
-        out.problems.push(CorruptionReport { segment, offset: 0, reason: e.to_string() });
+        out.problems.push(CorruptionReport {
+            segment,
+            offset: 0,
+            reason: e.to_string(),
+        });
         return Ok(out);
     }
-    let views: Vec<SegView<'_>> = files.iter().zip(&checked).filter_map(|((_, b), (_, h, _))| h.as_ref().ok().map(|h| SegView { base: h.base_lsn, bytes: b })).collect();
+    let views: Vec<SegView<'_>> = files
+        .iter()
+        .zip(&checked)
+        .filter_map(|((_, b), (_, h, _))| {
+            h.as_ref().ok().map(|h| SegView {
+                base: h.base_lsn,
+                bytes: b,
+            })
+        })
+        .collect();
     let scan = recovery::scan(&views, RecoveryMode::SkipCorrupt);
-    let name = |i: usize| listing.segments.get(i).map(|(_, n)| n.clone()).unwrap_or_default();
+    let name = |i: usize| {
+        listing
+            .segments
+            .get(i)
+            .map(|(_, n)| n.clone())
+            .unwrap_or_default()
+    };
     out.segments = views.len();
     out.records = scan.records;
     out.last_lsn = scan.last_lsn.map(Lsn);
     for c in &scan.skipped {
-        out.problems.push(CorruptionReport { segment: name(c.at.seg), offset: c.at.offset, reason: format!("corrupt frame (records after it were durable): {}", c.reason) });
+        out.problems.push(CorruptionReport {
+            segment: name(c.at.seg),
+            offset: c.at.offset,
+            reason: format!(
+                "corrupt frame (records after it were durable): {}",
+                c.reason
+            ),
+        });
     }
     if let Some(t) = &scan.torn {
-        out.problems.push(CorruptionReport { segment: name(t.at.seg), offset: t.at.offset, reason: format!("torn tail: {} bytes, {} frames would be cut", t.bytes, t.records) });
+        out.problems.push(CorruptionReport {
+            segment: name(t.at.seg),
+            offset: t.at.offset,
+            reason: format!(
+                "torn tail: {} bytes, {} frames would be cut",
+                t.bytes, t.records
+            ),
+        });
     }
     Ok(out)
 }

@@ -25,7 +25,9 @@
 //! frame beyond a torn point was never acknowledged, so cutting it loses nothing
 //! that was promised.
 
-use super::frame::{decode_frame, pad_header, FrameError, FrameKind, FRAME_ALIGN, FRAME_HEADER_LEN};
+use super::frame::{
+    decode_frame, pad_header, FrameError, FrameKind, FRAME_ALIGN, FRAME_HEADER_LEN,
+};
 use super::segment::SEGMENT_HEADER_LEN;
 use super::RecoveryMode;
 
@@ -92,7 +94,10 @@ pub struct ScanResult {
 
 impl Default for Pos {
     fn default() -> Self {
-        Pos { seg: 0, offset: SEGMENT_HEADER_LEN }
+        Pos {
+            seg: 0,
+            offset: SEGMENT_HEADER_LEN,
+        }
     }
 }
 
@@ -104,7 +109,10 @@ fn frame_at<'a>(segs: &[SegView<'a>], p: Pos) -> Result<super::frame::Frame<'a>,
     if f.lsn == expected {
         Ok(f)
     } else {
-        Err(FrameError::WrongLsn { expected, found: f.lsn })
+        Err(FrameError::WrongLsn {
+            expected,
+            found: f.lsn,
+        })
     }
 }
 
@@ -123,17 +131,30 @@ struct Evidence {
 
 fn search_after(segs: &[SegView<'_>], bad: Pos) -> Evidence {
     let bad_lsn = lsn_of(segs, bad);
-    let mut ev = Evidence { first_valid: None, proof: None, valid_after: 0, last_nonzero: None };
-    let mut p = Pos { seg: bad.seg, offset: bad.offset + FRAME_ALIGN };
+    let mut ev = Evidence {
+        first_valid: None,
+        proof: None,
+        valid_after: 0,
+        last_nonzero: None,
+    };
+    let mut p = Pos {
+        seg: bad.seg,
+        offset: bad.offset + FRAME_ALIGN,
+    };
     while let Some(seg) = segs.get(p.seg) {
         let len = seg.bytes.len() as u64;
         while p.offset + FRAME_ALIGN <= len {
-            let word = seg.bytes.get(p.offset as usize..(p.offset + FRAME_ALIGN) as usize).unwrap_or_default();
+            let word = seg
+                .bytes
+                .get(p.offset as usize..(p.offset + FRAME_ALIGN) as usize)
+                .unwrap_or_default();
             if word.iter().any(|&b| b != 0) {
                 ev.last_nonzero = Some((p, FRAME_ALIGN));
             }
             // Cheap prefilter on the kind/version bytes before a full decode.
-            let kv = seg.bytes.get((p.offset + 24) as usize..(p.offset + 26) as usize);
+            let kv = seg
+                .bytes
+                .get((p.offset + 24) as usize..(p.offset + 26) as usize);
             if matches!(kv, Some([1 | 2, 1])) {
                 if let Ok(f) = frame_at(segs, p) {
                     if f.kind == FrameKind::Record {
@@ -152,7 +173,10 @@ fn search_after(segs: &[SegView<'_>], bad: Pos) -> Evidence {
             }
             p.offset += FRAME_ALIGN;
         }
-        p = Pos { seg: p.seg + 1, offset: SEGMENT_HEADER_LEN };
+        p = Pos {
+            seg: p.seg + 1,
+            offset: SEGMENT_HEADER_LEN,
+        };
     }
     ev
 }
@@ -169,13 +193,21 @@ pub fn scan(segs: &[SegView<'_>], mode: RecoveryMode) -> ScanResult {
     loop {
         let Some(seg) = segs.get(p.seg) else {
             // Ran past the last segment: the log ends at the end of the last one.
-            out.end = Pos { seg: p.seg.saturating_sub(1), offset: segs.last().map_or(SEGMENT_HEADER_LEN, |s| s.bytes.len() as u64) };
+            out.end = Pos {
+                seg: p.seg.saturating_sub(1),
+                offset: segs
+                    .last()
+                    .map_or(SEGMENT_HEADER_LEN, |s| s.bytes.len() as u64),
+            };
             return out;
         };
         let len = seg.bytes.len() as u64;
         if p.offset + FRAME_HEADER_LEN as u64 > len {
             if p.seg + 1 < segs.len() {
-                p = Pos { seg: p.seg + 1, offset: SEGMENT_HEADER_LEN };
+                p = Pos {
+                    seg: p.seg + 1,
+                    offset: SEGMENT_HEADER_LEN,
+                };
                 continue;
             }
             out.end = p;
@@ -193,7 +225,12 @@ pub fn scan(segs: &[SegView<'_>], mode: RecoveryMode) -> ScanResult {
                 let ev = search_after(segs, p);
                 let lsn = lsn_of(segs, p);
                 if let (Some(_), Some(resume)) = (ev.proof, ev.first_valid) {
-                    let region = CorruptRegion { at: p, lsn, resume, reason: e.to_string() };
+                    let region = CorruptRegion {
+                        at: p,
+                        lsn,
+                        resume,
+                        reason: e.to_string(),
+                    };
                     if mode == RecoveryMode::StopAtTornTail {
                         out.end = p;
                         out.corrupt = Some(region);
@@ -202,10 +239,22 @@ pub fn scan(segs: &[SegView<'_>], mode: RecoveryMode) -> ScanResult {
                     out.skipped.push(region);
                     p = resume;
                 } else {
-                    let bytes = ev.last_nonzero.map_or(if e == FrameError::Empty { 0 } else { FRAME_ALIGN }, |(q, n)| distance(segs, p, q) + n);
+                    let bytes = ev.last_nonzero.map_or(
+                        if e == FrameError::Empty {
+                            0
+                        } else {
+                            FRAME_ALIGN
+                        },
+                        |(q, n)| distance(segs, p, q) + n,
+                    );
                     let records = ev.valid_after + u64::from(e != FrameError::Empty);
                     if bytes > 0 || records > 0 {
-                        out.torn = Some(TornTail { at: p, lsn, bytes, records });
+                        out.torn = Some(TornTail {
+                            at: p,
+                            lsn,
+                            bytes,
+                            records,
+                        });
                     }
                     out.end = p;
                     return out;
@@ -249,21 +298,43 @@ pub fn repairs(segs: &[SegView<'_>], scan: &ScanResult) -> Vec<Repair> {
         let mut p = region.at;
         while p < region.resume {
             let seg_len = segs.get(p.seg).map_or(0, |s| s.bytes.len() as u64);
-            let stop = if p.seg == region.resume.seg { region.resume.offset } else { seg_len };
+            let stop = if p.seg == region.resume.seg {
+                region.resume.offset
+            } else {
+                seg_len
+            };
             if stop >= p.offset + FRAME_HEADER_LEN as u64 {
-                let pad = pad_header(lsn_of(segs, p), 0, (stop - p.offset - FRAME_HEADER_LEN as u64) as u32);
-                out.push(Repair::Write { seg: p.seg, offset: p.offset, bytes: pad.to_vec() });
+                let pad = pad_header(
+                    lsn_of(segs, p),
+                    0,
+                    (stop - p.offset - FRAME_HEADER_LEN as u64) as u32,
+                );
+                out.push(Repair::Write {
+                    seg: p.seg,
+                    offset: p.offset,
+                    bytes: pad.to_vec(),
+                });
             } else if stop > p.offset {
-                out.push(Repair::Write { seg: p.seg, offset: p.offset, bytes: vec![0; (stop - p.offset) as usize] });
+                out.push(Repair::Write {
+                    seg: p.seg,
+                    offset: p.offset,
+                    bytes: vec![0; (stop - p.offset) as usize],
+                });
             }
-            p = Pos { seg: p.seg + 1, offset: SEGMENT_HEADER_LEN };
+            p = Pos {
+                seg: p.seg + 1,
+                offset: SEGMENT_HEADER_LEN,
+            };
         }
     }
     if scan.corrupt.is_some() {
         return Vec::new();
     }
     if scan.torn.is_some() {
-        out.push(Repair::ZeroFrom { seg: scan.end.seg, offset: scan.end.offset });
+        out.push(Repair::ZeroFrom {
+            seg: scan.end.seg,
+            offset: scan.end.offset,
+        });
     }
     // Segments after the end hold only torn bytes or nothing (prepared ahead).
     for seg in scan.end.seg + 1..segs.len() {
@@ -284,9 +355,14 @@ pub fn prefix_is_valid(segs: &[SegView<'_>], scan: &ScanResult) -> bool {
             next_skip = skipped.next();
             continue;
         }
-        let Some(seg) = segs.get(p.seg) else { return false };
+        let Some(seg) = segs.get(p.seg) else {
+            return false;
+        };
         if p.offset + FRAME_HEADER_LEN as u64 > seg.bytes.len() as u64 {
-            p = Pos { seg: p.seg + 1, offset: SEGMENT_HEADER_LEN };
+            p = Pos {
+                seg: p.seg + 1,
+                offset: SEGMENT_HEADER_LEN,
+            };
             continue;
         }
         match frame_at(segs, p) {

@@ -107,7 +107,9 @@ impl SegmentHeader {
 
     /// Decodes and verifies a header from the start of `b`.
     pub fn decode(b: &[u8]) -> Result<SegmentHeader, SegmentHeaderError> {
-        let h = b.get(..SEGMENT_HEADER_LEN as usize).ok_or(SegmentHeaderError::Short)?;
+        let h = b
+            .get(..SEGMENT_HEADER_LEN as usize)
+            .ok_or(SegmentHeaderError::Short)?;
         if h.get(..8) != Some(&SEGMENT_MAGIC[..]) {
             return Err(SegmentHeaderError::Magic);
         }
@@ -118,7 +120,12 @@ impl SegmentHeader {
         if version != FORMAT_VERSION || get_u32(h, 12) != SEGMENT_HEADER_LEN as u32 {
             return Err(SegmentHeaderError::Version(version));
         }
-        Ok(SegmentHeader { log_id: get_u64(h, 16), segment_id: get_u64(h, 24), base_lsn: get_u64(h, 32), segment_len: get_u64(h, 40) })
+        Ok(SegmentHeader {
+            log_id: get_u64(h, 16),
+            segment_id: get_u64(h, 24),
+            base_lsn: get_u64(h, 32),
+            segment_len: get_u64(h, 40),
+        })
     }
 }
 
@@ -163,7 +170,12 @@ mod tests {
 
     #[test]
     fn header_table() {
-        let h = SegmentHeader { log_id: 7, segment_id: 3, base_lsn: 4096, segment_len: 8192 };
+        let h = SegmentHeader {
+            log_id: 7,
+            segment_id: 3,
+            base_lsn: 4096,
+            segment_len: 8192,
+        };
         let good = h.encode();
         let mut flipped = good;
         flipped[30] ^= 0x10;
@@ -184,7 +196,12 @@ mod tests {
     fn names() {
         assert_eq!(segment_name(42), "00000000000000000042.seg");
         assert_eq!(parse_segment_name(&segment_name(42)), Some(42));
-        for bad in ["42.seg", "00000000000000000042.wal", "0000000000000000004x.seg", "LOCK"] {
+        for bad in [
+            "42.seg",
+            "00000000000000000042.wal",
+            "0000000000000000004x.seg",
+            "LOCK",
+        ] {
             assert_eq!(parse_segment_name(bad), None, "{bad}");
         }
     }

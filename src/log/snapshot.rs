@@ -79,7 +79,9 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// A decoded snapshot: `(log_id, lsn, body)`.
 pub fn decode_snapshot(b: &[u8]) -> Result<(u64, u64, &[u8]), SnapshotError> {
     let header = b.get(..SNAPSHOT_HEADER_LEN).ok_or(SnapshotError::Format)?;
-    if header.get(..8) != Some(&SNAPSHOT_MAGIC[..]) || header.get(8..16) != Some(&[1, 0, 0, 0, 48, 0, 0, 0][..]) {
+    if header.get(..8) != Some(&SNAPSHOT_MAGIC[..])
+        || header.get(8..16) != Some(&[1, 0, 0, 0, 48, 0, 0, 0][..])
+    {
         return Err(SnapshotError::Format);
     }
     let body_len = u64_at(header, 32);

@@ -49,7 +49,9 @@ pub struct MmapStorage {
 impl MmapStorage {
     /// A storage over directory `dir` (which must exist).
     pub fn new(dir: &Path) -> MmapStorage {
-        MmapStorage { dir: dir.to_path_buf() }
+        MmapStorage {
+            dir: dir.to_path_buf(),
+        }
     }
 
     fn sync_dir(&self) -> io::Result<()> {
@@ -81,7 +83,12 @@ impl Storage for MmapStorage {
 
     fn create_segment(&self, name: &str, len: u64, header: &[u8]) -> io::Result<Mapping> {
         let tmp = self.dir.join(format!("{name}.tmp"));
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         file.write_all(header)?;
         // Real zeros, not a hole or an unwritten extent: later fdatasync/msync then
         // writes data only, with no extent conversion in the journal.
@@ -95,7 +102,10 @@ impl Storage for MmapStorage {
     }
 
     fn open_segment(&self, name: &str) -> io::Result<Mapping> {
-        let file = OpenOptions::new().read(true).write(true).open(self.dir.join(name))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.dir.join(name))?;
         let len = file.metadata()?.len();
         Mapping::map_file(&file, len)
     }
@@ -167,13 +177,34 @@ impl SimStorage {
 
     /// The durable bytes of every file (what a clean power loss right now keeps).
     pub fn durable_files(&self) -> BTreeMap<String, Vec<u8>> {
-        self.state.lock().files.iter().map(|(k, f)| (k.clone(), f.durable.clone())).collect()
+        self.state
+            .lock()
+            .files
+            .iter()
+            .map(|(k, f)| (k.clone(), f.durable.clone()))
+            .collect()
     }
 
     /// A storage holding `files` as both live and durable images.
     pub fn from_files(files: BTreeMap<String, Vec<u8>>) -> SimStorage {
-        let files = files.into_iter().map(|(k, durable)| (k, SimFile { durable, live: None })).collect();
-        SimStorage { state: Mutex::new(SimState { files, ..SimState::default() }) }
+        let files = files
+            .into_iter()
+            .map(|(k, durable)| {
+                (
+                    k,
+                    SimFile {
+                        durable,
+                        live: None,
+                    },
+                )
+            })
+            .collect();
+        SimStorage {
+            state: Mutex::new(SimState {
+                files,
+                ..SimState::default()
+            }),
+        }
     }
 
     /// The disk a power loss leaves: for every page whose live bytes differ from the
@@ -239,10 +270,19 @@ impl Storage for SimStorage {
         }
         let mut map = Mapping::anon(len)?;
         let mut durable = vec![0u8; len as usize];
-        for (dst, src) in [map.bytes_mut(), &mut durable[..]].into_iter().flat_map(|d| d.iter_mut().zip(header)) {
+        for (dst, src) in [map.bytes_mut(), &mut durable[..]]
+            .into_iter()
+            .flat_map(|d| d.iter_mut().zip(header))
+        {
             *dst = *src;
         }
-        st.files.insert(name.to_owned(), SimFile { durable, live: None });
+        st.files.insert(
+            name.to_owned(),
+            SimFile {
+                durable,
+                live: None,
+            },
+        );
         Ok(map)
     }
 
@@ -251,7 +291,10 @@ impl Storage for SimStorage {
         if st.crashed {
             return Err(power_lost());
         }
-        let file = st.files.get(name).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let file = st
+            .files
+            .get(name)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         let mut map = Mapping::anon(file.durable.len() as u64)?;
         map.bytes_mut().copy_from_slice(&file.durable);
         Ok(map)
@@ -273,9 +316,17 @@ impl Storage for SimStorage {
             return Err(power_lost());
         }
         let end = end.min(map.completed());
-        let bytes = map.read(start, end).ok_or_else(|| io::Error::other("sync of unfinished bytes"))?;
-        let file = st.files.get_mut(name).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
-        let dst = file.durable.get_mut(start as usize..end as usize).ok_or_else(|| io::Error::other("sync out of range"))?;
+        let bytes = map
+            .read(start, end)
+            .ok_or_else(|| io::Error::other("sync of unfinished bytes"))?;
+        let file = st
+            .files
+            .get_mut(name)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let dst = file
+            .durable
+            .get_mut(start as usize..end as usize)
+            .ok_or_else(|| io::Error::other("sync out of range"))?;
         dst.copy_from_slice(bytes);
         Ok(())
     }
@@ -291,7 +342,10 @@ impl Storage for SimStorage {
 
     fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {
         let st = self.state.lock();
-        st.files.get(name).map(|f| f.durable.clone()).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+        st.files
+            .get(name)
+            .map(|f| f.durable.clone())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
     }
 
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
@@ -299,7 +353,13 @@ impl Storage for SimStorage {
         if st.crashed {
             return Err(power_lost());
         }
-        st.files.insert(name.to_owned(), SimFile { durable: bytes.to_vec(), live: None });
+        st.files.insert(
+            name.to_owned(),
+            SimFile {
+                durable: bytes.to_vec(),
+                live: None,
+            },
+        );
         Ok(())
     }
 }

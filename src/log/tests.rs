@@ -1,6 +1,11 @@
 //! Module tests: round trips, rollover, lock, snapshots, proptests, bit flips,
 //! truncation, and simulated power loss through `SimStorage`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::type_complexity)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::type_complexity
+)]
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -11,7 +16,11 @@ use rand::{Rng, SeedableRng};
 use super::*;
 
 fn cfg(durability: Durability, segment_size: u64) -> LogConfig {
-    LogConfig { durability, segment_size, recovery: RecoveryMode::StopAtTornTail }
+    LogConfig {
+        durability,
+        segment_size,
+        recovery: RecoveryMode::StopAtTornTail,
+    }
 }
 
 fn collect(log: &Log) -> Vec<(Lsn, Vec<u8>)> {
@@ -35,7 +44,9 @@ fn sim_open(sim: &Arc<SimStorage>, config: LogConfig) -> Result<(Log, RecoveryRe
 #[test]
 fn append_reopen_replay_on_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let records: Vec<Vec<u8>> = (0..200u32).map(|i| vec![i as u8; (i % 70) as usize]).collect();
+    let records: Vec<Vec<u8>> = (0..200u32)
+        .map(|i| vec![i as u8; (i % 70) as usize])
+        .collect();
     {
         let (log, report) = Log::open(dir.path(), cfg(Durability::Sync, 8192)).unwrap();
         assert_eq!(report.records, 0);
@@ -67,7 +78,10 @@ fn second_open_is_locked() {
     assert!(matches!(err, LogError::Locked { .. }), "{err}");
     assert!(err.to_string().contains("locked"), "{err}");
     drop(log);
-    assert!(Log::open(dir.path(), cfg(Durability::Os, 4096)).is_ok(), "lock released on drop");
+    assert!(
+        Log::open(dir.path(), cfg(Durability::Os, 4096)).is_ok(),
+        "lock released on drop"
+    );
 }
 
 #[test]
@@ -84,7 +98,11 @@ fn rollover_table() {
     ];
     for (i, (seg, sizes)) in cases.into_iter().enumerate() {
         let sim = Arc::new(SimStorage::new());
-        let records: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(j, &n)| vec![j as u8 + 1; n]).collect();
+        let records: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(j, &n)| vec![j as u8 + 1; n])
+            .collect();
         {
             let (log, _) = sim_open(&sim, cfg(Durability::Sync, seg)).unwrap();
             for r in &records {
@@ -105,9 +123,21 @@ fn record_too_large_and_unknown_lsn() {
     let sim = Arc::new(SimStorage::new());
     let (log, _) = sim_open(&sim, cfg(Durability::Os, 4096)).unwrap();
     let err = log.append(&vec![0; 4096]).unwrap_err();
-    assert!(matches!(err, LogError::RecordTooLarge { len: 4096, .. }), "{err}");
-    assert!(matches!(log.wait_durable(Lsn(1 << 40)), Err(LogError::UnknownLsn { .. })));
-    let bad = Log::open_with_storage(sim.clone(), LogConfig { segment_size: 1000, ..LogConfig::default() });
+    assert!(
+        matches!(err, LogError::RecordTooLarge { len: 4096, .. }),
+        "{err}"
+    );
+    assert!(matches!(
+        log.wait_durable(Lsn(1 << 40)),
+        Err(LogError::UnknownLsn { .. })
+    ));
+    let bad = Log::open_with_storage(
+        sim.clone(),
+        LogConfig {
+            segment_size: 1000,
+            ..LogConfig::default()
+        },
+    );
     assert!(matches!(bad, Err(LogError::InvalidConfig(_))));
 }
 
@@ -137,13 +167,26 @@ fn snapshot_compacts_and_reopen_yields_the_rest() {
     want.push(b"after".to_vec());
     assert_eq!(got.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>(), want);
     assert!(got.iter().all(|(l, _)| *l > lsns[79]));
-    let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    assert_eq!(names.iter().filter(|n| n.starts_with("snap-")).count(), 1, "{names:?}");
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with("snap-")).count(),
+        1,
+        "{names:?}"
+    );
 }
 
 #[test]
 fn concurrent_appenders_all_modes() {
-    for durability in [Durability::Os, Durability::Sync, Durability::Batched { interval: Duration::from_millis(1) }] {
+    for durability in [
+        Durability::Os,
+        Durability::Sync,
+        Durability::Batched {
+            interval: Duration::from_millis(1),
+        },
+    ] {
         let sim = Arc::new(SimStorage::new());
         let (log, _) = sim_open(&sim, cfg(durability, 16384)).unwrap();
         let log = Arc::new(log);
@@ -167,8 +210,16 @@ fn concurrent_appenders_all_modes() {
         let got = bodies(&log);
         assert_eq!(got.len(), 1600, "{durability:?}");
         for t in 0..8u8 {
-            let seq: Vec<u16> = got.iter().filter(|b| b[0] == t).map(|b| u16::from_le_bytes([b[1], b[2]])).collect();
-            assert_eq!(seq, (0..200).collect::<Vec<_>>(), "{durability:?} thread {t} in order");
+            let seq: Vec<u16> = got
+                .iter()
+                .filter(|b| b[0] == t)
+                .map(|b| u16::from_le_bytes([b[1], b[2]]))
+                .collect();
+            assert_eq!(
+                seq,
+                (0..200).collect::<Vec<_>>(),
+                "{durability:?} thread {t} in order"
+            );
         }
         if durability == Durability::Sync {
             assert!(log.stats().synced_lsn.0 > log.stats().last_lsn.unwrap().0);
@@ -187,7 +238,10 @@ fn sync_failure_poisons() {
     let err = log.append(b"two").unwrap_err();
     assert!(matches!(err, LogError::Poisoned { .. }), "{err}");
     assert!(err.to_string().contains("close and reopen"), "{err}");
-    assert!(matches!(log.wait_durable(a), Err(LogError::Poisoned { .. })));
+    assert!(matches!(
+        log.wait_durable(a),
+        Err(LogError::Poisoned { .. })
+    ));
 }
 
 /// Writes `records` one at a time under Sync and returns the durable image plus each frame's (offset, len) in segment 0.
@@ -205,40 +259,78 @@ fn sync_image(records: &[Vec<u8>], seg: u64) -> (BTreeMap<String, Vec<u8>>, Vec<
     (sim.durable_files(), frames)
 }
 
-fn open_image(files: BTreeMap<String, Vec<u8>>, mode: RecoveryMode) -> Result<(Vec<Vec<u8>>, RecoveryReport), LogError> {
+fn open_image(
+    files: BTreeMap<String, Vec<u8>>,
+    mode: RecoveryMode,
+) -> Result<(Vec<Vec<u8>>, RecoveryReport), LogError> {
     let sim = Arc::new(SimStorage::from_files(files));
-    let (log, report) = sim_open(&sim, LogConfig { durability: Durability::Sync, segment_size: 16384, recovery: mode })?;
+    let (log, report) = sim_open(
+        &sim,
+        LogConfig {
+            durability: Durability::Sync,
+            segment_size: 16384,
+            recovery: mode,
+        },
+    )?;
     Ok((bodies(&log), report))
 }
 
 #[test]
 fn truncation_in_last_4k_keeps_longest_valid_prefix() {
-    let records: Vec<Vec<u8>> = (0..120u32).map(|i| vec![(i % 250) as u8 + 1; (i as usize * 7) % 90]).collect();
+    let records: Vec<Vec<u8>> = (0..120u32)
+        .map(|i| vec![(i % 250) as u8 + 1; (i as usize * 7) % 90])
+        .collect();
     let (files, frames) = sync_image(&records, 16384);
     let seg0 = segment_name(0);
     let end = frames.iter().map(|(l, n)| l + n).max().unwrap();
-    assert!(frames.iter().all(|(l, n)| l + n <= 16384), "all in segment 0");
+    assert!(
+        frames.iter().all(|(l, n)| l + n <= 16384),
+        "all in segment 0"
+    );
     for cut in end.saturating_sub(4096)..=end {
         let mut f = files.clone();
         f.get_mut(&seg0).unwrap()[cut as usize..].fill(0);
-        let (got, report) = open_image(f, RecoveryMode::StopAtTornTail).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
+        let (got, report) = open_image(f, RecoveryMode::StopAtTornTail)
+            .unwrap_or_else(|e| panic!("cut {cut}: {e}"));
         // A frame survives iff zeroing from `cut` changed none of its bytes
         // (its padding, reserved header bytes, or high LSN bytes may already be zero).
         let img = &files[&seg0];
         let data_end = |i: usize| frames[i].0 + 32 + records[i].len() as u64;
-        let changed = |i: usize| cut < data_end(i) && img[cut.max(frames[i].0) as usize..data_end(i) as usize].iter().any(|&b| b != 0);
+        let changed = |i: usize| {
+            cut < data_end(i)
+                && img[cut.max(frames[i].0) as usize..data_end(i) as usize]
+                    .iter()
+                    .any(|&b| b != 0)
+        };
         let keep = (0..frames.len()).position(changed).unwrap_or(frames.len());
-        assert!(got == records[..keep], "cut at {cut}: kept {} records, want {keep}", got.len());
-        let torn = keep < frames.len() && cut > frames[keep].0 && img[frames[keep].0 as usize..cut as usize].iter().any(|&b| b != 0);
+        assert!(
+            got == records[..keep],
+            "cut at {cut}: kept {} records, want {keep}",
+            got.len()
+        );
+        let torn = keep < frames.len()
+            && cut > frames[keep].0
+            && img[frames[keep].0 as usize..cut as usize]
+                .iter()
+                .any(|&b| b != 0);
         assert_eq!(report.torn_tail.is_some(), torn, "cut {cut}: {report:?}");
     }
 }
 
 #[test]
 fn ten_thousand_bit_flips() {
-    let seed = std::env::var("FIBFLOW_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x05ee_df11_u64);
+    let seed = std::env::var("FIBFLOW_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x05ee_df11_u64);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let records: Vec<Vec<u8>> = (0..40u32).map(|i| (0..(i as usize * 13) % 100).map(|j| (i as usize + j) as u8).collect()).collect();
+    let records: Vec<Vec<u8>> = (0..40u32)
+        .map(|i| {
+            (0..(i as usize * 13) % 100)
+                .map(|j| (i as usize + j) as u8)
+                .collect()
+        })
+        .collect();
     let (files, frames) = sync_image(&records, 8192);
     let seg0 = segment_name(0);
     let written: HashSet<Vec<u8>> = records.iter().cloned().collect();
@@ -249,16 +341,24 @@ fn ten_thousand_bit_flips() {
         let bit = rng.random_range(0..8u32);
         let mut f = files.clone();
         f.get_mut(&seg0).unwrap()[byte] ^= 1 << bit;
-        let frame = frames.iter().position(|(l, n)| (*l..l + n).contains(&(byte as u64)));
+        let frame = frames
+            .iter()
+            .position(|(l, n)| (*l..l + n).contains(&(byte as u64)));
         let ctx = format!("seed {seed:#x} byte {byte} bit {bit} frame {frame:?}");
         match open_image(f, RecoveryMode::StopAtTornTail) {
             Err(LogError::Corrupt { .. }) => {
-                assert!(byte < 64 || frame.is_some_and(|i| i + 1 < records.len()), "{ctx}: only header or middle flips are corruption");
+                assert!(
+                    byte < 64 || frame.is_some_and(|i| i + 1 < records.len()),
+                    "{ctx}: only header or middle flips are corruption"
+                );
                 corrupt += 1;
             }
             Err(e) => panic!("{ctx}: unexpected error {e}"),
             Ok((got, _)) => {
-                assert!(got.iter().all(|g| written.contains(g)), "{ctx}: a corrupt record was accepted");
+                assert!(
+                    got.iter().all(|g| written.contains(g)),
+                    "{ctx}: a corrupt record was accepted"
+                );
                 match frame {
                     Some(i) if i + 1 == records.len() => {
                         assert_eq!(got, records[..i], "{ctx}: tail flip truncates");
@@ -274,9 +374,11 @@ fn ten_thousand_bit_flips() {
             }
         }
     }
-    assert!(corrupt > 0 && torn > 0 && intact > 0, "{corrupt} {torn} {intact}");
+    assert!(
+        corrupt > 0 && torn > 0 && intact > 0,
+        "{corrupt} {torn} {intact}"
+    );
 }
-
 
 #[test]
 fn skip_corrupt_pads_and_keeps_the_rest() {
@@ -286,11 +388,16 @@ fn skip_corrupt_pads_and_keeps_the_rest() {
     files.get_mut(&segment_name(0)).unwrap()[(l + 40) as usize] ^= 0xFF;
     let err = open_image(files.clone(), RecoveryMode::StopAtTornTail).unwrap_err();
     match &err {
-        LogError::Corrupt { segment, offset, .. } => assert_eq!((segment.as_str(), *offset), (segment_name(0).as_str(), l)),
+        LogError::Corrupt {
+            segment, offset, ..
+        } => assert_eq!((segment.as_str(), *offset), (segment_name(0).as_str(), l)),
         other => panic!("{other}"),
     }
     let sim = Arc::new(SimStorage::from_files(files));
-    let mode = LogConfig { recovery: RecoveryMode::SkipCorrupt, ..cfg(Durability::Sync, 16384) };
+    let mode = LogConfig {
+        recovery: RecoveryMode::SkipCorrupt,
+        ..cfg(Durability::Sync, 16384)
+    };
     let (log, report) = sim_open(&sim, mode.clone()).unwrap();
     assert_eq!(report.skipped.len(), 1, "{report:?}");
     let mut want = records.clone();
@@ -307,7 +414,10 @@ fn skip_corrupt_pads_and_keeps_the_rest() {
 /// acknowledged record survives and nothing unwritten appears.
 #[test]
 fn simulated_power_loss() {
-    let rounds: u64 = std::env::var("FIBFLOW_POWER_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(24);
+    let rounds: u64 = std::env::var("FIBFLOW_POWER_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(24);
     for seed in 0..rounds {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let sim = Arc::new(SimStorage::new());
@@ -337,16 +447,29 @@ fn simulated_power_loss() {
         let acked: Vec<Vec<Vec<u8>>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         drop(Arc::try_unwrap(log).expect("threads joined"));
         let after = Arc::new(sim.power_loss(seed).expect("log dropped"));
-        let (log, report) = sim_open(&after, cfg(Durability::Sync, 4096)).unwrap_or_else(|e| panic!("seed {seed}: reopen failed: {e}"));
+        let (log, report) = sim_open(&after, cfg(Durability::Sync, 4096))
+            .unwrap_or_else(|e| panic!("seed {seed}: reopen failed: {e}"));
         let got = bodies(&log);
         for (t, acked) in acked.iter().enumerate() {
             let seen: Vec<&Vec<u8>> = got.iter().filter(|b| b[0] == t as u8).collect();
-            assert!(seen.len() >= acked.len(), "seed {seed}: thread {t} acked {} but {} survived ({report:?})", acked.len(), seen.len());
+            assert!(
+                seen.len() >= acked.len(),
+                "seed {seed}: thread {t} acked {} but {} survived ({report:?})",
+                acked.len(),
+                seen.len()
+            );
             for (i, b) in seen.iter().enumerate() {
                 let mut want = vec![t as u8];
                 want.extend_from_slice(&(i as u16).to_le_bytes());
-                assert_eq!(&b[..3], &want[..], "seed {seed}: thread {t} record {i} out of order or invented");
-                assert!(b[3..].iter().all(|&x| x == t as u8 ^ 0x5A), "seed {seed}: garbled body accepted");
+                assert_eq!(
+                    &b[..3],
+                    &want[..],
+                    "seed {seed}: thread {t} record {i} out of order or invented"
+                );
+                assert!(
+                    b[3..].iter().all(|&x| x == t as u8 ^ 0x5A),
+                    "seed {seed}: garbled body accepted"
+                );
                 if let Some(a) = acked.get(i) {
                     assert_eq!(*b, a, "seed {seed}");
                 }
