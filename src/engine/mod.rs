@@ -157,3 +157,6 @@ impl Shard {
         self.tasks.get_mut(&id)
     }
 }
+
+#[cfg(test)]
+mod tests;
