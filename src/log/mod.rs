@@ -47,6 +47,8 @@ pub mod snapshot;
 pub mod storage;
 
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;
