@@ -22,12 +22,22 @@ const FILE_LEN: u64 = 64 << 20;
 const THREADS: u64 = 64;
 
 fn config(durability: Durability) -> LogConfig {
-    LogConfig { durability, segment_size: FILE_LEN, recovery: RecoveryMode::StopAtTornTail }
+    LogConfig {
+        durability,
+        segment_size: FILE_LEN,
+        recovery: RecoveryMode::StopAtTornTail,
+    }
 }
 
 /// A file of `FILE_LEN` real zeros, synced, like a prepared segment.
 fn zero_file(path: &Path) -> File {
-    let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).unwrap();
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
     let chunk = vec![0u8; 1 << 20];
     for _ in 0..(FILE_LEN >> 20) {
         f.write_all(&chunk).unwrap();
@@ -38,7 +48,9 @@ fn zero_file(path: &Path) -> File {
 
 fn append(c: &mut Criterion) {
     let mut g = c.benchmark_group("append");
-    g.sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    g.sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
     g.throughput(Throughput::Elements(1));
     for size in SIZES {
         let rec = vec![0xA5u8; size];
@@ -66,16 +78,20 @@ fn append(c: &mut Criterion) {
         let dir = tempfile::tempdir().unwrap();
         let file = zero_file(&dir.path().join("baseline"));
         let mut off = 0u64;
-        g.bench_with_input(BenchmarkId::new("pwrite_fdatasync_baseline", size), &size, |b, _| {
-            b.iter(|| {
-                if off + size as u64 > FILE_LEN {
-                    off = 0;
-                }
-                file.write_at(&rec, off).unwrap();
-                file.sync_data().unwrap();
-                off += size as u64;
-            });
-        });
+        g.bench_with_input(
+            BenchmarkId::new("pwrite_fdatasync_baseline", size),
+            &size,
+            |b, _| {
+                b.iter(|| {
+                    if off + size as u64 > FILE_LEN {
+                        off = 0;
+                    }
+                    file.write_at(&rec, off).unwrap();
+                    file.sync_data().unwrap();
+                    off += size as u64;
+                });
+            },
+        );
     }
     g.finish();
 }
@@ -83,7 +99,9 @@ fn append(c: &mut Criterion) {
 /// 64 threads each append + wait_durable under `Sync`: group commit throughput.
 fn sync_threads(c: &mut Criterion) {
     let mut g = c.benchmark_group("sync_64_threads");
-    g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(3));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(3));
     g.throughput(Throughput::Elements(1));
     for size in SIZES {
         let dir = tempfile::tempdir().unwrap();
@@ -122,7 +140,9 @@ fn sync_threads(c: &mut Criterion) {
 /// msync of the dirtied range vs pwrite+fdatasync vs mmap write + fdatasync, 128-byte records.
 fn sync_mechanism(c: &mut Criterion) {
     let mut g = c.benchmark_group("sync_mechanism");
-    g.sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    g.sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
     g.throughput(Throughput::Elements(1));
     let rec = [0x3Cu8; 128];
     let dir = tempfile::tempdir().unwrap();

@@ -14,7 +14,11 @@ const RECORDS: u64 = 1_000_000;
 const BODY: usize = 64;
 
 fn config() -> LogConfig {
-    LogConfig { durability: Durability::Os, segment_size: 64 << 20, recovery: RecoveryMode::StopAtTornTail }
+    LogConfig {
+        durability: Durability::Os,
+        segment_size: 64 << 20,
+        recovery: RecoveryMode::StopAtTornTail,
+    }
 }
 
 fn replay(c: &mut Criterion) {
@@ -38,7 +42,9 @@ fn replay(c: &mut Criterion) {
         assert_eq!(n, RECORDS * BODY as u64);
     };
     let mut g = c.benchmark_group("recovery");
-    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(4));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(4));
     g.throughput(Throughput::Elements(RECORDS));
     {
         let (log, _) = Log::open(dir.path(), config()).unwrap();

@@ -3,7 +3,13 @@
 //! `FIBFLOW_REGEN_FIXTURES=1 cargo test log::fixtures` rewrites the fixture
 //! files and seeds the fuzz corpus; normal runs only read them, so every later
 //! format version must keep reading these v1 files.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::type_complexity, clippy::case_sensitive_file_extension_comparisons)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::type_complexity,
+    clippy::case_sensitive_file_extension_comparisons
+)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,12 +30,32 @@ fn record(i: u32) -> Vec<u8> {
 }
 
 fn read_dir_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()).filter(|e| e.file_name() != "README.md").map(|e| (e.file_name().into_string().unwrap(), std::fs::read(e.path()).unwrap())).collect()
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name() != "README.md")
+        .map(|e| {
+            (
+                e.file_name().into_string().unwrap(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
 }
 
-fn open_files(files: BTreeMap<String, Vec<u8>>, recovery: RecoveryMode) -> Result<(Vec<(Lsn, Vec<u8>)>, Option<(Lsn, Vec<u8>)>), LogError> {
+fn open_files(
+    files: BTreeMap<String, Vec<u8>>,
+    recovery: RecoveryMode,
+) -> Result<(Vec<(Lsn, Vec<u8>)>, Option<(Lsn, Vec<u8>)>), LogError> {
     let sim = Arc::new(SimStorage::from_files(files));
-    let (log, _) = Log::open_with_storage(sim, LogConfig { durability: Durability::Sync, segment_size: 4096, recovery })?;
+    let (log, _) = Log::open_with_storage(
+        sim,
+        LogConfig {
+            durability: Durability::Sync,
+            segment_size: 4096,
+            recovery,
+        },
+    )?;
     let mut out = Vec::new();
     log.replay(|l, b| {
         out.push((l, b.to_vec()));
@@ -44,13 +70,22 @@ fn build_basic() -> (BTreeMap<String, Vec<u8>>, Vec<Lsn>) {
     let sim = Arc::new(SimStorage::new());
     let mut lsns = Vec::new();
     {
-        let (log, _) = Log::open_with_storage(sim.clone(), LogConfig { durability: Durability::Sync, segment_size: 4096, recovery: RecoveryMode::StopAtTornTail }).unwrap();
+        let (log, _) = Log::open_with_storage(
+            sim.clone(),
+            LogConfig {
+                durability: Durability::Sync,
+                segment_size: 4096,
+                recovery: RecoveryMode::StopAtTornTail,
+            },
+        )
+        .unwrap();
         for i in 0..80 {
             let l = log.append(&record(i)).unwrap();
             log.wait_durable(l).unwrap();
             lsns.push(l);
         }
-        log.write_snapshot(lsns[9], b"snapshot through record 9").unwrap();
+        log.write_snapshot(lsns[9], b"snapshot through record 9")
+            .unwrap();
     }
     (sim.durable_files(), lsns)
 }
@@ -72,7 +107,8 @@ fn regenerate_when_asked() {
             }
             if damage && name == segment::segment_name(1) {
                 // Flip one body byte of the first record in segment 1 (acknowledged, followed by more).
-                let off = (lsns.iter().find(|l| l.0 >= 4096 && l.0 < 8192).unwrap().0 - 4096 + 40) as usize;
+                let off = (lsns.iter().find(|l| l.0 >= 4096 && l.0 < 8192).unwrap().0 - 4096 + 40)
+                    as usize;
                 bytes[off] ^= 0x40;
             }
             std::fs::write(dir.join(&name), bytes).unwrap();
@@ -94,7 +130,11 @@ fn regenerate_when_asked() {
     std::fs::write(corpus.join("recovery_scan/empty"), [0u8; 128]).unwrap();
     for (i, l) in lsns.iter().take(4).enumerate() {
         let start = l.0 as usize;
-        std::fs::write(corpus.join(format!("frame_decode/frame{i}")), &seg0[start..start + 96]).unwrap();
+        std::fs::write(
+            corpus.join(format!("frame_decode/frame{i}")),
+            &seg0[start..start + 96],
+        )
+        .unwrap();
     }
     std::fs::write(corpus.join("frame_decode/pad"), frame::pad_header(64, 0, 8)).unwrap();
     std::fs::write(corpus.join("frame_decode/zero"), [0u8; 32]).unwrap();
@@ -102,15 +142,24 @@ fn regenerate_when_asked() {
 
 #[test]
 fn v1_fixtures_still_read() {
-    let (records, snap) = open_files(read_dir_files(&fixture_dir("basic")), RecoveryMode::StopAtTornTail).unwrap();
+    let (records, snap) = open_files(
+        read_dir_files(&fixture_dir("basic")),
+        RecoveryMode::StopAtTornTail,
+    )
+    .unwrap();
     let (snap_lsn, snap_bytes) = snap.unwrap();
     assert_eq!(snap_bytes, b"snapshot through record 9");
-    assert_eq!(records.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>(), (10..80).map(record).collect::<Vec<_>>());
+    assert_eq!(
+        records.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>(),
+        (10..80).map(record).collect::<Vec<_>>()
+    );
     assert!(records.iter().all(|(l, _)| *l > snap_lsn));
 
     let corrupt = read_dir_files(&fixture_dir("corrupt-middle"));
     match open_files(corrupt.clone(), RecoveryMode::StopAtTornTail) {
-        Err(LogError::Corrupt { segment, offset, .. }) => {
+        Err(LogError::Corrupt {
+            segment, offset, ..
+        }) => {
             assert_eq!(segment, segment::segment_name(1));
             assert!(offset >= 64, "{offset}");
         }
@@ -122,7 +171,17 @@ fn v1_fixtures_still_read() {
 
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = root().join("fuzz/corpus").join(target);
-    let mut out: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap()).filter(|e| !e.file_name().to_string_lossy().starts_with('.')).map(|e| (e.file_name().into_string().unwrap(), std::fs::read(e.path()).unwrap())).collect();
+    let mut out: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| {
+            (
+                e.file_name().into_string().unwrap(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
     out.sort();
     out
 }

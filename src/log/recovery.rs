@@ -377,11 +377,18 @@ pub fn prefix_is_valid(segs: &[SegView<'_>], scan: &ScanResult) -> bool {
 /// in the input and re-encodes to the same bytes.
 pub fn check_frame_decode(data: &[u8]) {
     if let Ok(f) = decode_frame(data) {
-        assert!(f.frame_len as usize <= data.len(), "frame longer than its input");
+        assert!(
+            f.frame_len as usize <= data.len(),
+            "frame longer than its input"
+        );
         if f.kind == FrameKind::Record {
             let mut again = Vec::new();
             super::frame::encode_record(&mut again, f.lsn, f.stable, f.body);
-            assert_eq!(Some(&again[..]), data.get(..f.frame_len as usize), "decode/encode round trip");
+            assert_eq!(
+                Some(&again[..]),
+                data.get(..f.frame_len as usize),
+                "decode/encode round trip"
+            );
         }
     }
 }
@@ -390,11 +397,20 @@ pub fn check_frame_decode(data: &[u8]) {
 /// one segment at LSN 0, its first 64 bytes as the header) scans without
 /// panicking, in both modes, to a prefix that decodes frame by frame.
 pub fn check_recovery_scan(data: &[u8]) {
-    let segs = [SegView { base: 0, bytes: data }];
+    let segs = [SegView {
+        base: 0,
+        bytes: data,
+    }];
     for mode in [RecoveryMode::StopAtTornTail, RecoveryMode::SkipCorrupt] {
         let result = scan(&segs, mode);
-        assert!(result.end.seg == 0 && result.end.offset <= (data.len() as u64).max(SEGMENT_HEADER_LEN), "end out of range: {result:?}");
-        assert!(prefix_is_valid(&segs, &result), "kept prefix does not decode: {result:?}");
+        assert!(
+            result.end.seg == 0 && result.end.offset <= (data.len() as u64).max(SEGMENT_HEADER_LEN),
+            "end out of range: {result:?}"
+        );
+        assert!(
+            prefix_is_valid(&segs, &result),
+            "kept prefix does not decode: {result:?}"
+        );
         let _ = repairs(&segs, &result);
     }
 }
