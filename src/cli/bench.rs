@@ -1,0 +1,276 @@
+//! `fibflow bench`: dispatch figures beside a baseline measured in the same run.
+//!
+//! 1. Latency: one task is submitted while every worker is idle and parked; the
+//!    handler records `Instant::now()` at its start; the difference to the instant
+//!    before `submit` is one sample. The baseline hands one job (an `Instant`) over a
+//!    crossbeam channel to the same number of parked threads and measures the same
+//!    span. Both sides pause `GAP` between samples so the workers park again.
+//! 2. Throughput: one producer submits no-op tasks in batches while the machine's
+//!    cores run them (in memory); end to end means until `count_by_status` reports
+//!    them all completed. The baseline pushes no-op jobs through a crossbeam channel
+//!    to the same number of threads.
+//!
+//! Ratios are fibflow / baseline: above 1 means slower for latency and faster for
+//! throughput.
+
+use super::out::{cores, print_json, round, CliResult};
+use clap::Args;
+use crossbeam::channel;
+use fibflow::{TaskManager, TaskStatus};
+use serde_json::{json, Value};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Pause between latency samples, long enough for a worker to park again.
+const GAP: Duration = Duration::from_micros(300);
+/// No-op tasks per throughput round.
+const TASKS_PER_ROUND: u64 = 200_000;
+/// No-op jobs per baseline throughput round.
+const JOBS_PER_ROUND: u64 = 2_000_000;
+/// Tasks per `submit_batch` call.
+const BATCH: u64 = 1000;
+
+/// Arguments of `fibflow bench`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// One JSON object on the last stdout line.
+    #[arg(long)]
+    pub json: bool,
+    /// Total time budget in seconds (split over the four measurements).
+    #[arg(long, default_value_t = 8.0)]
+    pub seconds: f64,
+}
+
+/// Percentiles of latency samples, in microseconds.
+#[derive(Debug, Clone, Copy)]
+struct Percentiles {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    samples: usize,
+}
+
+fn percentiles(mut v: Vec<Duration>) -> Percentiles {
+    v.sort_unstable();
+    let at = |q: f64| {
+        if v.is_empty() {
+            return 0.0;
+        }
+        let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+        v[i].as_secs_f64() * 1e6
+    };
+    Percentiles {
+        p50: at(0.50),
+        p99: at(0.99),
+        p999: at(0.999),
+        samples: v.len(),
+    }
+}
+
+fn fibflow_latency(workers: usize, budget: Duration) -> fibflow::Result<Percentiles> {
+    let mgr = TaskManager::builder()
+        .memory()
+        .max_concurrent_tasks(workers)
+        .build()?;
+    let (tx, rx) = channel::unbounded::<Instant>();
+    mgr.register("bench.start", move |_| {
+        let _ = tx.send(Instant::now());
+        Ok(Value::Null.into())
+    })?;
+    mgr.start()?;
+    let mut samples = Vec::new();
+    let until = Instant::now() + budget;
+    while Instant::now() < until || samples.len() < 100 {
+        std::thread::sleep(GAP);
+        let t0 = Instant::now();
+        let id = mgr.submit("bench.start", Value::Null)?;
+        let Ok(started) = rx.recv() else { break };
+        samples.push(started.saturating_duration_since(t0));
+        mgr.wait(id, Duration::from_secs(30))?;
+    }
+    mgr.stop(Duration::from_secs(5))?;
+    Ok(percentiles(samples))
+}
+
+fn baseline_latency(workers: usize, budget: Duration) -> Percentiles {
+    let (job_tx, job_rx) = channel::unbounded::<Instant>();
+    let (done_tx, done_rx) = channel::unbounded::<Instant>();
+    let threads: Vec<_> = (0..workers)
+        .map(|_| {
+            let (rx, tx) = (job_rx.clone(), done_tx.clone());
+            std::thread::spawn(move || {
+                while rx.recv().is_ok() {
+                    let _ = tx.send(Instant::now());
+                }
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    let until = Instant::now() + budget;
+    while Instant::now() < until || samples.len() < 100 {
+        std::thread::sleep(GAP);
+        let t0 = Instant::now();
+        if job_tx.send(t0).is_err() {
+            break;
+        }
+        let Ok(started) = done_rx.recv() else { break };
+        samples.push(started.saturating_duration_since(t0));
+    }
+    drop(job_tx);
+    for t in threads {
+        let _ = t.join();
+    }
+    percentiles(samples)
+}
+
+/// One throughput round: tasks per second, end to end.
+fn fibflow_round(workers: usize) -> fibflow::Result<f64> {
+    let mgr = TaskManager::builder()
+        .memory()
+        .max_concurrent_tasks(workers)
+        .build()?;
+    let ran = Arc::new(AtomicU64::new(0));
+    let r = ran.clone();
+    mgr.register("bench.noop", move |_| {
+        r.fetch_add(1, Ordering::Relaxed);
+        Ok(Value::Null.into())
+    })?;
+    mgr.start()?;
+    let t0 = Instant::now();
+    let mut from = 0;
+    while from < TASKS_PER_ROUND {
+        let to = (from + BATCH).min(TASKS_PER_ROUND);
+        mgr.submit_batch((from..to).map(|_| {
+            (
+                "bench.noop".to_owned(),
+                Value::Null,
+                fibflow::SubmitOptions::new(),
+            )
+        }))?;
+        from = to;
+    }
+    while ran.load(Ordering::Relaxed) < TASKS_PER_ROUND {
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    while mgr.count_by_status()[&TaskStatus::Completed] < TASKS_PER_ROUND {
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    mgr.stop(Duration::from_secs(5))?;
+    Ok(TASKS_PER_ROUND as f64 / secs)
+}
+
+fn baseline_round(workers: usize) -> f64 {
+    let (tx, rx) = channel::unbounded::<u64>();
+    let done = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..workers)
+        .map(|_| {
+            let (rx, done) = (rx.clone(), done.clone());
+            std::thread::spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    std::hint::black_box(job);
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let t0 = Instant::now();
+    for i in 0..JOBS_PER_ROUND {
+        let _ = tx.send(i);
+    }
+    while done.load(Ordering::Relaxed) < JOBS_PER_ROUND {
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    drop(tx);
+    for t in threads {
+        let _ = t.join();
+    }
+    JOBS_PER_ROUND as f64 / secs
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Repeats `round` until `budget` is spent (at least once); the median rate.
+fn rounds<E>(
+    budget: Duration,
+    mut round: impl FnMut() -> Result<f64, E>,
+) -> Result<(f64, usize), E> {
+    let until = Instant::now() + budget;
+    let mut rates = Vec::new();
+    while rates.is_empty() || Instant::now() < until {
+        rates.push(round()?);
+    }
+    let n = rates.len();
+    Ok((median(rates), n))
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        round(a / b, 3)
+    } else {
+        0.0
+    }
+}
+
+/// Runs `fibflow bench`.
+pub fn run(a: &BenchArgs) -> CliResult {
+    let n = cores();
+    let total = Duration::from_secs_f64(a.seconds.max(0.4));
+    let part = |f: f64| total.mul_f64(f);
+    let base_lat = baseline_latency(n, part(0.2));
+    let fib_lat = fibflow_latency(n, part(0.3))?;
+    let (base_tput, base_rounds) =
+        rounds(part(0.15), || Ok::<f64, fibflow::Error>(baseline_round(n)))?;
+    let (fib_tput, fib_rounds) = rounds(part(0.35), || fibflow_round(n))?;
+    let v = json!({
+        "workers": n,
+        "seconds": a.seconds,
+        "latency_samples": fib_lat.samples,
+        "baseline_latency_samples": base_lat.samples,
+        "submit_start_p50_us": round(fib_lat.p50, 2),
+        "submit_start_p99_us": round(fib_lat.p99, 2),
+        "submit_start_p999_us": round(fib_lat.p999, 2),
+        "baseline_p50_us": round(base_lat.p50, 2),
+        "baseline_p99_us": round(base_lat.p99, 2),
+        "baseline_p999_us": round(base_lat.p999, 2),
+        "ratio_p50": ratio(fib_lat.p50, base_lat.p50),
+        "ratio_p99": ratio(fib_lat.p99, base_lat.p99),
+        "ratio_p999": ratio(fib_lat.p999, base_lat.p999),
+        "throughput_tasks_per_s": round(fib_tput, 0),
+        "throughput_rounds": fib_rounds,
+        "baseline_jobs_per_s": round(base_tput, 0),
+        "baseline_rounds": base_rounds,
+        "ratio_throughput": ratio(fib_tput, base_tput),
+    });
+    if !a.json {
+        println!("fibflow bench: {n} workers, in memory, baseline = crossbeam channel to {n} parked threads");
+        println!("submit -> handler start (idle workers), microseconds:");
+        println!(
+            "             {:>10} {:>10} {:>10} {:>8}",
+            "p50", "p99", "p99.9", "samples"
+        );
+        for (name, p) in [("fibflow", fib_lat), ("baseline", base_lat)] {
+            println!(
+                "  {name:<10} {:>10.1} {:>10.1} {:>10.1} {:>8}",
+                p.p50, p.p99, p.p999, p.samples
+            );
+        }
+        println!(
+            "  {:<10} {:>10} {:>10} {:>10}",
+            "ratio", v["ratio_p50"], v["ratio_p99"], v["ratio_p999"]
+        );
+        println!("end-to-end no-op throughput:");
+        println!("  fibflow    {fib_tput:>12.0} tasks/s  (median of {fib_rounds} rounds of {TASKS_PER_ROUND})");
+        println!("  baseline   {base_tput:>12.0} jobs/s   (median of {base_rounds} rounds of {JOBS_PER_ROUND})");
+        println!("  ratio      {:>12}", v["ratio_throughput"]);
+    } else {
+        print_json(&v)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
