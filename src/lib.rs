@@ -54,7 +54,11 @@ pub mod engine;
 pub mod log;
 pub mod runtime;
 
-pub use api::{Builder, HandlerInfo, Page, Paged, Pool, StopReport, Storage, TaskFilter, TaskManager};
+pub use api::{
+    AttemptFilter, Builder, EventFilter, FailedTask, HandlerInfo, Page, Paged, Pool,
+    RetentionPolicy, RetentionReport, StageTiming, StopReport, Storage, TaskAudit, TaskFilter,
+    TaskManager, WorkflowAudit, WorkflowSummary, WorkflowTiming,
+};
 pub use codec::{OnChildFailure, TaskId, TaskKind};
 pub use engine::schedule::{Backoff, CatchUp, RetryStrategy, TimeZone};
 pub use engine::{Attempt, AttemptOutcome, Event, EventType, Task, TaskStatus};

@@ -1,6 +1,6 @@
 //! Building a manager: storage, durability, clock, defaults and worker pools.
 
-use super::TaskManager;
+use super::{RetentionPolicy, TaskManager};
 use crate::engine::schedule::{CatchUp, RetryStrategy, TimeZone};
 use crate::log::{Durability, LogConfig, RecoveryMode};
 use crate::runtime::clock::{Clock, SystemClock};
@@ -39,7 +39,13 @@ pub struct Pool {
 impl Pool {
     /// A pool of one worker with no tags.
     pub fn new(name: impl Into<String>) -> Pool {
-        Pool { name: name.into(), tags: Vec::new(), concurrency: 1, retry: None, max_attempts: None }
+        Pool {
+            name: name.into(),
+            tags: Vec::new(),
+            concurrency: 1,
+            retry: None,
+            max_attempts: None,
+        }
     }
     /// The pool's name.
     pub fn name(&self) -> &str {
@@ -96,6 +102,8 @@ pub struct Builder {
     time_zone: TimeZone,
     catch_up: CatchUp,
     compact_after_bytes: u64,
+    retention: Option<RetentionPolicy>,
+    retention_every: Duration,
 }
 
 impl Default for Builder {
@@ -106,13 +114,20 @@ impl Default for Builder {
             recovery: RecoveryMode::StopAtTornTail,
             segment_size: None,
             clock: Arc::new(SystemClock),
-            defaults: Defaults { max_retries: 3, retry_interval_ms: 0, timeout_ms: 60_000, priority: 0 },
+            defaults: Defaults {
+                max_retries: 3,
+                retry_interval_ms: 0,
+                timeout_ms: 60_000,
+                priority: 0,
+            },
             max_concurrent: 10,
             pools: Vec::new(),
             quarantine_after: 3,
             time_zone: TimeZone::Local,
             catch_up: CatchUp::Once,
             compact_after_bytes: 256 << 20,
+            retention: None,
+            retention_every: Duration::from_secs(60),
         }
     }
 }
@@ -194,16 +209,32 @@ impl Builder {
         self
     }
 
+    /// Removes finished tasks automatically, every `every` (first run one
+    /// interval after start), in bounded batches.
+    pub fn retention(mut self, policy: RetentionPolicy, every: Duration) -> Self {
+        self.retention = Some(policy);
+        self.retention_every = every;
+        self
+    }
+
     fn validate(&self) -> Result<()> {
+        if let Some(r) = &self.retention {
+            r.validate()?;
+        }
         if self.max_concurrent == 0 {
-            return Err(Error::InvalidOption("max_concurrent_tasks must be at least 1".into()));
+            return Err(Error::InvalidOption(
+                "max_concurrent_tasks must be at least 1".into(),
+            ));
         }
         for p in &self.pools {
             if p.name.trim().is_empty() {
                 return Err(Error::InvalidOption("a pool needs a non-empty name".into()));
             }
             if p.concurrency == 0 {
-                return Err(Error::InvalidOption(format!("pool `{}` needs a concurrency of at least 1", p.name)));
+                return Err(Error::InvalidOption(format!(
+                    "pool `{}` needs a concurrency of at least 1",
+                    p.name
+                )));
             }
             for t in &p.tags {
                 check_tag(t)?;
@@ -244,13 +275,22 @@ impl Builder {
         let log = match (&self.storage, self.durability) {
             (Storage::Memory, _) | (_, Durability::Memory) => None,
             (Storage::Dir(dir), durability) => {
-                let mut lc = LogConfig { durability, recovery: self.recovery, ..LogConfig::default() };
+                let mut lc = LogConfig {
+                    durability,
+                    recovery: self.recovery,
+                    ..LogConfig::default()
+                };
                 if let Some(s) = self.segment_size {
                     lc.segment_size = s;
                 }
                 Some(crate::log::Log::open(dir, lc)?)
             }
         };
-        TaskManager::assemble(self.clock, config, log)
+        TaskManager::assemble(
+            self.clock,
+            config,
+            log,
+            (self.retention, self.retention_every),
+        )
     }
 }

@@ -1,8 +1,13 @@
 //! The `TaskManager` facade: registration, submission, control, queries, lifecycle.
 
+mod audit;
 mod builder;
 mod query;
 
+pub use audit::{
+    AttemptFilter, EventFilter, FailedTask, RetentionPolicy, RetentionReport, StageTiming,
+    TaskAudit, WorkflowAudit, WorkflowSummary, WorkflowTiming,
+};
 pub use builder::{Builder, Pool, Storage};
 pub use query::{Page, Paged, TaskFilter};
 
@@ -69,6 +74,8 @@ pub struct TaskManager {
     _clock_hook: Arc<dyn Fn() + Send + Sync>,
     recovery: RecoveryStats,
     log_report: Option<RecoveryReport>,
+    pub(crate) retention: Option<RetentionPolicy>,
+    retention_every: Duration,
 }
 
 impl std::fmt::Debug for TaskManager {
@@ -93,7 +100,12 @@ impl TaskManager {
         Builder::default().dir(dir).build()
     }
 
-    pub(crate) fn assemble(clock: Arc<dyn Clock>, config: Config, log: Option<(Log, RecoveryReport)>) -> Result<TaskManager> {
+    pub(crate) fn assemble(
+        clock: Arc<dyn Clock>,
+        config: Config,
+        log: Option<(Log, RecoveryReport)>,
+        (retention, retention_every): (Option<RetentionPolicy>, Duration),
+    ) -> Result<TaskManager> {
         let (log, log_report) = match log {
             Some((l, r)) => (Some(l), Some(r)),
             None => (None, None),
@@ -101,12 +113,21 @@ impl TaskManager {
         let mut workers = Vec::new();
         for (p, pool) in config.pools.iter().enumerate() {
             for i in 0..pool.concurrency {
-                workers.push(WorkerInfo { pool: p, name: format!("{}-{}", pool.name, i) });
+                workers.push(WorkerInfo {
+                    pool: p,
+                    name: format!("{}-{}", pool.name, i),
+                });
             }
         }
         let parkers: Vec<Parker> = workers.iter().map(|_| Parker::new()).collect();
         let unparkers = parkers.iter().map(|p| p.unparker().clone()).collect();
-        let core = Arc::new(Core::new(clock.clone(), config, Store::new(log), unparkers, workers)?);
+        let core = Arc::new(Core::new(
+            clock.clone(),
+            config,
+            Store::new(log),
+            unparkers,
+            workers,
+        )?);
         let weak = Arc::downgrade(&core);
         let hook: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             if let Some(c) = weak.upgrade() {
@@ -124,6 +145,8 @@ impl TaskManager {
             _clock_hook: hook,
             recovery,
             log_report,
+            retention,
+            retention_every,
         })
     }
 
@@ -153,7 +176,12 @@ impl TaskManager {
     }
 
     /// Registers an async handler with options.
-    pub fn register_async_with<F, Fut>(&self, name: &str, options: HandlerOptions, f: F) -> Result<()>
+    pub fn register_async_with<F, Fut>(
+        &self,
+        name: &str,
+        options: HandlerOptions,
+        f: F,
+    ) -> Result<()>
     where
         F: Fn(TaskContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
@@ -162,7 +190,12 @@ impl TaskManager {
     }
 
     /// Registers one handler value.
-    pub fn register_handler(&self, name: &str, handler: Handler, options: HandlerOptions) -> Result<()> {
+    pub fn register_handler(
+        &self,
+        name: &str,
+        handler: Handler,
+        options: HandlerOptions,
+    ) -> Result<()> {
         self.register_many(vec![(name.to_owned(), handler, options)])
     }
 
@@ -177,7 +210,9 @@ impl TaskManager {
                 crate::runtime::error::check_tag(t)?;
             }
             if o.max_concurrent_tasks == Some(0) {
-                return Err(Error::InvalidOption(format!("handler `{name}`: max_concurrent_tasks must be at least 1")));
+                return Err(Error::InvalidOption(format!(
+                    "handler `{name}`: max_concurrent_tasks must be at least 1"
+                )));
             }
             if let Some(r) = &o.retry {
                 r.validate()?;
@@ -202,8 +237,15 @@ impl TaskManager {
 
     /// Name and description of a registered handler.
     pub fn task_info(&self, name: &str) -> Result<HandlerInfo> {
-        let reg = self.core.registry.get(name).ok_or_else(|| Error::NoHandler(name.to_owned()))?;
-        Ok(HandlerInfo { name: reg.name.to_string(), description: reg.options.description.clone() })
+        let reg = self
+            .core
+            .registry
+            .get(name)
+            .ok_or_else(|| Error::NoHandler(name.to_owned()))?;
+        Ok(HandlerInfo {
+            name: reg.name.to_string(),
+            description: reg.options.description.clone(),
+        })
     }
 
     /// Registered handler names, sorted.
@@ -217,7 +259,12 @@ impl TaskManager {
     }
 
     /// Submits a task with options.
-    pub fn submit_with(&self, name: &str, payload: Value, options: SubmitOptions) -> Result<TaskId> {
+    pub fn submit_with(
+        &self,
+        name: &str,
+        payload: Value,
+        options: SubmitOptions,
+    ) -> Result<TaskId> {
         let (id, lsn) = self.core.submit_one(name, payload, options)?;
         self.core.store.wait(lsn)?;
         Ok(id)
@@ -247,7 +294,9 @@ impl TaskManager {
         if self.core.stopping.load(Ordering::Acquire) {
             return Err(Error::Stopped);
         }
-        let Some(parkers) = self.parkers.lock().take() else { return Ok(()) };
+        let Some(parkers) = self.parkers.lock().take() else {
+            return Ok(());
+        };
         let mut stats = self.recovery.clone();
         let lsn = self.core.rebuild(&mut stats)?;
         self.core.store.wait(lsn)?;
@@ -265,14 +314,22 @@ impl TaskManager {
                     *live -= 1;
                     core.live.1.notify_all();
                 })
-                .map_err(|source| Error::Io { context: "cannot spawn a worker thread", source })?;
+                .map_err(|source| Error::Io {
+                    context: "cannot spawn a worker thread",
+                    source,
+                })?;
             threads.push(h);
         }
         let core = self.core.clone();
+        // The interval counts from start(), not from whenever the thread gets going.
+        let retention = self.retention.clone().map(|p| (p, self.retention_every, self.core.now()));
         let t = std::thread::Builder::new()
             .name("fibflow-timer".into())
-            .spawn(move || timer_main(&core))
-            .map_err(|source| Error::Io { context: "cannot spawn the timer thread", source })?;
+            .spawn(move || timer_main(&core, retention))
+            .map_err(|source| Error::Io {
+                context: "cannot spawn the timer thread",
+                source,
+            })?;
         *self.timer_thread.lock() = Some(t);
         Ok(())
     }
@@ -323,19 +380,30 @@ impl TaskManager {
 
     /// `running` or `pending` → `paused`; a running handler's late result is discarded.
     pub fn pause_task(&self, id: TaskId) -> Result<()> {
-        self.core.control(Record::Pause { id, at_ms: self.core.now() })
+        self.core.control(Record::Pause {
+            id,
+            at_ms: self.core.now(),
+        })
     }
 
     /// `suspended` → `pending` (stage + 1, `task_resumed`), or `paused` → `pending` (stage 0).
     pub fn resume_task(&self, id: TaskId, reason: Option<&str>) -> Result<()> {
         let reason = reason.map(str::to_owned);
-        self.core.control(Record::Resume { id, reason, at_ms: self.core.now() })
+        self.core.control(Record::Resume {
+            id,
+            reason,
+            at_ms: self.core.now(),
+        })
     }
 
     /// `suspended` → `permanently_failed` with `reason` (default "Task cancelled").
     pub fn cancel_task(&self, id: TaskId, reason: Option<&str>) -> Result<()> {
         let reason = reason.map(str::to_owned);
-        self.core.control(Record::Cancel { id, reason, at_ms: self.core.now() })
+        self.core.control(Record::Cancel {
+            id,
+            reason,
+            at_ms: self.core.now(),
+        })
     }
 
     /// Waits until the task is completed, permanently failed or paused, and its
@@ -353,7 +421,10 @@ impl TaskManager {
             }
             let mut g = w.epoch.lock();
             if *g == epoch && w.cv.wait_until(&mut g, until).timed_out() {
-                break Err(Error::WaitTimeout { id, waited: timeout });
+                break Err(Error::WaitTimeout {
+                    id,
+                    waited: timeout,
+                });
             }
         };
         w.count.fetch_sub(1, Ordering::AcqRel);
@@ -379,10 +450,16 @@ impl TaskManager {
             return Ok(Some(format!("No handler registered for task: {}", t.name)));
         }
         if !self.core.dispatch.has_server(&t.requires) {
-            return Ok(Some(format!("no worker pool has all the capabilities it requires: {}", t.requires.join(", "))));
+            return Ok(Some(format!(
+                "no worker pool has all the capabilities it requires: {}",
+                t.requires.join(", ")
+            )));
         }
         if t.next_run_time > self.core.now() {
-            return Ok(Some(format!("scheduled to run at {} ms since the epoch", t.next_run_time)));
+            return Ok(Some(format!(
+                "scheduled to run at {} ms since the epoch",
+                t.next_run_time
+            )));
         }
         if !self.core.started.load(Ordering::Acquire) {
             return Ok(Some("the manager is not started".into()));
@@ -429,7 +506,12 @@ impl Drop for TaskManager {
     }
 }
 
-fn timer_main(core: &Arc<Core>) {
+/// Tasks deleted per automatic retention batch, so one run never holds up the timer for long.
+const RETENTION_BATCH: usize = 1_000;
+
+/// The timer thread: due tasks, due attempts, then housekeeping (automatic
+/// retention every `interval`, not at start; compaction when the log has grown).
+fn timer_main(core: &Arc<Core>, mut retention: Option<(RetentionPolicy, Duration, u64)>) {
     let now = || core.now();
     let real = core.clock.is_real();
     while let Some(due) = core.timer.next_due(&now, real) {
@@ -438,6 +520,13 @@ fn timer_main(core: &Arc<Core>) {
         }
         for ctl in due.attempts {
             core.attempt_due(&ctl);
+        }
+        if let Some((policy, every, last)) = &mut retention {
+            let t = core.now();
+            if t.saturating_sub(*last) >= every.as_millis() as u64 {
+                *last = t;
+                let _ = audit::retention_batch(core, policy, RETENTION_BATCH);
+            }
         }
         core.maybe_compact();
     }

@@ -5,6 +5,7 @@ use crate::codec::{Record, TaskId, TaskKind};
 use crate::engine::{Attempt, Event, Task, TaskEntry, TaskStatus};
 use crate::runtime::error::{Error, Result};
 use crate::runtime::store::SHARDS;
+use crate::runtime::Core;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -68,10 +69,15 @@ impl TaskFilter {
             && self.status.is_none_or(|s| s == t.status)
             && self.kind.is_none_or(|k| k == t.kind)
             && self.tag.as_ref().is_none_or(|g| t.tag.as_ref() == Some(g))
-            && self.worker.as_ref().is_none_or(|w| t.worker.as_ref() == Some(w))
+            && self
+                .worker
+                .as_ref()
+                .is_none_or(|w| t.worker.as_ref() == Some(w))
             && self.parent_id.is_none_or(|p| t.parent_id == Some(p))
             && self.root_id.is_none_or(|r| t.root_id == Some(r))
-            && self.workflow.is_none_or(|r| t.id == r || t.root_id == Some(r))
+            && self
+                .workflow
+                .is_none_or(|r| t.id == r || t.root_id == Some(r))
             && self.suspend_reason.as_ref().is_none_or(|r| {
                 t.status == TaskStatus::Suspended && e.suspend_reason.as_ref() == Some(r)
             })
@@ -91,7 +97,11 @@ pub struct Page {
 
 impl Default for Page {
     fn default() -> Self {
-        Page { limit: 50, offset: 0, descending: false }
+        Page {
+            limit: 50,
+            offset: 0,
+            descending: false,
+        }
     }
 }
 
@@ -111,26 +121,37 @@ pub struct Paged<T> {
 }
 
 impl<T> Paged<T> {
-    fn of(mut all: Vec<T>, page: Page) -> Paged<T> {
+    pub(crate) fn of(mut all: Vec<T>, page: Page) -> Paged<T> {
         let total = all.len();
         if page.descending {
             all.reverse();
         }
         let items: Vec<T> = all.into_iter().skip(page.offset).take(page.limit).collect();
         let has_more = page.offset + items.len() < total;
-        Paged { items, total, limit: page.limit, offset: page.offset, has_more }
+        Paged {
+            items,
+            total,
+            limit: page.limit,
+            offset: page.offset,
+            has_more,
+        }
+    }
+}
+
+/// Calls `f` on every entry matching `filter`, shard by shard.
+pub(crate) fn scan(core: &Core, filter: &TaskFilter, mut f: impl FnMut(&TaskEntry)) {
+    for i in 0..SHARDS {
+        let shard = core.store.lock_index(i);
+        for e in shard.entries().filter(|e| filter.matches(e)) {
+            f(e);
+        }
     }
 }
 
 impl TaskManager {
     /// Calls `f` on every entry matching `filter`, shard by shard.
-    pub(crate) fn scan(&self, filter: &TaskFilter, mut f: impl FnMut(&TaskEntry)) {
-        for i in 0..SHARDS {
-            let shard = self.core.store.lock_index(i);
-            for e in shard.entries().filter(|e| filter.matches(e)) {
-                f(e);
-            }
-        }
+    pub(crate) fn scan(&self, filter: &TaskFilter, f: impl FnMut(&TaskEntry)) {
+        scan(&self.core, filter, f);
     }
 
     /// Tasks matching `filter`, sorted by (created_at, id).
@@ -148,23 +169,38 @@ impl TaskManager {
 
     /// Number of tasks per status (every status present, zero included).
     pub fn count_by_status(&self) -> BTreeMap<TaskStatus, u64> {
-        let mut counts: BTreeMap<TaskStatus, u64> = TaskStatus::ALL.iter().map(|s| (*s, 0)).collect();
-        self.scan(&TaskFilter::default(), |e| *counts.entry(e.task.status).or_default() += 1);
+        let mut counts: BTreeMap<TaskStatus, u64> =
+            TaskStatus::ALL.iter().map(|s| (*s, 0)).collect();
+        self.scan(&TaskFilter::default(), |e| {
+            *counts.entry(e.task.status).or_default() += 1
+        });
         counts
     }
 
     /// Counts grouped by (tag, name, status), optionally for one status.
-    pub fn stats_by_tag(&self, status: Option<TaskStatus>) -> BTreeMap<(Option<String>, String, TaskStatus), u64> {
-        let filter = TaskFilter { status, ..TaskFilter::default() };
+    pub fn stats_by_tag(
+        &self,
+        status: Option<TaskStatus>,
+    ) -> BTreeMap<(Option<String>, String, TaskStatus), u64> {
+        let filter = TaskFilter {
+            status,
+            ..TaskFilter::default()
+        };
         let mut out = BTreeMap::new();
         self.scan(&filter, |e| {
-            *out.entry((e.task.tag.clone(), e.task.name.clone(), e.task.status)).or_default() += 1;
+            *out.entry((e.task.tag.clone(), e.task.name.clone(), e.task.status))
+                .or_default() += 1;
         });
         out
     }
 
     fn entry<T>(&self, id: TaskId, f: impl FnOnce(&TaskEntry) -> T) -> Result<T> {
-        self.core.store.lock(id).get(id).map(f).ok_or(Error::NotFound(id))
+        self.core
+            .store
+            .lock(id)
+            .get(id)
+            .map(f)
+            .ok_or(Error::NotFound(id))
     }
 
     /// The audit events of a task, in order.

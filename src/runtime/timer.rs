@@ -94,9 +94,12 @@ impl Timer {
             if st.stopped {
                 return None;
             }
-            st.kicked = false;
+            let kicked = std::mem::take(&mut st.kicked);
             let t = now();
-            let mut due = Due { tasks: Vec::new(), attempts: Vec::new() };
+            let mut due = Due {
+                tasks: Vec::new(),
+                attempts: Vec::new(),
+            };
             while let Some(Reverse((at, _))) = st.due.peek() {
                 if *at > t {
                     break;
@@ -116,7 +119,7 @@ impl Timer {
                     }
                 }
             }
-            if !due.tasks.is_empty() || !due.attempts.is_empty() || st.kicked {
+            if !due.tasks.is_empty() || !due.attempts.is_empty() || kicked {
                 self.planned_wake.store(t, Ordering::Release);
                 return Some(due);
             }

@@ -1,0 +1,483 @@
+//! Audit queries (SPEC §10): events, attempts, task and workflow views, the
+//! workflow summary, and retention (SPEC §11).
+
+use super::query::{Page, Paged, TaskFilter};
+use super::TaskManager;
+use crate::codec::{Record, TaskId};
+use crate::engine::{Attempt, AttemptOutcome, Event, EventType, Task, TaskEntry, TaskStatus};
+use crate::runtime::error::{Error, Result};
+use crate::runtime::Core;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+/// Event filters, combined with AND.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Any of these types (empty = all).
+    pub types: Vec<EventType>,
+    /// Worker.
+    pub worker: Option<String>,
+    /// Attempt number.
+    pub attempt: Option<u32>,
+    /// Stage.
+    pub stage: Option<u32>,
+    /// Time at or after (ms).
+    pub from_ms: Option<u64>,
+    /// Time before (ms).
+    pub until_ms: Option<u64>,
+}
+
+impl EventFilter {
+    fn matches(&self, e: &Event) -> bool {
+        (self.types.is_empty() || self.types.contains(&e.event_type))
+            && self
+                .worker
+                .as_ref()
+                .is_none_or(|w| e.worker.as_ref() == Some(w))
+            && self.attempt.is_none_or(|a| e.attempt == Some(a))
+            && self.stage.is_none_or(|s| e.stage == s)
+            && self.from_ms.is_none_or(|t| e.time >= t)
+            && self.until_ms.is_none_or(|t| e.time < t)
+    }
+}
+
+/// Attempt filters, combined with AND.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttemptFilter {
+    /// Worker.
+    pub worker: Option<String>,
+    /// Outcome.
+    pub outcome: Option<AttemptOutcome>,
+    /// Started at or after (ms).
+    pub started_from_ms: Option<u64>,
+    /// Started before (ms).
+    pub started_until_ms: Option<u64>,
+    /// Ended at or after (ms).
+    pub ended_from_ms: Option<u64>,
+    /// Ended before (ms).
+    pub ended_until_ms: Option<u64>,
+    /// Only attempts still open.
+    pub open_only: bool,
+}
+
+impl AttemptFilter {
+    fn matches(&self, a: &Attempt) -> bool {
+        self.worker.as_ref().is_none_or(|w| a.worker == *w)
+            && self.outcome.is_none_or(|o| a.outcome == Some(o))
+            && self.started_from_ms.is_none_or(|t| a.started_at >= t)
+            && self.started_until_ms.is_none_or(|t| a.started_at < t)
+            && self
+                .ended_from_ms
+                .is_none_or(|t| a.ended_at.is_some_and(|e| e >= t))
+            && self
+                .ended_until_ms
+                .is_none_or(|t| a.ended_at.is_some_and(|e| e < t))
+            && (!self.open_only || a.outcome.is_none())
+    }
+}
+
+/// A task with a page of its events and attempts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskAudit {
+    /// The task.
+    pub task: Task,
+    /// Its events, ordered by (time, id).
+    pub events: Paged<Event>,
+    /// Its attempts, ordered by attempt number.
+    pub attempts: Paged<Attempt>,
+}
+
+/// A workflow root with a page of its tasks and events.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkflowAudit {
+    /// The root task.
+    pub root: Task,
+    /// The root and its descendants, ordered by (created_at, id).
+    pub tasks: Paged<Task>,
+    /// Their events, ordered by (time, task id, id).
+    pub events: Paged<Event>,
+}
+
+/// Timing of a workflow.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct WorkflowTiming {
+    /// First attempt start.
+    pub first_start: Option<u64>,
+    /// Last attempt end.
+    pub last_end: Option<u64>,
+    /// Last event.
+    pub last_event: Option<u64>,
+    /// `last_end - first_start`.
+    pub duration_ms: Option<u64>,
+}
+
+/// Time spent by the root in one stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StageTiming {
+    /// The stage.
+    pub stage: u32,
+    /// First event at this stage.
+    pub started_at: u64,
+    /// Last event at this stage.
+    pub ended_at: u64,
+    /// The difference.
+    pub duration_ms: u64,
+}
+
+/// A failed task of a workflow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailedTask {
+    /// The task.
+    pub id: TaskId,
+    /// Its handler.
+    pub name: String,
+    /// Its status.
+    pub status: TaskStatus,
+    /// Its error.
+    pub error: Option<String>,
+}
+
+/// The summary of a workflow (SPEC §10).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkflowSummary {
+    /// The root.
+    pub root_id: TaskId,
+    /// Tasks per status.
+    pub status_counts: BTreeMap<String, u64>,
+    /// Attempts per outcome (`open` for running ones).
+    pub attempt_outcomes: BTreeMap<String, u64>,
+    /// Workers that ran attempts, sorted.
+    pub workers: Vec<String>,
+    /// Timing.
+    pub timing: WorkflowTiming,
+    /// The root's stages.
+    pub root_stages: Vec<StageTiming>,
+    /// Tasks that failed for good or timed out.
+    pub failed_tasks: Vec<FailedTask>,
+    /// The root plus the longest child branch (ties to the lowest id).
+    pub critical_path: Vec<TaskId>,
+    /// The 5 slowest closed attempts, slowest first.
+    pub slowest_attempts: Vec<Attempt>,
+}
+
+/// Which finished tasks retention removes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Tasks whose last status change is older than this are eligible.
+    pub expire_after: Duration,
+    /// Eligible statuses, a subset of completed, permanently_failed and paused.
+    pub statuses: Vec<TaskStatus>,
+}
+
+impl RetentionPolicy {
+    /// Completed and permanently failed tasks older than `expire_after`.
+    pub fn new(expire_after: Duration) -> RetentionPolicy {
+        RetentionPolicy {
+            expire_after,
+            statuses: vec![TaskStatus::Completed, TaskStatus::PermanentlyFailed],
+        }
+    }
+
+    /// Sets the eligible statuses.
+    pub fn statuses(mut self, s: impl IntoIterator<Item = TaskStatus>) -> Self {
+        self.statuses = s.into_iter().collect();
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let allowed = [
+            TaskStatus::Completed,
+            TaskStatus::PermanentlyFailed,
+            TaskStatus::Paused,
+        ];
+        match self.statuses.iter().find(|s| !allowed.contains(s)) {
+            Some(s) => Err(Error::InvalidOption(format!(
+                "retention cannot remove {s} tasks: use completed, permanently_failed or paused"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a retention run removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RetentionReport {
+    /// Tasks deleted.
+    pub tasks: u64,
+    /// Their events.
+    pub events: u64,
+    /// Their attempts.
+    pub attempts: u64,
+}
+
+fn sort_events(v: &mut [Event]) {
+    v.sort_by_key(|e| (e.time, e.task_id, e.id));
+}
+
+impl TaskManager {
+    /// Events of one task matching `filter`, paged, ordered by (time, id).
+    pub fn query_events(
+        &self,
+        id: TaskId,
+        filter: &EventFilter,
+        page: Page,
+    ) -> Result<Paged<Event>> {
+        let mut v: Vec<Event> = self
+            .events(id)?
+            .into_iter()
+            .filter(|e| filter.matches(e))
+            .collect();
+        sort_events(&mut v);
+        Ok(Paged::of(v, page))
+    }
+
+    /// Attempts of one task matching `filter`, paged, ordered by attempt number.
+    pub fn query_attempts(
+        &self,
+        id: TaskId,
+        filter: &AttemptFilter,
+        page: Page,
+    ) -> Result<Paged<Attempt>> {
+        let v: Vec<Attempt> = self
+            .attempts(id)?
+            .into_iter()
+            .filter(|a| filter.matches(a))
+            .collect();
+        Ok(Paged::of(v, page))
+    }
+
+    /// The task with a page of its events and a page of its attempts.
+    pub fn task_audit(&self, id: TaskId, events: Page, attempts: Page) -> Result<TaskAudit> {
+        let task = self.get_task(id).ok_or(Error::NotFound(id))?;
+        Ok(TaskAudit {
+            task,
+            events: self.query_events(id, &EventFilter::default(), events)?,
+            attempts: self.query_attempts(id, &AttemptFilter::default(), attempts)?,
+        })
+    }
+
+    fn workflow_entries(&self, root: TaskId) -> Result<Vec<TaskEntry>> {
+        let mut v = Vec::new();
+        self.scan(
+            &TaskFilter {
+                workflow: Some(root),
+                ..TaskFilter::default()
+            },
+            |e| v.push(e.clone()),
+        );
+        if !v.iter().any(|e| e.task.id == root) {
+            return Err(Error::NotFound(root));
+        }
+        v.sort_by_key(|e| (e.task.created_at, e.task.id));
+        Ok(v)
+    }
+
+    /// The root with a page of its workflow's tasks and a page of their events.
+    pub fn workflow_audit(&self, root: TaskId, tasks: Page, events: Page) -> Result<WorkflowAudit> {
+        let entries = self.workflow_entries(root)?;
+        let root_task = entries
+            .iter()
+            .find(|e| e.task.id == root)
+            .map(|e| e.task.clone())
+            .ok_or(Error::NotFound(root))?;
+        let mut evs: Vec<Event> = entries
+            .iter()
+            .flat_map(|e| e.events.iter().cloned())
+            .collect();
+        sort_events(&mut evs);
+        let all_tasks = entries.into_iter().map(|e| e.task).collect();
+        Ok(WorkflowAudit {
+            root: root_task,
+            tasks: Paged::of(all_tasks, tasks),
+            events: Paged::of(evs, events),
+        })
+    }
+
+    /// Status and outcome counts, workers, timing, root stages, failures, critical
+    /// path and slowest attempts of a workflow.
+    pub fn workflow_summary(&self, root: TaskId) -> Result<WorkflowSummary> {
+        let entries = self.workflow_entries(root)?;
+        let mut status_counts = BTreeMap::new();
+        let mut attempt_outcomes = BTreeMap::new();
+        let mut workers = BTreeSet::new();
+        let mut timing = WorkflowTiming::default();
+        let mut failed_tasks = Vec::new();
+        let mut closed: Vec<Attempt> = Vec::new();
+        for e in &entries {
+            *status_counts
+                .entry(e.task.status.as_str().to_owned())
+                .or_insert(0) += 1;
+            if matches!(
+                e.task.status,
+                TaskStatus::PermanentlyFailed | TaskStatus::Failed | TaskStatus::Timeout
+            ) {
+                failed_tasks.push(FailedTask {
+                    id: e.task.id,
+                    name: e.task.name.clone(),
+                    status: e.task.status,
+                    error: e.task.error.clone(),
+                });
+            }
+            timing.last_event = timing.last_event.max(e.task.last_event_time);
+            for a in &e.attempts {
+                let key = a.outcome.map_or("open", AttemptOutcome::as_str);
+                *attempt_outcomes.entry(key.to_owned()).or_insert(0) += 1;
+                workers.insert(a.worker.clone());
+                timing.first_start = Some(
+                    timing
+                        .first_start
+                        .map_or(a.started_at, |f| f.min(a.started_at)),
+                );
+                timing.last_end = timing.last_end.max(a.ended_at);
+                if a.ended_at.is_some() {
+                    closed.push(a.clone());
+                }
+            }
+        }
+        timing.duration_ms = timing
+            .first_start
+            .zip(timing.last_end)
+            .map(|(s, e)| e.saturating_sub(s));
+        closed.sort_by(|a, b| {
+            b.duration_ms()
+                .cmp(&a.duration_ms())
+                .then(a.task_id.cmp(&b.task_id))
+                .then(a.number.cmp(&b.number))
+        });
+        closed.truncate(5);
+        let root_stages = entries
+            .iter()
+            .find(|e| e.task.id == root)
+            .map(stage_timings)
+            .unwrap_or_default();
+        Ok(WorkflowSummary {
+            root_id: root,
+            status_counts,
+            attempt_outcomes,
+            workers: workers.into_iter().collect(),
+            timing,
+            root_stages,
+            failed_tasks,
+            critical_path: critical_path(root, &entries),
+            slowest_attempts: closed,
+        })
+    }
+
+    /// Deletes the tasks `policy` (or the configured one) makes eligible, with
+    /// their events and attempts. Suspended and running tasks are never removed.
+    pub fn run_retention(&self, policy: Option<&RetentionPolicy>) -> Result<RetentionReport> {
+        let configured = self.retention.clone();
+        let policy = policy.or(configured.as_ref()).ok_or_else(|| {
+            Error::InvalidOption(
+                "no retention policy: pass one or configure it on the builder".into(),
+            )
+        })?;
+        retention_batch(&self.core, policy, usize::MAX)
+    }
+}
+
+/// One retention batch of at most `max` tasks.
+pub(crate) fn retention_batch(
+    core: &Core,
+    policy: &RetentionPolicy,
+    max: usize,
+) -> Result<RetentionReport> {
+    policy.validate()?;
+    let cutoff = core
+        .now()
+        .saturating_sub(policy.expire_after.as_millis() as u64);
+    let mut victims = Vec::new();
+    super::query::scan(core, &TaskFilter::default(), |e| {
+        let t = &e.task;
+        if victims.len() < max && policy.statuses.contains(&t.status) && t.last_active_time < cutoff
+        {
+            victims.push((t.id, e.events.len() as u64, e.attempts.len() as u64));
+        }
+    });
+    let mut report = RetentionReport::default();
+    for (id, events, attempts) in victims {
+        match core.control(Record::Delete { id }) {
+            Ok(()) => {
+                report.tasks += 1;
+                report.events += events;
+                report.attempts += attempts;
+            }
+            Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(report)
+}
+
+/// First and last event time of each stage of the root.
+fn stage_timings(root: &TaskEntry) -> Vec<StageTiming> {
+    let mut by_stage: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+    for ev in &root.events {
+        let s = by_stage.entry(ev.stage).or_insert((ev.time, ev.time));
+        s.0 = s.0.min(ev.time);
+        s.1 = s.1.max(ev.time);
+    }
+    by_stage
+        .into_iter()
+        .map(|(stage, (a, b))| StageTiming {
+            stage,
+            started_at: a,
+            ended_at: b,
+            duration_ms: b - a,
+        })
+        .collect()
+}
+
+/// The root plus, at each level, the child whose branch takes longest (its own
+/// span plus its longest child branch); ties go to the lowest id.
+fn critical_path(root: TaskId, entries: &[TaskEntry]) -> Vec<TaskId> {
+    let mut children: HashMap<TaskId, Vec<&TaskEntry>> = HashMap::new();
+    for e in entries {
+        if let Some(p) = e.task.parent_id {
+            children.entry(p).or_default().push(e);
+        }
+    }
+    fn span(e: &TaskEntry) -> u64 {
+        let start = e.attempts.iter().map(|a| a.started_at).min();
+        let end = e.attempts.iter().filter_map(|a| a.ended_at).max();
+        start.zip(end).map_or(0, |(s, t)| t.saturating_sub(s))
+    }
+    fn branch(
+        id: TaskId,
+        children: &HashMap<TaskId, Vec<&TaskEntry>>,
+        memo: &mut HashMap<TaskId, u64>,
+    ) -> u64 {
+        if let Some(v) = memo.get(&id) {
+            return *v;
+        }
+        let best = children.get(&id).map_or(0, |kids| {
+            kids.iter()
+                .map(|k| span(k) + branch(k.task.id, children, memo))
+                .max()
+                .unwrap_or(0)
+        });
+        memo.insert(id, best);
+        best
+    }
+    let mut memo = HashMap::new();
+    let mut path = vec![root];
+    let mut at = root;
+    while let Some(kids) = children.get(&at) {
+        let mut best: Option<(u64, TaskId)> = None;
+        for k in kids {
+            let len = span(k) + branch(k.task.id, &children, &mut memo);
+            if best.is_none_or(|(bl, bid)| len > bl || (len == bl && k.task.id < bid)) {
+                best = Some((len, k.task.id));
+            }
+        }
+        match best {
+            Some((_, id)) => {
+                path.push(id);
+                at = id;
+            }
+            None => break,
+        }
+    }
+    path
+}
