@@ -248,7 +248,9 @@ pub fn run(a: &BenchArgs) -> CliResult {
         "baseline_rounds": base_rounds,
         "ratio_throughput": ratio(fib_tput, base_tput),
     });
-    if !a.json {
+    if a.json {
+        print_json(&v)?;
+    } else {
         println!("fibflow bench: {n} workers, in memory, baseline = crossbeam channel to {n} parked threads");
         println!("submit -> handler start (idle workers), microseconds:");
         println!(
@@ -269,8 +271,6 @@ pub fn run(a: &BenchArgs) -> CliResult {
         println!("  fibflow    {fib_tput:>12.0} tasks/s  (median of {fib_rounds} rounds of {TASKS_PER_ROUND})");
         println!("  baseline   {base_tput:>12.0} jobs/s   (median of {base_rounds} rounds of {JOBS_PER_ROUND})");
         println!("  ratio      {:>12}", v["ratio_throughput"]);
-    } else {
-        print_json(&v)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -177,11 +177,11 @@ fn read_ran(p: &Paths, done_before: &BTreeSet<u64>, l: &mut Ledger) -> std::io::
     Ok(())
 }
 
+/// Status and id of every demo task, by task number.
+type ByKey = HashMap<u64, (TaskStatus, fibflow::TaskId)>;
+
 /// Opens the directory (timed) and returns the state of every demo task by number.
-fn reopen(
-    data: &Path,
-    l: &mut Ledger,
-) -> fibflow::Result<(TaskManager, HashMap<u64, (TaskStatus, fibflow::TaskId)>)> {
+fn reopen(data: &Path, l: &mut Ledger) -> fibflow::Result<(TaskManager, ByKey)> {
     let t0 = Instant::now();
     let mgr = TaskManager::builder().dir(data).build()?;
     l.recovery_ms
@@ -200,7 +200,7 @@ fn reopen(
     Ok((mgr, by_key))
 }
 
-fn check_acked(by_key: &HashMap<u64, (TaskStatus, fibflow::TaskId)>, l: &mut Ledger) {
+fn check_acked(by_key: &ByKey, l: &mut Ledger) {
     l.lost_submit += l
         .acked_submit
         .iter()

@@ -267,7 +267,7 @@ fn submit_all(
 /// Prints `done <i>` for each acknowledged completion, in submission order.
 fn print_done(mgr: &TaskManager, rx: &crossbeam::channel::Receiver<(u64, TaskId)>) {
     for (i, id) in rx {
-        if let Ok(t) = mgr.wait(id, Duration::from_secs(3600)) {
+        if let Ok(t) = mgr.wait(id, Duration::from_hours(1)) {
             if t.status == TaskStatus::Completed {
                 println!("done {i}");
             }
@@ -288,7 +288,7 @@ fn settle(mgr: &TaskManager, ids: &[TaskId]) -> fibflow::Result<Outcome> {
     for &id in ids {
         let t: Task = match mgr.get_task(id) {
             Some(t) if t.status.is_terminal() => t,
-            _ => mgr.wait(id, Duration::from_secs(3600))?,
+            _ => mgr.wait(id, Duration::from_hours(1))?,
         };
         match t.status {
             TaskStatus::Completed => o.completed += 1,

@@ -1,0 +1,158 @@
+//! Shared bench setup. Dispatch: the same-run baseline (a raw crossbeam channel
+//! feeding parked threads) and in-memory managers with probe handlers. Other bench
+//! files may add their own helpers here; a file that does not use one of these
+//! gets no dead-code warning because of the `allow` below.
+#![allow(dead_code)]
+
+use crossbeam::channel::{self, Receiver, Sender};
+use fibflow::{SubmitOptions, TaskManager, TaskStatus};
+use serde_json::Value;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Pause before each latency sample, so the workers have parked again.
+pub const IDLE_GAP: Duration = Duration::from_micros(300);
+
+/// The baseline: `n` threads parked in `recv` on one crossbeam channel. Each job
+/// is the instant it was sent; a worker answers with the instant it got it and
+/// counts it.
+pub struct ParkedThreads {
+    jobs: Option<Sender<Instant>>,
+    started: Receiver<Instant>,
+    done: Arc<AtomicU64>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ParkedThreads {
+    /// Starts `n` parked threads. With `answer`, every job is answered on the
+    /// `started` channel (latency mode); without, jobs are only counted.
+    pub fn new(n: usize, answer: bool) -> ParkedThreads {
+        let (jobs, rx) = channel::unbounded::<Instant>();
+        let (tx, started) = channel::unbounded::<Instant>();
+        let done = Arc::new(AtomicU64::new(0));
+        let threads = (0..n)
+            .map(|_| {
+                let (rx, tx, done) = (rx.clone(), tx.clone(), done.clone());
+                std::thread::spawn(move || {
+                    while let Ok(sent) = rx.recv() {
+                        if answer {
+                            let _ = tx.send(Instant::now());
+                        }
+                        std::hint::black_box(sent);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        ParkedThreads {
+            jobs: Some(jobs),
+            started,
+            done,
+            threads,
+        }
+    }
+
+    /// Hands one job to an idle thread; the time until it started.
+    pub fn hand_off(&self) -> Duration {
+        let t0 = Instant::now();
+        self.jobs
+            .as_ref()
+            .expect("running")
+            .send(t0)
+            .expect("workers alive");
+        let started = self.started.recv().expect("workers alive");
+        started.saturating_duration_since(t0)
+    }
+
+    /// Pushes `n` no-op jobs and waits until all ran; the elapsed time.
+    pub fn run_noops(&self, n: u64) -> Duration {
+        let target = self.done.load(Ordering::Relaxed) + n;
+        let t0 = Instant::now();
+        let jobs = self.jobs.as_ref().expect("running");
+        for _ in 0..n {
+            jobs.send(t0).expect("workers alive");
+        }
+        while self.done.load(Ordering::Relaxed) < target {
+            std::hint::spin_loop();
+        }
+        t0.elapsed()
+    }
+}
+
+impl Drop for ParkedThreads {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// An in-memory manager with `workers` workers and two handlers: `probe`, which
+/// sends the instant it started on the returned channel, and `noop`, which counts.
+pub struct Probe {
+    pub mgr: TaskManager,
+    pub started: Receiver<Instant>,
+    pub ran: Arc<AtomicU64>,
+}
+
+impl Probe {
+    pub fn new(workers: usize) -> Probe {
+        let mgr = TaskManager::builder()
+            .memory()
+            .max_concurrent_tasks(workers)
+            .build()
+            .expect("in-memory manager");
+        let (tx, started) = channel::unbounded();
+        mgr.register("probe", move |_| {
+            let _ = tx.send(Instant::now());
+            Ok(Value::Null.into())
+        })
+        .expect("register probe");
+        let ran = Arc::new(AtomicU64::new(0));
+        let r = ran.clone();
+        mgr.register("noop", move |_| {
+            r.fetch_add(1, Ordering::Relaxed);
+            Ok(Value::Null.into())
+        })
+        .expect("register noop");
+        mgr.start().expect("start");
+        Probe { mgr, started, ran }
+    }
+
+    /// Submits one task while the workers are idle; the time until its handler started.
+    pub fn submit_to_start(&self) -> Duration {
+        let t0 = Instant::now();
+        let id = self.mgr.submit("probe", Value::Null).expect("submit");
+        let started = self.started.recv().expect("probe handler");
+        let lat = started.saturating_duration_since(t0);
+        self.mgr
+            .wait(id, Duration::from_secs(30))
+            .expect("probe completes");
+        lat
+    }
+
+    /// Submits `n` no-op tasks in batches of 1000 and waits until all are
+    /// completed (end to end); the elapsed time.
+    pub fn run_noops(&self, n: u64) -> Duration {
+        let before = self.mgr.count_by_status()[&TaskStatus::Completed];
+        let target = self.ran.load(Ordering::Relaxed) + n;
+        let t0 = Instant::now();
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(1000);
+            let batch = (0..k).map(|_| ("noop".to_owned(), Value::Null, SubmitOptions::new()));
+            self.mgr.submit_batch(batch).expect("submit batch");
+            left -= k;
+        }
+        while self.ran.load(Ordering::Relaxed) < target {
+            std::thread::yield_now();
+        }
+        while self.mgr.count_by_status()[&TaskStatus::Completed] < before + n {
+            std::thread::yield_now();
+        }
+        t0.elapsed()
+    }
+}
