@@ -430,7 +430,9 @@ impl TaskManager {
         w.count.fetch_sub(1, Ordering::AcqRel);
         let task = result?;
         if let Some(log) = &self.core.store.log {
-            log.wait_durable(log.last_lsn())?;
+            if let Some(last) = log.stats().last_lsn {
+                log.wait_durable(last)?;
+            }
         }
         Ok(task)
     }

@@ -64,7 +64,6 @@ impl Ord for ReadyItem {
 /// The queue of one requirement set.
 #[derive(Debug)]
 pub(crate) struct Queue {
-    pub(crate) requires: Vec<String>,
     pub(crate) set: SkipSet<ReadyItem>,
     /// Pools whose tags include every requirement.
     pub(crate) servers: Vec<usize>,
@@ -72,7 +71,6 @@ pub(crate) struct Queue {
 
 /// A pool's scheduling state.
 pub(crate) struct PoolState {
-    pub(crate) name: String,
     pub(crate) tags: Vec<String>,
     pub(crate) queues: ArcSwap<Vec<Arc<Queue>>>,
     idle: Mutex<Vec<usize>>,
@@ -80,11 +78,10 @@ pub(crate) struct PoolState {
 }
 
 impl PoolState {
-    pub(crate) fn new(name: String, mut tags: Vec<String>) -> PoolState {
+    pub(crate) fn new(mut tags: Vec<String>) -> PoolState {
         tags.sort();
         tags.dedup();
         PoolState {
-            name,
             tags,
             queues: ArcSwap::from_pointee(Vec::new()),
             idle: Mutex::new(Vec::new()),
@@ -110,7 +107,7 @@ impl Dispatcher {
     pub(crate) fn new(pools: Vec<PoolState>, unparkers: Vec<Unparker>) -> Dispatcher {
         let pools: Vec<Arc<PoolState>> = pools.into_iter().map(Arc::new).collect();
         let servers = (0..pools.len()).collect();
-        let default_queue = Arc::new(Queue { requires: Vec::new(), set: SkipSet::new(), servers });
+        let default_queue = Arc::new(Queue { set: SkipSet::new(), servers });
         for p in &pools {
             p.queues.store(Arc::new(vec![default_queue.clone()]));
         }
@@ -130,7 +127,7 @@ impl Dispatcher {
             return q.clone();
         }
         let servers: Vec<usize> = (0..self.pools.len()).filter(|&i| self.pools[i].serves(requires)).collect();
-        let q = Arc::new(Queue { requires: requires.to_vec(), set: SkipSet::new(), servers: servers.clone() });
+        let q = Arc::new(Queue { set: SkipSet::new(), servers: servers.clone() });
         for &i in &servers {
             let pool = &self.pools[i];
             let mut list = (**pool.queues.load()).clone();
@@ -217,26 +214,6 @@ impl Dispatcher {
         };
         if !was_idle {
             self.wake_one(p);
-        }
-    }
-
-    /// Number of queued items, over all queues.
-    pub(crate) fn queued(&self) -> usize {
-        let extra: usize = self.queues.read().values().map(|q| q.set.len()).sum();
-        self.default_queue.set.len() + extra
-    }
-
-    /// Removes every queued entry of task `id` (used when a task is deleted).
-    pub(crate) fn remove_task(&self, id: TaskId) {
-        let all: Vec<Arc<Queue>> = std::iter::once(self.default_queue.clone())
-            .chain(self.queues.read().values().cloned())
-            .collect();
-        for q in all {
-            for e in q.set.iter() {
-                if e.value().id == id {
-                    e.remove();
-                }
-            }
         }
     }
 }

@@ -74,7 +74,9 @@ pub(crate) struct GlobalSlots {
 impl GlobalSlots {
     fn try_acquire(&self) -> bool {
         self.running
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < self.cap).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < self.cap).then_some(n + 1)
+            })
             .is_ok()
     }
     /// Returns a slot; true if the limit was reached before.
@@ -140,16 +142,22 @@ impl Core {
         let pools = config
             .pools
             .iter()
-            .map(|p| dispatch::PoolState::new(p.name.clone(), p.tags.clone()))
+            .map(|p| dispatch::PoolState::new(p.tags.clone()))
             .collect();
         let tokio = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("fibflow-async")
             .enable_time()
             .build()
-            .map_err(|source| Error::Io { context: "cannot start the tokio runtime for async handlers", source })?;
+            .map_err(|source| Error::Io {
+                context: "cannot start the tokio runtime for async handlers",
+                source,
+            })?;
         Ok(Core {
-            global: GlobalSlots { running: AtomicUsize::new(0), cap: config.max_concurrent },
+            global: GlobalSlots {
+                running: AtomicUsize::new(0),
+                cap: config.max_concurrent,
+            },
             timer: Timer::new(workers.len()),
             dispatch: Dispatcher::new(pools, unparkers),
             clock,
@@ -184,20 +192,18 @@ impl Core {
     /// Publishes the effects of an applied record, on the still-locked shard.
     /// A child's final outcome is delivered to its parent here, under the same
     /// lock (a workflow lives in one shard), as its own record after the child's.
-    pub(crate) fn settle(&self, shard: &mut Shard, id: TaskId, applied: Applied, lsn: &mut Option<Lsn>) {
+    pub(crate) fn settle(
+        &self,
+        shard: &mut Shard,
+        id: TaskId,
+        applied: Applied,
+        lsn: &mut Option<Lsn>,
+    ) {
         if let Some(at) = applied.ready_at {
             self.make_ready(shard, id, at);
         }
         if applied.terminal {
             self.waiters.notify();
-        }
-        if let Some(task) = &applied.deleted {
-            if let Some(key) = &task.dedup_key {
-                let mut d = self.store.dedup.lock();
-                if d.get(key) == Some(&task.id) {
-                    d.remove(key);
-                }
-            }
         }
         if let Some(n) = applied.notify_parent {
             let record = Record::ChildDone {
@@ -230,7 +236,12 @@ impl Core {
             Some(r) => r.name.clone(),
             None => Arc::from(e.task.name.as_str()),
         };
-        let item = ReadyItem { priority: e.task.priority, ready_at: e.task.next_run_time, id, name };
+        let item = ReadyItem {
+            priority: e.task.priority,
+            ready_at: e.task.next_run_time,
+            id,
+            name,
+        };
         self.dispatch.push(item, &e.task.requires);
     }
 
@@ -254,21 +265,32 @@ impl Core {
                 Err(e) => return Err(TransitionError::Invalid(e.to_string())),
             }
         };
-        self.store.wait(lsn).map_err(|e| TransitionError::Invalid(e.to_string()))
+        self.store
+            .wait(lsn)
+            .map_err(|e| TransitionError::Invalid(e.to_string()))
     }
 
     /// Commits a control record (pause, resume, cancel, delete) and waits for durability.
     pub(crate) fn control(&self, record: Record) -> Result<()> {
         let id = record.task_id();
         let mut lsn = None;
-        {
+        let deleted = {
             let mut shard = self.store.lock(id);
             if shard.get(id).is_none() {
                 return Err(Error::NotFound(id));
             }
-            let (applied, l) = self.store.commit(&mut shard, record)?;
+            let (mut applied, l) = self.store.commit(&mut shard, record)?;
             lsn = l.or(lsn);
+            let deleted = applied.deleted.take();
             self.settle(&mut shard, id, applied, &mut lsn);
+            deleted
+        };
+        // Lock order is dedup -> shard (submit), so the key is freed after the shard is released.
+        if let Some(key) = deleted.and_then(|t| t.dedup_key) {
+            let mut d = self.store.dedup.lock();
+            if d.get(&key) == Some(&id) {
+                d.remove(&key);
+            }
         }
         self.store.wait(lsn)
     }
@@ -280,13 +302,18 @@ impl Core {
 
     /// `stop`: records the attempts still running as interrupted; returns their tasks.
     pub(crate) fn interrupt_running(&self) -> Vec<TaskId> {
-        let ctls: Vec<_> = self.timer.slots.iter().filter_map(|s| s.lock().clone()).collect();
+        let ctls: Vec<_> = self
+            .timer
+            .slots
+            .iter()
+            .filter_map(|s| s.lock().clone())
+            .collect();
         let mut out = Vec::new();
         for ctl in ctls {
             let mut shard = self.store.lock(ctl.id);
-            let owns = shard
-                .get(ctl.id)
-                .is_some_and(|e| e.task.status == crate::engine::TaskStatus::Running && e.task.attempt == ctl.attempt);
+            let owns = shard.get(ctl.id).is_some_and(|e| {
+                e.task.status == crate::engine::TaskStatus::Running && e.task.attempt == ctl.attempt
+            });
             if owns {
                 let record = Record::Recover {
                     id: ctl.id,
@@ -308,13 +335,19 @@ impl Core {
     pub(crate) fn maybe_compact(&self) {
         let Some(log) = &self.store.log else { return };
         let st = log.stats();
-        if st.bytes_since_snapshot >= self.config.compact_after_bytes {
+        // LSNs are byte positions, so their difference is the log grown since the snapshot.
+        let last = st.last_lsn.map_or(0, |l| l.0);
+        let base = st.snapshot_lsn.map_or(0, |l| l.0);
+        if last.saturating_sub(base) >= self.config.compact_after_bytes {
             let _ = self.snapshot_now();
         }
     }
 
     /// Registers handlers and wakes workers that may now run waiting tasks.
-    pub(crate) fn register(&self, items: Vec<(String, registry::Handler, registry::HandlerOptions)>) {
+    pub(crate) fn register(
+        &self,
+        items: Vec<(String, registry::Handler, registry::HandlerOptions)>,
+    ) {
         self.registry.register(items);
         self.dispatch.wake_each_pool();
     }

@@ -65,6 +65,14 @@ impl Core {
         .map_err(|e| Error::Recovery(e.to_string()))?;
         stats.records_replayed = replayed;
         stats.records_refused = refused;
+        let mut dedup = self.store.dedup.lock();
+        for i in 0..super::store::SHARDS {
+            for e in self.store.lock_index(i).entries() {
+                if let Some(key) = &e.task.dedup_key {
+                    dedup.insert(key.clone(), e.task.id);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -77,9 +85,6 @@ impl Core {
             let mut shard = self.store.lock_index(i);
             let ids: Vec<(TaskId, TaskStatus)> = shard.entries().map(|e| (e.task.id, e.task.status)).collect();
             for (id, status) in ids {
-                if let Some(key) = shard.get(id).and_then(|e| e.task.dedup_key.clone()) {
-                    self.store.dedup.lock().insert(key, id);
-                }
                 match status {
                     TaskStatus::Running => {
                         let record = Record::Recover {
@@ -160,7 +165,7 @@ impl Core {
     pub(crate) fn snapshot_now(&self) -> Result<()> {
         let Some(log) = &self.store.log else { return Ok(()) };
         let guards: Vec<_> = (0..super::store::SHARDS).map(|i| self.store.lock_index(i)).collect();
-        let lsn = log.last_lsn();
+        let Some(lsn) = log.stats().last_lsn else { return Ok(()) };
         let snap = SnapshotV1 {
             counter: self.store.counter(),
             entries: guards.iter().flat_map(|g| g.entries().cloned()).collect(),

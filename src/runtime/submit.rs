@@ -120,6 +120,7 @@ impl Core {
         requires.extend(o.requires);
         let requires = normalize_tags(requires)?;
         let d = &self.config.defaults;
+        let pool_attempts = self.pool_max_attempts(&requires);
         let (kind, next_run_ms) = match &o.cron {
             Some(expr) => {
                 let s = self.cron(expr)?;
@@ -145,7 +146,11 @@ impl Core {
             priority: o.priority.or(reg.options.priority).unwrap_or(d.priority),
             tag: o.tag,
             timeout_ms: o.timeout.or(reg.options.timeout).map_or(d.timeout_ms, ms),
-            max_retries: o.max_retries.or(reg.options.max_retries).unwrap_or(d.max_retries),
+            max_retries: o
+                .max_retries
+                .or(reg.options.max_retries)
+                .or(pool_attempts)
+                .unwrap_or(d.max_retries),
             retry_interval_ms: o.retry_interval.or(reg.options.retry_interval).map_or(d.retry_interval_ms, ms),
             requires,
             dedup_key: o.dedup_key,
@@ -156,6 +161,18 @@ impl Core {
             on_failure: OnChildFailure::Deliver,
             created_ms: now,
         })
+    }
+
+    /// The retry strategy's max attempts of the first extra pool that can run tasks
+    /// with these requirements (the seed's `configureWorker`), if it sets one.
+    fn pool_max_attempts(&self, requires: &[String]) -> Option<u32> {
+        self.config
+            .pools
+            .iter()
+            .find(|p| {
+                !requires.is_empty() && p.max_attempts.is_some() && requires.iter().all(|r| p.tags.contains(r))
+            })
+            .and_then(|p| p.max_attempts)
     }
 
     /// Creates one task; returns its id (or the id holding the dedup key) and the LSN to wait for.

@@ -135,9 +135,4 @@ impl Timer {
             }
         }
     }
-
-    /// Number of pending timer entries.
-    pub(crate) fn len(&self) -> usize {
-        self.heap.lock().due.len()
-    }
 }

@@ -252,9 +252,7 @@ impl Core {
 
     fn commit_outcome(&self, shard: &mut Shard, batch: Vec<Record>) {
         let ids: Vec<TaskId> = batch.iter().map(Record::task_id).collect();
-        let mut lsn = None;
-        if let Ok((applied, l)) = self.store.commit_batch(shard, batch) {
-            lsn = l;
+        if let Ok((applied, mut lsn)) = self.store.commit_batch(shard, batch) {
             for (a, id) in applied.into_iter().zip(ids) {
                 self.settle(shard, id, a, &mut lsn);
             }
