@@ -137,6 +137,9 @@ impl TaskManager {
         clock.on_advance(Arc::downgrade(&hook));
         let mut recovery = RecoveryStats::default();
         core.replay_log(&mut recovery)?;
+        // SPEC §12: running tasks are recovered when the directory is opened.
+        let lsn = core.rebuild(&mut recovery)?;
+        core.store.wait(lsn)?;
         Ok(TaskManager {
             core,
             parkers: Mutex::new(Some(parkers)),
@@ -297,9 +300,6 @@ impl TaskManager {
         let Some(parkers) = self.parkers.lock().take() else {
             return Ok(());
         };
-        let mut stats = self.recovery.clone();
-        let lsn = self.core.rebuild(&mut stats)?;
-        self.core.store.wait(lsn)?;
         self.core.started.store(true, Ordering::Release);
         let mut threads = self.threads.lock();
         *self.core.live.0.lock() = parkers.len();
