@@ -945,3 +945,201 @@ fn a_child_id_from_the_events_matches_list_filters() {
             .all(|e| e.root_id == Some(pid) && e.parent_id == Some(pid)));
     }
 }
+
+#[test]
+fn a_parent_waiting_for_children_never_times_out_and_frees_its_handler_slot() {
+    let (mgr, clock) = manual(4);
+    let gate = Gate::new();
+    let g = gate.clone();
+    mgr.register("child", move |_| {
+        g.wait();
+        Ok(json!("late").into())
+    })
+    .unwrap();
+    let opts = HandlerOptions::new()
+        .timeout(Duration::from_secs(1))
+        .max_concurrent_tasks(1);
+    mgr.register_with("parent", opts, |ctx| {
+        if ctx.stage() == 0 {
+            // Duration::ZERO: the child itself has no time limit.
+            let child = ChildSpec::new("child", json!(null)).timeout(Duration::ZERO);
+            return Ok(Outcome::spawn(vec![child]));
+        }
+        Ok(json!("parent done").into())
+    })
+    .unwrap();
+    mgr.start().unwrap();
+    let a = mgr.submit("parent", json!(null)).unwrap();
+    let b = mgr.submit("parent", json!(null)).unwrap();
+    // With a cap of 1, the second parent can only run because the first one's
+    // suspension released its slot.
+    eventually("both parents suspended", || {
+        [a, b]
+            .iter()
+            .all(|id| mgr.get_task(*id).unwrap().status == TaskStatus::Suspended)
+    });
+    clock.advance(Duration::from_secs(3600));
+    for id in [a, b] {
+        let t = mgr.get_task(id).unwrap();
+        assert_eq!(
+            t.status,
+            TaskStatus::Suspended,
+            "suspended tasks never time out"
+        );
+        assert!(!event_names(&mgr, id).contains(&"task_timed_out"));
+    }
+    gate.open();
+    for id in [a, b] {
+        let t = mgr.wait(id, PATIENCE).unwrap();
+        assert_eq!(t.status, TaskStatus::Completed);
+        assert_eq!(t.result, Some(json!("parent done")));
+    }
+}
+
+#[test]
+fn a_paused_child_keeps_its_parent_suspended_until_it_is_resumed() {
+    let (mgr, clock) = manual(4);
+    let gate = Gate::new();
+    let g = gate.clone();
+    // A cap of 1: while one child blocks, its sibling waits in `pending`.
+    mgr.register_with(
+        "child",
+        HandlerOptions::new().max_concurrent_tasks(1),
+        move |ctx| {
+            if ctx.payload() == &json!("block") {
+                g.wait();
+            }
+            Ok(json!("child ran").into())
+        },
+    )
+    .unwrap();
+    mgr.register("parent", |ctx| {
+        if ctx.stage() == 0 {
+            return Ok(Outcome::spawn(vec![
+                ChildSpec::new("child", json!("block")).priority(1),
+                ChildSpec::new("child", json!("free")),
+            ]));
+        }
+        Ok(ctx.result().cloned().unwrap().into())
+    })
+    .unwrap();
+    mgr.start().unwrap();
+    let pid = mgr.submit("parent", json!(null)).unwrap();
+    eventually("blocking child running", || {
+        children_of(&mgr, pid)
+            .first()
+            .is_some_and(|k| k.status == TaskStatus::Running)
+    });
+    let kids = children_of(&mgr, pid);
+    assert_eq!(kids[1].status, TaskStatus::Pending);
+    mgr.pause_task(kids[1].id).unwrap();
+    gate.open();
+    eventually("first child delivered", || {
+        mgr.get_task(pid).unwrap().completed_children == 1
+    });
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(mgr.get_task(kids[1].id).unwrap().status, TaskStatus::Paused);
+    let p = mgr.get_task(pid).unwrap();
+    assert_eq!(
+        p.status,
+        TaskStatus::Suspended,
+        "a paused child is not finished"
+    );
+    assert_eq!(p.completed_children, 1);
+    mgr.resume_task(kids[1].id, None).unwrap();
+    let p = mgr.wait(pid, PATIENCE).unwrap();
+    assert_eq!(
+        p.result,
+        Some(json!([
+            { "task_id": kids[0].id.0, "result": "child ran" },
+            { "task_id": kids[1].id.0, "result": "child ran" }
+        ]))
+    );
+}
+
+#[test]
+fn cancelling_a_parent_that_waits_for_children_ends_the_workflow() {
+    let (mgr, _clock) = manual(4);
+    let gate = Gate::new();
+    let g = gate.clone();
+    mgr.register("child", move |_| {
+        g.wait();
+        Ok(json!(1).into())
+    })
+    .unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    mgr.register("parent", move |_| {
+        r.fetch_add(1, Ordering::SeqCst);
+        Ok(Outcome::spawn(vec![ChildSpec::new("child", json!(null))]))
+    })
+    .unwrap();
+    mgr.start().unwrap();
+    let pid = mgr.submit("parent", json!(null)).unwrap();
+    eventually("suspended", || {
+        mgr.get_task(pid).unwrap().status == TaskStatus::Suspended
+    });
+    mgr.cancel_task(pid, Some("workflow aborted")).unwrap();
+    let p = mgr.wait(pid, PATIENCE).unwrap();
+    assert_eq!(p.status, TaskStatus::PermanentlyFailed);
+    assert_eq!(p.error.as_deref(), Some("workflow aborted"));
+    gate.open();
+    let kid = children_of(&mgr, pid)[0].id;
+    assert_eq!(
+        mgr.wait(kid, PATIENCE).unwrap().status,
+        TaskStatus::Completed
+    );
+    let p = mgr.get_task(pid).unwrap();
+    assert_eq!(
+        p.status,
+        TaskStatus::PermanentlyFailed,
+        "the late child does not revive it"
+    );
+    assert_eq!(p.completed_children, 0);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_bad_spawn_fails_the_attempt_and_creates_nothing() {
+    let (mgr, _clock) = manual(2);
+    mgr.register("child", |_| Ok(json!(null).into())).unwrap();
+    mgr.register_with(
+        "parent",
+        HandlerOptions::new().max_retries(1),
+        |ctx| match ctx.payload().as_str().unwrap() {
+            "empty" => Ok(Outcome::spawn(Vec::new())),
+            "tag" => Ok(Outcome::spawn(vec![
+                ChildSpec::new("child", json!(null)),
+                ChildSpec::new("child", json!(null)).tag("bad tag"),
+            ])),
+            _ => Ok(Outcome::spawn(vec![
+                ChildSpec::new("child", json!(null)).requires(["a,b"])
+            ])),
+        },
+    )
+    .unwrap();
+    mgr.start().unwrap();
+    for (kind, needle) in [
+        ("empty", "at least one child"),
+        ("tag", "bad tag"),
+        ("requires", "a,b"),
+    ] {
+        let pid = mgr.submit("parent", json!(kind)).unwrap();
+        let p = mgr.wait(pid, PATIENCE).unwrap();
+        assert_eq!(p.status, TaskStatus::PermanentlyFailed, "{kind}");
+        assert!(
+            p.error.as_deref().unwrap().contains(needle),
+            "{kind}: {:?}",
+            p.error
+        );
+        assert_eq!(
+            mgr.attempts(pid).unwrap()[0].outcome,
+            Some(AttemptOutcome::Failed)
+        );
+        assert!(
+            children_of(&mgr, pid).is_empty(),
+            "{kind}: no child is created"
+        );
+        assert_eq!(p.total_children, 0);
+    }
+}
