@@ -90,8 +90,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let resumed = mgr
             .events(*id)?
             .iter()
-            .filter_map(|e| e.metadata.get("resume_reason").cloned())
-            .next();
+            .find_map(|e| e.metadata.get("resume_reason").cloned());
         if let Some(r) = resumed {
             println!("  resume_reason: {r}");
         }

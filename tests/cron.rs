@@ -346,7 +346,7 @@ fn pause_task_stops_a_pending_cron_task_and_resume_runs_it_now() {
         .unwrap();
     mgr.pause_task(id).unwrap();
     assert_eq!(mgr.wait(id, PATIENCE).unwrap().status, TaskStatus::Paused);
-    clock.advance(Duration::from_secs(86_400));
+    clock.advance(Duration::from_hours(24));
     assert_eq!(mgr.attempts(id).unwrap().len(), 0);
     mgr.resume_task(id, None).unwrap();
     round_done(&mgr, id, 1);

@@ -89,7 +89,7 @@ fn explicit_suspend_records_reason_and_context_and_never_times_out() {
 
     // Hours pass: no timeout, no resume by itself.
     for _ in 0..5 {
-        clock.advance(Duration::from_secs(3600));
+        clock.advance(Duration::from_hours(1));
     }
     assert!(matches!(
         mgr.wait(id, Duration::from_millis(50)),
@@ -262,7 +262,7 @@ fn resume_from_paused_goes_back_to_stage_zero_and_runs_now() {
     let s = seen.clone();
     mgr.register_with(
         "t",
-        HandlerOptions::new().retry_interval(Duration::from_secs(600)),
+        HandlerOptions::new().retry_interval(Duration::from_mins(10)),
         move |ctx| {
             s.lock().unwrap().push((
                 ctx.stage(),
@@ -318,7 +318,7 @@ fn resume_from_paused_goes_back_to_stage_zero_and_runs_now() {
     assert_eq!(seen.lock().unwrap()[1], (0, 0, None));
     let t = mgr.get_task(id).unwrap();
     assert_eq!((t.status, t.stage), (TaskStatus::Pending, 0));
-    clock.advance(Duration::from_secs(600));
+    clock.advance(Duration::from_mins(10));
     eventually("suspended", || {
         mgr.get_task(id).unwrap().status == TaskStatus::Suspended
     });
@@ -379,7 +379,7 @@ fn resume_from_paused_runs_the_latest_handler() {
         .submit_with(
             "t",
             json!(null),
-            SubmitOptions::new().delay(Duration::from_secs(60)),
+            SubmitOptions::new().delay(Duration::from_mins(1)),
         )
         .unwrap();
     mgr.start().unwrap();
@@ -397,7 +397,7 @@ fn resume_task_refuses_other_statuses_and_changes_nothing() {
         .submit_with(
             "t",
             json!(null),
-            SubmitOptions::new().delay(Duration::from_secs(60)),
+            SubmitOptions::new().delay(Duration::from_mins(1)),
         )
         .unwrap();
     let before = mgr.events(pending).unwrap();

@@ -978,7 +978,7 @@ fn a_parent_waiting_for_children_never_times_out_and_frees_its_handler_slot() {
             .iter()
             .all(|id| mgr.get_task(*id).unwrap().status == TaskStatus::Suspended)
     });
-    clock.advance(Duration::from_secs(3600));
+    clock.advance(Duration::from_hours(1));
     for id in [a, b] {
         let t = mgr.get_task(id).unwrap();
         assert_eq!(
@@ -1037,7 +1037,7 @@ fn a_paused_child_keeps_its_parent_suspended_until_it_is_resumed() {
     eventually("first child delivered", || {
         mgr.get_task(pid).unwrap().completed_children == 1
     });
-    clock.advance(Duration::from_secs(60));
+    clock.advance(Duration::from_mins(1));
     assert_eq!(mgr.get_task(kids[1].id).unwrap().status, TaskStatus::Paused);
     let p = mgr.get_task(pid).unwrap();
     assert_eq!(
