@@ -454,6 +454,9 @@ fn a_fail_parent_child_pauses_a_cron_parent() {
     );
 }
 
+// Occurrences missed while the manager was not running (submitted, then started 30 s
+// later on an in-memory manager). The restart-after-crash path of the same policy
+// needs the durable log and belongs with the crash tests.
 #[test]
 fn missed_occurrences_run_once_then_the_schedule_resumes() {
     let (mgr, clock) = utc_manager(T0, CatchUp::Once);
