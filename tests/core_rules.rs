@@ -14,18 +14,30 @@ use std::time::Duration;
 #[test]
 fn plain_success_has_exactly_four_events() {
     let (mgr, _clock) = manual(2);
-    mgr.register("echo", |ctx| Ok(ctx.payload().clone().into())).unwrap();
+    mgr.register("echo", |ctx| Ok(ctx.payload().clone().into()))
+        .unwrap();
     let id = mgr.submit("echo", json!({"x": 1})).unwrap();
     mgr.start().unwrap();
     let t = mgr.wait(id, PATIENCE).unwrap();
     assert_eq!(t.status, TaskStatus::Completed);
     assert_eq!(t.result, Some(json!({"x": 1})));
-    assert_eq!(event_names(&mgr, id), ["task_created", "task_claimed", "task_started", "task_completed"]);
+    assert_eq!(
+        event_names(&mgr, id),
+        [
+            "task_created",
+            "task_claimed",
+            "task_started",
+            "task_completed"
+        ]
+    );
     let attempts = mgr.attempts(id).unwrap();
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].number, 1);
     assert_eq!(attempts[0].outcome, Some(AttemptOutcome::Completed));
-    assert_eq!(t.last_event_type.map(|e| e.as_str()), Some("task_completed"));
+    assert_eq!(
+        t.last_event_type.map(|e| e.as_str()),
+        Some("task_completed")
+    );
 }
 
 #[test]
@@ -70,13 +82,17 @@ fn retries_exhaust_into_permanently_failed_without_waiting_for_the_interval() {
     let (mgr, clock) = manual(1);
     mgr.register_with(
         "bad",
-        HandlerOptions::new().max_retries(2).retry_interval(Duration::from_secs(10)),
+        HandlerOptions::new()
+            .max_retries(2)
+            .retry_interval(Duration::from_secs(10)),
         |_| Err("always".into()),
     )
     .unwrap();
     mgr.start().unwrap();
     let id = mgr.submit("bad", json!(null)).unwrap();
-    eventually("first failure", || mgr.get_task(id).unwrap().retry_count == 1);
+    eventually("first failure", || {
+        mgr.get_task(id).unwrap().retry_count == 1
+    });
     let t = mgr.get_task(id).unwrap();
     assert_eq!(t.status, TaskStatus::Pending);
     assert!(t.next_run_time >= clock.now_ms_for_test() + 10_000 - 1);
@@ -102,7 +118,10 @@ impl NowForTest for fibflow::ManualClock {
 #[test]
 fn max_retries_zero_acts_as_one() {
     let (mgr, _clock) = manual(1);
-    mgr.register_with("bad", HandlerOptions::new().max_retries(0), |_| Err("x".into())).unwrap();
+    mgr.register_with("bad", HandlerOptions::new().max_retries(0), |_| {
+        Err("x".into())
+    })
+    .unwrap();
     mgr.start().unwrap();
     let id = mgr.submit("bad", json!(null)).unwrap();
     let t = mgr.wait(id, PATIENCE).unwrap();
@@ -113,7 +132,10 @@ fn max_retries_zero_acts_as_one() {
 #[test]
 fn panic_fails_the_attempt_and_the_worker_survives() {
     let (mgr, _clock) = manual(1);
-    mgr.register_with("panics", HandlerOptions::new().max_retries(1), |_| panic!("kaboom")).unwrap();
+    mgr.register_with("panics", HandlerOptions::new().max_retries(1), |_| {
+        panic!("kaboom")
+    })
+    .unwrap();
     mgr.register("fine", |_| Ok(json!(1).into())).unwrap();
     mgr.start().unwrap();
     let a = mgr.submit("panics", json!(null)).unwrap();
@@ -129,12 +151,25 @@ fn delayed_task_runs_only_when_the_clock_reaches_it() {
     let (mgr, clock) = manual(1);
     mgr.register("t", |_| Ok(json!(null).into())).unwrap();
     mgr.start().unwrap();
-    let id = mgr.submit_with("t", json!(null), SubmitOptions::new().delay(Duration::from_secs(5))).unwrap();
-    assert!(mgr.waiting_reason(id).unwrap().unwrap().contains("scheduled"));
+    let id = mgr
+        .submit_with(
+            "t",
+            json!(null),
+            SubmitOptions::new().delay(Duration::from_secs(5)),
+        )
+        .unwrap();
+    assert!(mgr
+        .waiting_reason(id)
+        .unwrap()
+        .unwrap()
+        .contains("scheduled"));
     clock.advance(Duration::from_secs(4));
     assert_eq!(mgr.get_task(id).unwrap().status, TaskStatus::Pending);
     clock.advance(Duration::from_secs(1));
-    assert_eq!(mgr.wait(id, PATIENCE).unwrap().status, TaskStatus::Completed);
+    assert_eq!(
+        mgr.wait(id, PATIENCE).unwrap().status,
+        TaskStatus::Completed
+    );
 }
 
 #[test]
@@ -142,26 +177,42 @@ fn total_timeout_fails_the_attempt_and_discards_the_late_result() {
     let (mgr, clock) = manual(1);
     let release = Arc::new(std::sync::Barrier::new(2));
     let r = release.clone();
-    mgr.register_with("slow", HandlerOptions::new().timeout(Duration::from_secs(2)).max_retries(1), move |ctx| {
-        r.wait();
-        // cooperative check reports the timeout
-        assert!(ctx.check().is_err());
-        Ok(json!("late").into())
-    })
+    mgr.register_with(
+        "slow",
+        HandlerOptions::new()
+            .timeout(Duration::from_secs(2))
+            .max_retries(1),
+        move |ctx| {
+            r.wait();
+            // cooperative check reports the timeout
+            assert!(ctx.check().is_err());
+            Ok(json!("late").into())
+        },
+    )
     .unwrap();
     mgr.start().unwrap();
     let id = mgr.submit("slow", json!(null)).unwrap();
-    eventually("running", || mgr.get_task(id).unwrap().status == TaskStatus::Running);
+    eventually("running", || {
+        mgr.get_task(id).unwrap().status == TaskStatus::Running
+    });
     clock.advance(Duration::from_secs(3));
-    eventually("timed out", || mgr.get_task(id).unwrap().status != TaskStatus::Running);
+    eventually("timed out", || {
+        mgr.get_task(id).unwrap().status != TaskStatus::Running
+    });
     release.wait();
     let t = mgr.wait(id, PATIENCE).unwrap();
     assert_eq!(t.status, TaskStatus::PermanentlyFailed);
     assert_eq!(t.result, None, "late result discarded");
     let ev = mgr.events(id).unwrap();
-    let timed = ev.iter().find(|e| e.event_type.as_str() == "task_timed_out").unwrap();
+    let timed = ev
+        .iter()
+        .find(|e| e.event_type.as_str() == "task_timed_out")
+        .unwrap();
     assert_eq!(timed.metadata["timeout_type"], "total");
-    assert_eq!(mgr.attempts(id).unwrap()[0].outcome, Some(AttemptOutcome::Timeout));
+    assert_eq!(
+        mgr.attempts(id).unwrap()[0].outcome,
+        Some(AttemptOutcome::Timeout)
+    );
 }
 
 #[test]
@@ -169,7 +220,9 @@ fn heartbeat_window_times_out_a_silent_handler() {
     let (mgr, clock) = manual(1);
     let release = Arc::new(std::sync::Barrier::new(2));
     let r = release.clone();
-    let opts = HandlerOptions::new().heartbeat_window(Duration::from_secs(1)).max_retries(1);
+    let opts = HandlerOptions::new()
+        .heartbeat_window(Duration::from_secs(1))
+        .max_retries(1);
     mgr.register_with("silent", opts, move |_| {
         r.wait();
         Ok(json!(null).into())
@@ -177,12 +230,19 @@ fn heartbeat_window_times_out_a_silent_handler() {
     .unwrap();
     mgr.start().unwrap();
     let id = mgr.submit("silent", json!(null)).unwrap();
-    eventually("running", || mgr.get_task(id).unwrap().status == TaskStatus::Running);
+    eventually("running", || {
+        mgr.get_task(id).unwrap().status == TaskStatus::Running
+    });
     clock.advance(Duration::from_secs(2));
-    eventually("timed out", || mgr.get_task(id).unwrap().status != TaskStatus::Running);
+    eventually("timed out", || {
+        mgr.get_task(id).unwrap().status != TaskStatus::Running
+    });
     release.wait();
     let ev = mgr.events(id).unwrap();
-    let timed = ev.iter().find(|e| e.event_type.as_str() == "task_timed_out").unwrap();
+    let timed = ev
+        .iter()
+        .find(|e| e.event_type.as_str() == "task_timed_out")
+        .unwrap();
     assert_eq!(timed.metadata["timeout_type"], "heartbeat");
 }
 
@@ -198,7 +258,10 @@ fn priority_then_time_then_id_order() {
     .unwrap();
     let mut ids = Vec::new();
     for (n, p) in [(1, 0), (2, 5), (3, 0), (4, 10), (5, 5)] {
-        ids.push(mgr.submit_with("rec", json!({"n": n}), SubmitOptions::new().priority(p)).unwrap());
+        ids.push(
+            mgr.submit_with("rec", json!({"n": n}), SubmitOptions::new().priority(p))
+                .unwrap(),
+        );
     }
     mgr.start().unwrap();
     for id in ids {
@@ -215,11 +278,18 @@ fn tasks_run_only_on_pools_with_their_capabilities() {
         .pool(Pool::new("gpu").tags(["gpu"]).concurrency(2))
         .build()
         .unwrap();
-    mgr.register_with("train", HandlerOptions::new().requires(["gpu"]), |ctx| Ok(json!(ctx.worker()).into()))
-        .unwrap();
-    mgr.register_with("tpu", HandlerOptions::new().requires(["tpu"]), |_| Ok(json!(null).into())).unwrap();
+    mgr.register_with("train", HandlerOptions::new().requires(["gpu"]), |ctx| {
+        Ok(json!(ctx.worker()).into())
+    })
+    .unwrap();
+    mgr.register_with("tpu", HandlerOptions::new().requires(["tpu"]), |_| {
+        Ok(json!(null).into())
+    })
+    .unwrap();
     mgr.start().unwrap();
-    let ids: Vec<_> = (0..20).map(|_| mgr.submit("train", json!(null)).unwrap()).collect();
+    let ids: Vec<_> = (0..20)
+        .map(|_| mgr.submit("train", json!(null)).unwrap())
+        .collect();
     for id in ids {
         let t = mgr.wait(id, PATIENCE).unwrap();
         assert!(t.worker.unwrap().starts_with("gpu-"));
@@ -236,20 +306,29 @@ fn per_handler_concurrency_cap_is_respected() {
     let running = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
     let (r, p) = (running.clone(), peak.clone());
-    mgr.register_with("capped", HandlerOptions::new().max_concurrent_tasks(1), move |_| {
-        let now = r.fetch_add(1, Ordering::SeqCst) + 1;
-        p.fetch_max(now, Ordering::SeqCst);
-        for _ in 0..1000 {
-            std::thread::yield_now();
-        }
-        r.fetch_sub(1, Ordering::SeqCst);
-        Ok(json!(null).into())
-    })
+    mgr.register_with(
+        "capped",
+        HandlerOptions::new().max_concurrent_tasks(1),
+        move |_| {
+            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+            p.fetch_max(now, Ordering::SeqCst);
+            for _ in 0..1000 {
+                std::thread::yield_now();
+            }
+            r.fetch_sub(1, Ordering::SeqCst);
+            Ok(json!(null).into())
+        },
+    )
     .unwrap();
     mgr.start().unwrap();
-    let ids: Vec<_> = (0..12).map(|_| mgr.submit("capped", json!(null)).unwrap()).collect();
+    let ids: Vec<_> = (0..12)
+        .map(|_| mgr.submit("capped", json!(null)).unwrap())
+        .collect();
     for id in ids {
-        assert_eq!(mgr.wait(id, PATIENCE).unwrap().status, TaskStatus::Completed);
+        assert_eq!(
+            mgr.wait(id, PATIENCE).unwrap().status,
+            TaskStatus::Completed
+        );
     }
     assert_eq!(peak.load(Ordering::SeqCst), 1);
 }
@@ -261,10 +340,16 @@ fn manager_pause_gates_claims_but_not_submission() {
     mgr.start().unwrap();
     mgr.pause();
     let id = mgr.submit("t", json!(null)).unwrap();
-    assert_eq!(mgr.waiting_reason(id).unwrap().as_deref(), Some("the manager is paused"));
+    assert_eq!(
+        mgr.waiting_reason(id).unwrap().as_deref(),
+        Some("the manager is paused")
+    );
     assert_eq!(mgr.get_task(id).unwrap().status, TaskStatus::Pending);
     mgr.resume();
-    assert_eq!(mgr.wait(id, PATIENCE).unwrap().status, TaskStatus::Completed);
+    assert_eq!(
+        mgr.wait(id, PATIENCE).unwrap().status,
+        TaskStatus::Completed
+    );
 }
 
 #[test]
@@ -279,10 +364,15 @@ fn hot_reload_affects_only_later_claims() {
     .unwrap();
     mgr.start().unwrap();
     let first = mgr.submit("v", json!(null)).unwrap();
-    eventually("first running", || mgr.get_task(first).unwrap().status == TaskStatus::Running);
+    eventually("first running", || {
+        mgr.get_task(first).unwrap().status == TaskStatus::Running
+    });
     mgr.register("v", |_| Ok(json!("v2").into())).unwrap();
     let second = mgr.submit("v", json!(null)).unwrap();
-    assert_eq!(mgr.wait(second, PATIENCE).unwrap().result, Some(json!("v2")));
+    assert_eq!(
+        mgr.wait(second, PATIENCE).unwrap().result,
+        Some(json!("v2"))
+    );
     gate.wait();
     assert_eq!(mgr.wait(first, PATIENCE).unwrap().result, Some(json!("v1")));
 }
@@ -301,35 +391,61 @@ fn unregister_counts_and_later_submissions_fail() {
 #[test]
 fn task_info_and_bad_input_errors() {
     let (mgr, _clock) = manual(1);
-    mgr.register_with("d", HandlerOptions::new().description("does d"), |_| Ok(json!(null).into())).unwrap();
-    assert_eq!(mgr.task_info("d").unwrap().description.as_deref(), Some("does d"));
+    mgr.register_with("d", HandlerOptions::new().description("does d"), |_| {
+        Ok(json!(null).into())
+    })
+    .unwrap();
+    assert_eq!(
+        mgr.task_info("d").unwrap().description.as_deref(),
+        Some("does d")
+    );
     assert!(matches!(mgr.submit("", json!(null)), Err(Error::EmptyName)));
     assert!(matches!(
         mgr.submit_with("d", json!(null), SubmitOptions::new().requires(["bad tag"])),
         Err(Error::InvalidTag(_))
     ));
     assert!(matches!(
-        mgr.register_with("z", HandlerOptions::new().max_concurrent_tasks(0), |_| Ok(json!(null).into())),
+        mgr.register_with("z", HandlerOptions::new().max_concurrent_tasks(0), |_| Ok(
+            json!(null).into()
+        )),
         Err(Error::InvalidOption(_))
     ));
     assert!(matches!(
         mgr.submit_with("d", json!(null), SubmitOptions::new().cron("61 * * * *")),
         Err(Error::Schedule(_))
     ));
-    assert!(TaskManager::builder().memory().max_concurrent_tasks(0).build().is_err());
-    assert!(TaskManager::builder().memory().pool(Pool::new("p").concurrency(0)).build().is_err());
-    assert_eq!(mgr.list_tasks(&TaskFilter::all()).len(), 0, "nothing was created by refused calls");
+    assert!(TaskManager::builder()
+        .memory()
+        .max_concurrent_tasks(0)
+        .build()
+        .is_err());
+    assert!(TaskManager::builder()
+        .memory()
+        .pool(Pool::new("p").concurrency(0))
+        .build()
+        .is_err());
+    assert_eq!(
+        mgr.list_tasks(&TaskFilter::all()).len(),
+        0,
+        "nothing was created by refused calls"
+    );
 }
 
 #[test]
 fn dedup_key_returns_the_existing_task_until_it_is_deleted() {
     let (mgr, _clock) = manual(1);
     mgr.register("t", |_| Ok(json!(null).into())).unwrap();
-    let a = mgr.submit_with("t", json!(1), SubmitOptions::new().dedup_key("k")).unwrap();
-    let b = mgr.submit_with("t", json!(2), SubmitOptions::new().dedup_key("k")).unwrap();
+    let a = mgr
+        .submit_with("t", json!(1), SubmitOptions::new().dedup_key("k"))
+        .unwrap();
+    let b = mgr
+        .submit_with("t", json!(2), SubmitOptions::new().dedup_key("k"))
+        .unwrap();
     assert_eq!(a, b);
     assert_eq!(mgr.delete_tasks(&TaskFilter::all()).unwrap(), 1);
-    let c = mgr.submit_with("t", json!(3), SubmitOptions::new().dedup_key("k")).unwrap();
+    let c = mgr
+        .submit_with("t", json!(3), SubmitOptions::new().dedup_key("k"))
+        .unwrap();
     assert_ne!(a, c);
 }
 
@@ -349,15 +465,25 @@ fn pause_task_discards_the_running_result_and_resume_runs_again() {
     .unwrap();
     mgr.start().unwrap();
     let id = mgr.submit("p", json!(null)).unwrap();
-    eventually("running", || mgr.get_task(id).unwrap().status == TaskStatus::Running);
+    eventually("running", || {
+        mgr.get_task(id).unwrap().status == TaskStatus::Running
+    });
     mgr.pause_task(id).unwrap();
     gate.wait();
     let t = mgr.wait(id, PATIENCE).unwrap();
     assert_eq!(t.status, TaskStatus::Paused);
-    assert_eq!(mgr.attempts(id).unwrap()[0].outcome, Some(AttemptOutcome::Paused));
-    assert!(mgr.cancel_task(id, None).is_err(), "cancel works only on suspended tasks");
+    assert_eq!(
+        mgr.attempts(id).unwrap()[0].outcome,
+        Some(AttemptOutcome::Paused)
+    );
+    assert!(
+        mgr.cancel_task(id, None).is_err(),
+        "cancel works only on suspended tasks"
+    );
     mgr.resume_task(id, None).unwrap();
-    eventually("second run", || mgr.get_task(id).unwrap().status == TaskStatus::Completed);
+    eventually("second run", || {
+        mgr.get_task(id).unwrap().status == TaskStatus::Completed
+    });
     assert_eq!(mgr.get_task(id).unwrap().result, Some(json!("second")));
 }
 
@@ -378,7 +504,9 @@ fn global_limit_caps_running_tasks() {
     })
     .unwrap();
     mgr.start().unwrap();
-    let ids: Vec<_> = (0..30).map(|_| mgr.submit("w", json!(null)).unwrap()).collect();
+    let ids: Vec<_> = (0..30)
+        .map(|_| mgr.submit("w", json!(null)).unwrap())
+        .collect();
     for id in ids {
         mgr.wait(id, PATIENCE).unwrap();
     }
@@ -396,7 +524,9 @@ fn async_handler_completes_and_is_cancelled_at_await_on_timeout() {
     .unwrap();
     mgr.register_async_with(
         "never",
-        HandlerOptions::new().timeout(Duration::from_secs(1)).max_retries(1),
+        HandlerOptions::new()
+            .timeout(Duration::from_secs(1))
+            .max_retries(1),
         |_ctx| async move {
             std::future::pending::<()>().await;
             Ok(json!(null).into())
@@ -407,7 +537,9 @@ fn async_handler_completes_and_is_cancelled_at_await_on_timeout() {
     let id = mgr.submit("double", json!({"n": 21})).unwrap();
     assert_eq!(mgr.wait(id, PATIENCE).unwrap().result, Some(json!(42)));
     let stuck = mgr.submit("never", json!(null)).unwrap();
-    eventually("running", || mgr.get_task(stuck).unwrap().status == TaskStatus::Running);
+    eventually("running", || {
+        mgr.get_task(stuck).unwrap().status == TaskStatus::Running
+    });
     clock.advance(Duration::from_secs(2));
     let t = mgr.wait(stuck, PATIENCE).unwrap();
     assert_eq!(t.status, TaskStatus::PermanentlyFailed);
@@ -433,13 +565,25 @@ fn queries_filter_and_page() {
     mgr.register("a", |_| Ok(json!(null).into())).unwrap();
     mgr.register("b", |_| Ok(json!(null).into())).unwrap();
     for i in 0..7 {
-        mgr.submit_with("a", json!(i), SubmitOptions::new().tag("x")).unwrap();
+        mgr.submit_with("a", json!(i), SubmitOptions::new().tag("x"))
+            .unwrap();
     }
     for i in 0..3 {
-        mgr.submit_with("b", json!(i), SubmitOptions::new().tag("y")).unwrap();
+        mgr.submit_with("b", json!(i), SubmitOptions::new().tag("y"))
+            .unwrap();
     }
-    let f = TaskFilter::all().name("a").tag("x").status(TaskStatus::Pending);
-    let page = mgr.query_tasks(&f, fibflow::Page { limit: 5, offset: 5, descending: false });
+    let f = TaskFilter::all()
+        .name("a")
+        .tag("x")
+        .status(TaskStatus::Pending);
+    let page = mgr.query_tasks(
+        &f,
+        fibflow::Page {
+            limit: 5,
+            offset: 5,
+            descending: false,
+        },
+    );
     assert_eq!(page.total, 7);
     assert_eq!(page.items.len(), 2);
     assert!(!page.has_more);

@@ -41,7 +41,7 @@ impl Clock for SystemClock {
 /// use std::time::Duration;
 /// let clock = ManualClock::new(1_000);
 /// clock.advance(Duration::from_millis(500));
-/// assert_eq!(fibflow::Clock::now_ms(&clock), 1_500);
+/// assert_eq!(fibflow::Clock::now_ms(&*clock), 1_500);
 /// ```
 #[derive(Default)]
 pub struct ManualClock {

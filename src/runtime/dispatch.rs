@@ -26,7 +26,8 @@ use crossbeam_skiplist::SkipSet;
 use parking_lot::{Mutex, RwLock};
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// A queued task: ordered by priority (higher first), ready time, then id.
@@ -75,6 +76,8 @@ pub(crate) struct PoolState {
     pub(crate) queues: ArcSwap<Vec<Arc<Queue>>>,
     idle: Mutex<Vec<usize>>,
     idle_count: AtomicUsize,
+    /// Workers spinning for work: a producer need not wake anyone while one is.
+    searching: AtomicUsize,
 }
 
 impl PoolState {
@@ -86,6 +89,7 @@ impl PoolState {
             queues: ArcSwap::from_pointee(Vec::new()),
             idle: Mutex::new(Vec::new()),
             idle_count: AtomicUsize::new(0),
+            searching: AtomicUsize::new(0),
         }
     }
 
@@ -147,11 +151,44 @@ impl Dispatcher {
     pub(crate) fn push(&self, item: ReadyItem, requires: &[String]) {
         let q = self.queue_for(requires);
         q.set.insert(item);
+        // Pairs with the fence in `stop_searching`: either this load sees the
+        // searcher, or the searcher's re-scan sees the item (Dekker's pattern).
+        fence(Ordering::SeqCst);
+        if q.servers.iter().any(|&p| self.pools[p].searching.load(Ordering::SeqCst) > 0) {
+            return; // a spinning worker of a serving pool will find it
+        }
+        if DEFER.with(|d| d.depth.get()) > 0 {
+            DEFER.with(|d| d.queues.borrow_mut().push(q));
+            return;
+        }
+        self.wake_for(&q);
+    }
+
+    fn wake_for(&self, q: &Queue) {
         for &p in &q.servers {
             if self.wake_one(p) {
                 return;
             }
         }
+    }
+
+    /// Holds wake-ups made on this thread until the guard drops, so a worker is not
+    /// woken while the waker still holds the shard lock the worker needs next.
+    /// Declare it before taking the lock: it drops (and wakes) after the lock guard.
+    pub(crate) fn defer_wakes(&self) -> DeferGuard<'_> {
+        DEFER.with(|d| d.depth.set(d.depth.get() + 1));
+        DeferGuard { dispatch: self }
+    }
+
+    /// A worker of pool `p` starts spinning for work.
+    pub(crate) fn start_searching(&self, p: usize) {
+        self.pools[p].searching.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A worker of pool `p` stops spinning; it must scan once more afterwards.
+    pub(crate) fn stop_searching(&self, p: usize) {
+        self.pools[p].searching.fetch_sub(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
     }
 
     /// Wakes one idle worker of pool `p`; false if none was idle.
@@ -214,6 +251,38 @@ impl Dispatcher {
         };
         if !was_idle {
             self.wake_one(p);
+        }
+    }
+}
+
+/// Wake-ups deferred on this thread (see [`Dispatcher::defer_wakes`]).
+struct Deferred {
+    depth: Cell<usize>,
+    queues: RefCell<Vec<Arc<Queue>>>,
+}
+
+thread_local! {
+    static DEFER: Deferred = const { Deferred { depth: Cell::new(0), queues: RefCell::new(Vec::new()) } };
+}
+
+/// Wakes the deferred workers when the outermost guard drops.
+pub(crate) struct DeferGuard<'a> {
+    dispatch: &'a Dispatcher,
+}
+
+impl Drop for DeferGuard<'_> {
+    fn drop(&mut self) {
+        let queues = DEFER.with(|d| {
+            let depth = d.depth.get() - 1;
+            d.depth.set(depth);
+            if depth == 0 {
+                std::mem::take(&mut *d.queues.borrow_mut())
+            } else {
+                Vec::new()
+            }
+        });
+        for q in queues {
+            self.dispatch.wake_for(&q);
         }
     }
 }

@@ -247,6 +247,7 @@ impl Core {
 
     /// A timer entry fired: queue the task if it is still pending and due.
     pub(crate) fn due_task(&self, at: UnixMs, id: TaskId) {
+        let _wakes = self.dispatch.defer_wakes();
         let shard = self.store.lock(id);
         let Some(e) = shard.get(id) else { return };
         if e.task.status == crate::engine::TaskStatus::Pending && e.task.next_run_time <= at {
@@ -258,6 +259,7 @@ impl Core {
     pub(crate) fn handler_write(&self, record: Record) -> std::result::Result<(), TransitionError> {
         let id = record.task_id();
         let lsn = {
+            let _wakes = self.dispatch.defer_wakes();
             let mut shard = self.store.lock(id);
             match self.store.commit(&mut shard, record) {
                 Ok((_, lsn)) => lsn,
@@ -275,6 +277,7 @@ impl Core {
         let id = record.task_id();
         let mut lsn = None;
         let deleted = {
+            let _wakes = self.dispatch.defer_wakes();
             let mut shard = self.store.lock(id);
             if shard.get(id).is_none() {
                 return Err(Error::NotFound(id));
@@ -310,6 +313,7 @@ impl Core {
             .collect();
         let mut out = Vec::new();
         for ctl in ctls {
+            let _wakes = self.dispatch.defer_wakes();
             let mut shard = self.store.lock(ctl.id);
             let owns = shard.get(ctl.id).is_some_and(|e| {
                 e.task.status == crate::engine::TaskStatus::Running && e.task.attempt == ctl.attempt

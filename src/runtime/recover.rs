@@ -82,6 +82,7 @@ impl Core {
         let now = self.now();
         let mut lsn = None;
         for i in 0..super::store::SHARDS {
+            let _wakes = self.dispatch.defer_wakes();
             let mut shard = self.store.lock_index(i);
             let ids: Vec<(TaskId, TaskStatus)> = shard.entries().map(|e| (e.task.id, e.task.status)).collect();
             for (id, status) in ids {

@@ -200,6 +200,7 @@ impl Core {
         let key = new.dedup_key.clone();
         let mut lsn = None;
         {
+            let _wakes = self.dispatch.defer_wakes();
             let mut shard = self.store.lock(id);
             let (applied, l) = self.store.commit(&mut shard, Record::Submit(Box::new(new)))?;
             lsn = l.or(lsn);

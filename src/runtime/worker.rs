@@ -32,7 +32,7 @@ pub(crate) struct Job {
 pub(crate) fn worker_main(core: &Arc<Core>, w: usize, parker: &Parker) {
     let pool = core.workers[w].pool;
     while !core.stopping.load(Ordering::Acquire) {
-        let job = match core.try_take(w) {
+        let job = match core.try_take(w).or_else(|| core.spin_for_work(w, pool)) {
             Some(job) => job,
             None => {
                 core.dispatch.go_idle(pool, w);
@@ -53,6 +53,20 @@ pub(crate) fn worker_main(core: &Arc<Core>, w: usize, parker: &Parker) {
 }
 
 impl Core {
+    /// Spins briefly before parking: a futex sleep and wake costs several
+    /// microseconds, more than a short burst of polling when work keeps coming.
+    fn spin_for_work(self: &Arc<Self>, w: usize, pool: usize) -> Option<Job> {
+        self.dispatch.start_searching(pool);
+        let backoff = crossbeam::utils::Backoff::new();
+        let mut found = None;
+        while found.is_none() && !backoff.is_completed() && self.gate_open() {
+            backoff.snooze();
+            found = self.try_take(w);
+        }
+        self.dispatch.stop_searching(pool);
+        found.or_else(|| self.try_take(w))
+    }
+
     /// Takes the best task this worker may run, with its slots, and claims it.
     fn try_take(self: &Arc<Self>, w: usize) -> Option<Job> {
         if !self.gate_open() || !self.global.try_acquire() {
@@ -106,6 +120,7 @@ impl Core {
     /// Claims `item` under its shard lock; `None` if the task is no longer runnable.
     fn claim(self: &Arc<Self>, w: usize, item: &ReadyItem, reg: Arc<Registered>) -> Option<Job> {
         let now = self.now();
+        let _wakes = self.dispatch.defer_wakes();
         let mut shard = self.store.lock(item.id);
         let e = shard.get(item.id)?;
         if e.task.status != TaskStatus::Pending || e.task.next_run_time > now {
@@ -207,6 +222,7 @@ impl Core {
         let id = job.ctx.id();
         let attempt = job.ctx.attempt();
         let now = self.now();
+        let _wakes = self.dispatch.defer_wakes();
         let mut shard = self.store.lock(id);
         let Some(e) = shard.get(id) else { return };
         if e.task.status != TaskStatus::Running || e.task.attempt != attempt {
@@ -316,6 +332,7 @@ impl Core {
     pub(crate) fn attempt_due(&self, ctl: &AttemptCtl) {
         let now = self.now();
         let kind = if now >= ctl.deadline_ms { FailKind::TimeoutTotal } else { FailKind::TimeoutHeartbeat };
+        let _wakes = self.dispatch.defer_wakes();
         let mut shard = self.store.lock(ctl.id);
         let Some(e) = shard.get(ctl.id) else { return };
         if e.task.status != TaskStatus::Running || e.task.attempt != ctl.attempt {

@@ -33,7 +33,11 @@ pub fn manual(max_concurrent: usize) -> (TaskManager, Arc<ManualClock>) {
 
 /// The event type names of a task, in order.
 pub fn event_names(mgr: &TaskManager, id: TaskId) -> Vec<&'static str> {
-    mgr.events(id).unwrap().iter().map(|e| e.event_type.as_str()).collect()
+    mgr.events(id)
+        .unwrap()
+        .iter()
+        .map(|e| e.event_type.as_str())
+        .collect()
 }
 
 /// Whether the task has an event of this type.
