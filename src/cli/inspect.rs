@@ -1,8 +1,11 @@
 //! `fibflow inspect` and `fibflow verify`: read-only views of a directory.
 //!
-//! `inspect` opens the directory like any manager (taking its lock and replaying
-//! the log, without starting workers), so a directory another process holds open
-//! is refused with the log's `Locked` error instead of being read while it moves.
+//! `inspect` opens the directory like any manager (taking its lock, replaying the
+//! log and running the recovery of SPEC §12, without starting workers), so a
+//! directory another process holds open is refused with the log's `Locked` error
+//! instead of being read while it moves. The library has no read-only open, so
+//! inspecting a crashed directory records its recovery (`task_recovered`), exactly
+//! as the next `demo` run would.
 
 use super::demo::by_status_json;
 use super::out::{print_json, CliResult};
