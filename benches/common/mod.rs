@@ -75,7 +75,7 @@ impl ParkedThreads {
             jobs.send(t0).expect("workers alive");
         }
         while self.done.load(Ordering::Relaxed) < target {
-            std::hint::spin_loop();
+            std::thread::yield_now();
         }
         t0.elapsed()
     }
@@ -137,7 +137,11 @@ impl Probe {
     /// Submits `n` no-op tasks in batches of 1000 and waits until all are
     /// completed (end to end); the elapsed time.
     pub fn run_noops(&self, n: u64) -> Duration {
-        let before = self.mgr.count_by_status()[&TaskStatus::Completed];
+        let before = if cfg!(debug_assertions) {
+            self.mgr.count_by_status()[&TaskStatus::Completed]
+        } else {
+            0
+        };
         let target = self.ran.load(Ordering::Relaxed) + n;
         let t0 = Instant::now();
         let mut left = n;
@@ -147,12 +151,17 @@ impl Probe {
             self.mgr.submit_batch(batch).expect("submit batch");
             left -= k;
         }
-        while self.ran.load(Ordering::Relaxed) < target {
+        // Every handler ran and no attempt holds a slot: every completion is
+        // recorded (a worker releases its slot after recording the outcome).
+        // Cheaper than `count_by_status`, which scans the whole task table.
+        while self.ran.load(Ordering::Relaxed) < target || self.mgr.running() > 0 {
             std::thread::yield_now();
         }
-        while self.mgr.count_by_status()[&TaskStatus::Completed] < before + n {
-            std::thread::yield_now();
-        }
-        t0.elapsed()
+        let elapsed = t0.elapsed();
+        debug_assert_eq!(
+            self.mgr.count_by_status()[&TaskStatus::Completed],
+            before + n
+        );
+        elapsed
     }
 }
