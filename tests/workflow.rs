@@ -102,7 +102,7 @@ fn spawn_suspends_the_parent_and_creates_linked_async_children() {
             "root of a top-level parent's child is the parent"
         );
         assert_eq!(k.kind, TaskKind::Async);
-        assert_eq!(k.name, "child");
+        assert_eq!(&*k.name, "child");
         assert_eq!(k.payload, json!({ "i": i }));
         assert_eq!(k.context, None);
         assert_eq!(event_names(&mgr, k.id)[0], "task_created");

@@ -34,7 +34,7 @@ impl EventFilter {
             && self
                 .worker
                 .as_ref()
-                .is_none_or(|w| e.worker.as_ref() == Some(w))
+                .is_none_or(|w| e.worker.as_deref() == Some(w.as_str()))
             && self.attempt.is_none_or(|a| e.attempt == Some(a))
             && self.stage.is_none_or(|s| e.stage == s)
             && self.from_ms.is_none_or(|t| e.time >= t)
@@ -63,7 +63,7 @@ pub struct AttemptFilter {
 
 impl AttemptFilter {
     fn matches(&self, a: &Attempt) -> bool {
-        self.worker.as_ref().is_none_or(|w| a.worker == *w)
+        self.worker.as_ref().is_none_or(|w| *a.worker == **w)
             && self.outcome.is_none_or(|o| a.outcome == Some(o))
             && self.started_from_ms.is_none_or(|t| a.started_at >= t)
             && self.started_until_ms.is_none_or(|t| a.started_at < t)
@@ -314,7 +314,7 @@ impl TaskManager {
             ) {
                 failed_tasks.push(FailedTask {
                     id: e.task.id,
-                    name: e.task.name.clone(),
+                    name: e.task.name.to_string(),
                     status: e.task.status,
                     error: e.task.error.clone(),
                 });
@@ -355,7 +355,7 @@ impl TaskManager {
             root_id: root,
             status_counts,
             attempt_outcomes,
-            workers: workers.into_iter().collect(),
+            workers: workers.into_iter().map(|w| w.to_string()).collect(),
             timing,
             root_stages,
             failed_tasks,

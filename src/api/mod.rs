@@ -115,7 +115,7 @@ impl TaskManager {
             for i in 0..pool.concurrency {
                 workers.push(WorkerInfo {
                     pool: p,
-                    name: format!("{}-{}", pool.name, i),
+                    name: format!("{}-{}", pool.name, i).into(),
                 });
             }
         }

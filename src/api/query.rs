@@ -65,14 +65,14 @@ impl TaskFilter {
 
     pub(crate) fn matches(&self, e: &TaskEntry) -> bool {
         let t = &e.task;
-        self.name.as_ref().is_none_or(|n| *n == t.name)
+        self.name.as_ref().is_none_or(|n| **n == *t.name)
             && self.status.is_none_or(|s| s == t.status)
             && self.kind.is_none_or(|k| k == t.kind)
             && self.tag.as_ref().is_none_or(|g| t.tag.as_ref() == Some(g))
             && self
                 .worker
                 .as_ref()
-                .is_none_or(|w| t.worker.as_ref() == Some(w))
+                .is_none_or(|w| t.worker.as_deref() == Some(w.as_str()))
             && self.parent_id.is_none_or(|p| t.parent_id == Some(p))
             && self.root_id.is_none_or(|r| t.root_id == Some(r))
             && self
@@ -188,7 +188,7 @@ impl TaskManager {
         };
         let mut out = BTreeMap::new();
         self.scan(&filter, |e| {
-            *out.entry((e.task.tag.clone(), e.task.name.clone(), e.task.status))
+            *out.entry((e.task.tag.clone(), e.task.name.to_string(), e.task.status))
                 .or_default() += 1;
         });
         out

@@ -25,6 +25,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
+use std::sync::Arc;
 
 /// The format version written in front of every encoded batch.
 pub const FORMAT_VERSION: u8 = 1;
@@ -80,7 +81,7 @@ pub struct NewTask {
     /// The new task's id.
     pub id: TaskId,
     /// The handler name.
-    pub name: String,
+    pub name: Arc<str>,
     /// Async or cron.
     pub kind: TaskKind,
     /// The handler input.
@@ -146,7 +147,7 @@ pub enum Record {
         /// The attempt number it opens.
         attempt: u32,
         /// The worker's name.
-        worker: String,
+        worker: Arc<str>,
         /// When.
         at_ms: UnixMs,
     },

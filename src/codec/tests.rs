@@ -95,7 +95,7 @@ fn arb_record() -> impl Strategy<Value = Record> {
             Record::Submit(Box::new(t))
         }),
         (any::<u64>(), any::<u32>(), ".{0,6}", any::<u64>())
-            .prop_map(|(id, attempt, worker, at_ms)| Record::Claim { id: TaskId(id), attempt, worker, at_ms }),
+            .prop_map(|(id, attempt, worker, at_ms)| Record::Claim { id: TaskId(id), attempt, worker: worker.into(), at_ms }),
         (any::<u64>(), arb_json(), proptest::option::of(any::<u64>())).prop_map(|(id, result, next)| {
             Record::Complete { id: TaskId(id), attempt: 1, result, next_run_ms: next, at_ms: 0 }
         }),

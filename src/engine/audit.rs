@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use super::task::TaskStatus;
 
@@ -95,7 +96,7 @@ pub struct Event {
     /// The task's stage at the time.
     pub stage: u32,
     /// The worker involved.
-    pub worker: Option<String>,
+    pub worker: Option<Arc<str>>,
     /// The attempt involved.
     pub attempt: Option<u32>,
     /// When.

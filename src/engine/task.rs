@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use super::audit::EventType;
 
@@ -141,7 +142,7 @@ pub struct Attempt {
     /// Previous maximum + 1 for this task.
     pub number: u32,
     /// The worker that ran it.
-    pub worker: String,
+    pub worker: Arc<str>,
     /// When it was claimed.
     pub started_at: UnixMs,
     /// When it closed; `None` while open.
@@ -167,7 +168,7 @@ pub struct Task {
     /// Opaque, unique, increasing id.
     pub id: TaskId,
     /// The handler name.
-    pub name: String,
+    pub name: Arc<str>,
     /// Async or cron.
     pub kind: TaskKind,
     /// Current status.
@@ -203,7 +204,7 @@ pub struct Task {
     /// Time of the last status change.
     pub last_active_time: UnixMs,
     /// The worker of the current or last attempt.
-    pub worker: Option<String>,
+    pub worker: Option<Arc<str>>,
     /// Free-form label.
     pub tag: Option<String>,
     /// Parent task, for children.

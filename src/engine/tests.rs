@@ -149,7 +149,7 @@ impl Driver {
                 let parent = self.task(i)?.clone();
                 let kids: Vec<NewTask> =
                     (0..n).map(|k| self.new_task(Some(&parent), false, 2, k % 2 == 0)).collect();
-                let list = kids.iter().map(|k| (k.id, k.name.clone())).collect();
+                let list = kids.iter().map(|k| (k.id, k.name.to_string())).collect();
                 let mut batch =
                     vec![Record::Spawn { id: parent.id, attempt: parent.attempt, children: list, context: Some(vec![1]), at_ms: now }];
                 batch.extend(kids.into_iter().map(|k| Record::Submit(Box::new(k))));

@@ -11,9 +11,9 @@ use crate::codec::{
     ChildOutcome, FailKind, NewTask, OnChildFailure, Record, TaskId, TaskKind, UnixMs,
 };
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::sync::Arc;
 
-type Tasks = HashMap<TaskId, TaskEntry>;
+type Tasks = super::IdMap<TaskEntry>;
 
 /// Appends events numbered per task: event `id` is the event's index in its task's
 /// history, so replay numbers them exactly as live operation did.
@@ -232,7 +232,7 @@ fn submit(tasks: &mut Tasks, s: &mut Sink, new: NewTask) -> Result<Applied, Tran
     Ok(Applied { ready_at: Some(ready_at), ..Applied::default() })
 }
 
-fn claim(e: &mut TaskEntry, s: &mut Sink, attempt: u32, worker: String, at: UnixMs) -> Result<Applied, TransitionError> {
+fn claim(e: &mut TaskEntry, s: &mut Sink, attempt: u32, worker: Arc<str>, at: UnixMs) -> Result<Applied, TransitionError> {
     check(e, TaskStatus::Running)?;
     if attempt != e.task.attempt + 1 {
         return Err(TransitionError::Invalid(format!(

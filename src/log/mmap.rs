@@ -18,13 +18,29 @@
 //! - M4: `completed` only moves over bytes whose slots were dropped, and slots
 //!   are only ever issued at offsets `>= tail >= completed`, so bytes below
 //!   `completed` are never written again while `&self` borrows exist.
+//!
+//! Completion protocol (no lock when slots finish in order):
+//!
+//! 1. A finishing slot `[s, e)` tries `completed: s -> e` with one CAS. If it
+//!    wins, it then looks at `pending_count`; if it is non-zero it locks
+//!    `pending` and drains (step 3).
+//! 2. If the CAS fails (an earlier slot is still open), it locks `pending`,
+//!    inserts `s -> e`, increments `pending_count`, and drains.
+//! 3. Drain, under the `pending` lock: while `pending` holds an entry starting
+//!    at `completed`, remove it and move `completed` to its end.
+//!
+//! Correct because the increment in 2 and the CAS in 1 are both SeqCst, as are
+//! the loads that follow them: either the inserting thread sees `completed ==
+//! s` and drains its own entry, or the CAS winner sees `pending_count > 0` and
+//! drains it. A drain never races a CAS on the same value: the only slot that
+//! starts at the drained position is the finished one in `pending`.
 #![allow(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
 use parking_lot::Mutex;
@@ -41,19 +57,33 @@ enum Backing {
     Anon(MmapRaw),
 }
 
-/// A fixed-size mapped region with lock-free slot reservation.
+/// The words every appender writes, on one cache line of their own: an append
+/// touches `tail` and then `completed`, so keeping them together moves one
+/// line between cores per append instead of two, and nothing else shares it.
 #[derive(Debug)]
-pub struct Mapping {
-    // M1: `ptr` points at `len` bytes owned by `map`.
-    map: Backing,
-    ptr: NonNull<u8>,
-    len: u64,
+#[repr(align(64))]
+struct Hot {
     // M3: next unreserved offset; may grow past `len` (those reservations get no slot).
     tail: AtomicU64,
     // M4: every byte in [0, completed) is finished and never written through a slot again.
     completed: AtomicU64,
-    // Finished slots that are not yet contiguous with `completed`: start -> end.
-    pending: Mutex<BTreeMap<u64, u64>>,
+    // 1 + start of the highest finished record (`Fits`) slot; 0 if none. Once
+    // every slot issued so far is finished, that slot is below `completed`.
+    last_record: AtomicU64,
+    // Entries in `pending` (read without the lock by the CAS winner, step 1).
+    pending_count: AtomicUsize,
+}
+
+/// A fixed-size mapped region with lock-free slot reservation.
+#[derive(Debug)]
+pub struct Mapping {
+    hot: Hot,
+    // M1: `ptr` points at `len` bytes owned by `map`.
+    map: Backing,
+    ptr: NonNull<u8>,
+    len: u64,
+    // Finished slots that are not yet contiguous with `completed`: start -> (end, is a record).
+    pending: Mutex<BTreeMap<u64, (u64, bool)>>,
 }
 
 // SAFETY: the mapping is plain memory; concurrent access is coordinated by M3/M4
@@ -82,6 +112,8 @@ pub struct Slot<'a> {
     map: &'a Mapping,
     start: u64,
     end: u64,
+    // A whole frame (`Fits`), as opposed to the dead rest of a mapping (`Straddles`).
+    record: bool,
 }
 
 impl Mapping {
@@ -109,11 +141,15 @@ impl Mapping {
         // A fresh mapping is exclusively owned: everything is "completed" and readable,
         // and no slot can be issued until `set_tail` is called.
         Mapping {
+            hot: Hot {
+                tail: AtomicU64::new(len),
+                completed: AtomicU64::new(len),
+                last_record: AtomicU64::new(0),
+                pending_count: AtomicUsize::new(0),
+            },
             map,
             ptr,
             len,
-            tail: AtomicU64::new(len),
-            completed: AtomicU64::new(len),
             pending: Mutex::new(BTreeMap::new()),
         }
     }
@@ -130,12 +166,22 @@ impl Mapping {
 
     /// Offset below which every slot is finished.
     pub fn completed(&self) -> u64 {
-        self.completed.load(Ordering::Acquire)
+        self.hot.completed.load(Ordering::Acquire)
     }
 
     /// Next unreserved offset (may exceed `len`).
     pub fn tail(&self) -> u64 {
-        self.tail.load(Ordering::Acquire)
+        self.hot.tail.load(Ordering::Acquire)
+    }
+
+    /// Start of the highest finished `Fits` slot issued since the last
+    /// [`Mapping::set_tail`], if any. When no slot is open it is below
+    /// [`Mapping::completed`]; while slots are open it may be above it.
+    pub fn last_record(&self) -> Option<u64> {
+        self.hot
+            .last_record
+            .load(Ordering::Acquire)
+            .checked_sub(1)
     }
 
     /// The whole mapping, mutably. Exclusive access means no slot or reader exists.
@@ -148,8 +194,10 @@ impl Mapping {
     /// Sets where slots start being issued; bytes below stay readable.
     pub fn set_tail(&mut self, tail: u64) {
         let tail = tail.min(self.len);
-        *self.tail.get_mut() = tail;
-        *self.completed.get_mut() = tail;
+        *self.hot.tail.get_mut() = tail;
+        *self.hot.completed.get_mut() = tail;
+        *self.hot.last_record.get_mut() = 0;
+        *self.hot.pending_count.get_mut() = 0;
         self.pending.get_mut().clear();
     }
 
@@ -185,19 +233,21 @@ impl Mapping {
 
     /// Reserves `len` bytes at the tail by one atomic add.
     pub fn reserve(&self, len: u64) -> Reserve<'_> {
-        let start = self.tail.fetch_add(len, Ordering::AcqRel);
+        let start = self.hot.tail.fetch_add(len, Ordering::AcqRel);
         let end = start.saturating_add(len);
         if end <= self.len {
             Reserve::Fits(Slot {
                 map: self,
                 start,
                 end,
+                record: true,
             })
         } else if start < self.len {
             Reserve::Straddles(Slot {
                 map: self,
                 start,
                 end: self.len,
+                record: false,
             })
         } else {
             Reserve::Full
@@ -214,19 +264,49 @@ impl Mapping {
         }
     }
 
-    /// Records that slot `[start, end)` is finished and advances `completed`.
-    fn finish(&self, start: u64, end: u64) {
-        let mut pending = self.pending.lock();
-        let mut done = self.completed.load(Ordering::Acquire);
-        if start != done {
-            pending.insert(start, end);
+    /// Records that slot `[start, end)` is finished and advances `completed`
+    /// (protocol in the module doc).
+    fn finish(&self, start: u64, end: u64, record: bool) {
+        let hot = &self.hot;
+        if record {
+            // Monotone (fetch_max), because slots finish out of order. Set before
+            // `completed` moves, so whoever sees the bytes complete also sees it.
+            hot.last_record.fetch_max(start + 1, Ordering::AcqRel);
+        }
+        // Step 1.
+        if hot
+            .completed
+            .compare_exchange(start, end, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+        {
+            if hot.pending_count.load(Ordering::SeqCst) > 0 {
+                self.drain(&mut self.pending.lock());
+            }
             return;
         }
-        done = end;
-        while let Some(next_end) = pending.remove(&done) {
-            done = next_end;
+        // Step 2.
+        let mut pending = self.pending.lock();
+        pending.insert(start, (end, record));
+        hot.pending_count.fetch_add(1, Ordering::SeqCst);
+        self.drain(&mut pending);
+    }
+
+    /// Step 3: moves `completed` over every pending slot contiguous with it.
+    fn drain(&self, pending: &mut BTreeMap<u64, (u64, bool)>) {
+        let hot = &self.hot;
+        loop {
+            let done = hot.completed.load(Ordering::SeqCst);
+            let Some((end, _)) = pending.remove(&done) else {
+                return;
+            };
+            hot.pending_count.fetch_sub(1, Ordering::SeqCst);
+            // Only the owner of a slot starting at `done` could move `completed`
+            // from `done`, and that slot is the finished one just removed.
+            let moved = hot
+                .completed
+                .compare_exchange(done, end, Ordering::SeqCst, Ordering::Relaxed);
+            debug_assert!(moved.is_ok(), "completed moved under the pending lock");
         }
-        self.completed.store(done, Ordering::Release);
     }
 }
 
@@ -272,7 +352,7 @@ impl Slot<'_> {
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.map.finish(self.start, self.end);
+        self.map.finish(self.start, self.end, self.record);
     }
 }
 

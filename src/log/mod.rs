@@ -53,11 +53,11 @@ mod tests;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use parking_lot::{Condvar, Mutex, RwLock};
 use thiserror::Error;
 
@@ -311,13 +311,17 @@ struct Inner {
     max_record: usize,
     // I1: contiguous, oldest first; the last is the active segment.
     segs: RwLock<Vec<Arc<Segment>>>,
+    // The active segment (`segs.last()`), readable without the `segs` lock: the
+    // append path loads it once per record. Changed only under `roll`, after
+    // the segment was pushed onto `segs`.
+    active: ArcSwap<Segment>,
     roll: Mutex<()>,
     prep: Mutex<PrepState>,
     prep_cond: Condvar,
     commit: GroupCommit,
     completion: Notify,
-    last_lsn: AtomicU64,
-    has_last: AtomicBool,
+    // LSN of the last record found by recovery (appends since are tracked per mapping).
+    recovered_last: Option<u64>,
     snapshot: Mutex<Option<(u64, Vec<u8>)>>,
     shutdown: Mutex<bool>,
     shutdown_cond: Condvar,
@@ -388,19 +392,23 @@ impl Log {
             storage.track(&s.name, &s.map);
         }
         let last = report.last_lsn;
+        let active = ArcSwap::new(Arc::clone(
+            segs.last()
+                .ok_or_else(|| LogError::InvalidConfig("recovery left no segment".into()))?,
+        ));
         let inner = Arc::new(Inner {
             config,
             storage,
             log_id,
             max_record,
             segs: RwLock::new(segs),
+            active,
             roll: Mutex::new(()),
             prep: Mutex::new(PrepState::default()),
             prep_cond: Condvar::new(),
             commit: GroupCommit::new(synced),
             completion: Notify::default(),
-            last_lsn: AtomicU64::new(last.map_or(0, |l| l.0)),
-            has_last: AtomicBool::new(last.is_some()),
+            recovered_last: last.map(|l| l.0),
             snapshot: Mutex::new(snapshot),
             shutdown: Mutex::new(false),
             shutdown_cond: Condvar::new(),
@@ -492,7 +500,7 @@ impl Log {
         inner.commit.check()?;
         let flen = frame_len(record.len() as u64);
         loop {
-            let seg = inner.active();
+            let seg = inner.active.load();
             match seg.map.reserve(flen) {
                 Reserve::Fits(mut slot) => {
                     let lsn = seg.base() + slot.start();
@@ -501,8 +509,6 @@ impl Log {
                     let ok = slot.write(0, &header) && slot.write(FRAME_HEADER_LEN as u64, record);
                     drop(slot);
                     debug_assert!(ok, "slot sized by frame_len");
-                    inner.last_lsn.fetch_max(lsn, Ordering::AcqRel);
-                    inner.has_last.store(true, Ordering::Release);
                     inner.completion.notify_all();
                     return Ok(Lsn(lsn));
                 }
@@ -610,10 +616,14 @@ impl Log {
             segments: segs.len(),
             bytes_on_disk: segs.iter().map(|s| s.map.len()).sum::<u64>()
                 + snap.map_or(0, |(_, n)| n + snapshot::SNAPSHOT_HEADER_LEN as u64),
-            last_lsn: inner
-                .has_last
-                .load(Ordering::Acquire)
-                .then(|| Lsn(inner.last_lsn.load(Ordering::Acquire))),
+            // Appends since open are in the mappings (newest segment first);
+            // otherwise the last record is the one recovery found.
+            last_lsn: segs
+                .iter()
+                .rev()
+                .find_map(|s| s.map.last_record().map(|o| s.base() + o))
+                .or(inner.recovered_last)
+                .map(Lsn),
             snapshot_lsn: snap.map(|(l, _)| Lsn(l)),
             synced_lsn: Lsn(inner.commit.synced()),
         }
@@ -650,23 +660,25 @@ impl Drop for Log {
 }
 
 impl Inner {
-    fn active(&self) -> Arc<Segment> {
-        let segs = self.segs.read();
-        // I1: there is always at least one segment after open.
-        Arc::clone(
-            segs.last()
-                .unwrap_or_else(|| unreachable!("log has no segment")),
-        )
-    }
-
     /// The first LSN not yet handed out.
     fn reserved_end(&self) -> u64 {
-        let a = self.active();
+        let a = self.active.load();
         a.base() + a.map.tail().min(a.map.len())
     }
 
     /// W1 across segments: every frame below the result is complete.
     fn completed(&self) -> u64 {
+        let a = self.active.load();
+        if a.older_complete() {
+            // A newer segment may be active by now; this is still a lower bound.
+            return a.base() + a.map.completed();
+        }
+        drop(a);
+        self.completed_slow()
+    }
+
+    /// W1 from the segment list; marks segments whose predecessors are all complete.
+    fn completed_slow(&self) -> u64 {
         let segs = self.segs.read();
         let synced = self.commit.synced();
         let first = segs
@@ -674,6 +686,9 @@ impl Inner {
             .min(segs.len().saturating_sub(1));
         let mut c = segs.get(first).map_or(0, |s| s.base());
         for s in segs.iter().skip(first) {
+            // Segments before `first` end at or below `synced <= completed`, and
+            // the loop returned at any incomplete one from `first` on.
+            s.set_older_complete();
             let sc = s.map.completed();
             if sc < s.map.len() {
                 return s.base() + sc;
@@ -716,7 +731,7 @@ impl Inner {
     /// Installs the segment after `full` as active (once, whoever comes first).
     fn roll_over(&self, full: &Arc<Segment>) -> Result<(), LogError> {
         let _g = self.roll.lock();
-        if self.active().header.segment_id != full.header.segment_id {
+        if self.active.load().header.segment_id != full.header.segment_id {
             return Ok(());
         }
         self.commit.check()?;
@@ -724,7 +739,8 @@ impl Inner {
         let next = self.take_prepared(id, base)?;
         let next = Arc::new(next);
         self.storage.track(&next.name, &next.map);
-        self.segs.write().push(next);
+        self.segs.write().push(Arc::clone(&next));
+        self.active.store(next);
         self.request_next();
         self.completion.notify_all();
         Ok(())
@@ -749,7 +765,7 @@ impl Inner {
     }
 
     fn request_next(&self) {
-        let a = self.active();
+        let a = self.active.load();
         let mut st = self.prep.lock();
         st.want = Some((a.header.segment_id + 1, a.end()));
         self.prep_cond.notify_all();
@@ -819,11 +835,7 @@ fn new_segment(storage: &dyn Storage, header: SegmentHeader) -> Result<Segment, 
         .create_segment(&name, header.segment_len, &header.encode())
         .map_err(io_err(format!("creating segment {name}")))?;
     map.set_tail(SEGMENT_HEADER_LEN);
-    Ok(Segment {
-        header,
-        name,
-        map: Arc::new(map),
-    })
+    Ok(Segment::new(header, name, Arc::new(map)))
 }
 
 struct Recovered {
@@ -982,11 +994,8 @@ fn recover(storage: &dyn Storage, config: &LogConfig) -> Result<Recovered, LogEr
     let mut segs: Vec<Segment> = maps
         .into_iter()
         .filter_map(|(name, h, map)| {
-            h.ok().map(|header| Segment {
-                header,
-                name,
-                map: Arc::new(map),
-            })
+            h.ok()
+                .map(|header| Segment::new(header, name, Arc::new(map)))
         })
         .collect();
     let scan = {

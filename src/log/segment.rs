@@ -18,6 +18,7 @@
 //! starts where segment `k` ends (`base_lsn + segment_len`), so LSNs are
 //! logical byte positions in one unbounded stream (as in ARIES, Mohan et al. 1992).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -149,9 +150,32 @@ pub(crate) struct Segment {
     pub(crate) header: SegmentHeader,
     pub(crate) name: String,
     pub(crate) map: Arc<Mapping>,
+    // Set once every segment before this one was seen fully completed; never cleared
+    // (completion only grows). Lets the log compute W1 from this segment alone.
+    older_complete: AtomicBool,
 }
 
 impl Segment {
+    /// A segment over `map`; nothing is known yet about the segments before it.
+    pub(crate) fn new(header: SegmentHeader, name: String, map: Arc<Mapping>) -> Segment {
+        Segment {
+            header,
+            name,
+            map,
+            older_complete: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether every segment before this one is known to be fully completed.
+    pub(crate) fn older_complete(&self) -> bool {
+        self.older_complete.load(Ordering::Acquire)
+    }
+
+    /// Records that every segment before this one is fully completed.
+    pub(crate) fn set_older_complete(&self) {
+        self.older_complete.store(true, Ordering::Release);
+    }
+
     /// LSN of byte 0 of the file.
     pub(crate) fn base(&self) -> u64 {
         self.header.base_lsn

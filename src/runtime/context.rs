@@ -114,13 +114,13 @@ pub struct TaskContext {
 pub(crate) struct ContextInner {
     pub(crate) core: Weak<Core>,
     pub(crate) ctl: Arc<AttemptCtl>,
-    pub(crate) name: String,
+    pub(crate) name: Arc<str>,
     pub(crate) payload: Value,
     pub(crate) result: Option<Value>,
     pub(crate) context: Option<Vec<u8>>,
     pub(crate) stage: u32,
     pub(crate) retry_count: u32,
-    pub(crate) worker: String,
+    pub(crate) worker: Arc<str>,
     pub(crate) parent_id: Option<TaskId>,
     pub(crate) root_id: Option<TaskId>,
 }

@@ -108,7 +108,7 @@ impl Waiters {
 /// Worker identity.
 pub(crate) struct WorkerInfo {
     pub(crate) pool: usize,
-    pub(crate) name: String,
+    pub(crate) name: std::sync::Arc<str>,
 }
 
 /// The shared core of a manager.
@@ -232,10 +232,7 @@ impl Core {
             return;
         }
         let Some(e) = shard.get(id) else { return };
-        let name = match self.registry.get(&e.task.name) {
-            Some(r) => r.name.clone(),
-            None => Arc::from(e.task.name.as_str()),
-        };
+        let name = e.task.name.clone();
         let item = ReadyItem {
             priority: e.task.priority,
             ready_at: e.task.next_run_time,

@@ -140,7 +140,7 @@ impl Core {
         };
         Ok(NewTask {
             id: TaskId(0),
-            name: reg.name.to_string(),
+            name: reg.name.clone(),
             kind,
             payload,
             priority: o.priority.or(reg.options.priority).unwrap_or(d.priority),

@@ -138,7 +138,7 @@ impl Core {
         Some(self.job(e, reg, worker, now))
     }
 
-    fn job(self: &Arc<Self>, e: &TaskEntry, reg: Arc<Registered>, worker: String, now: u64) -> Job {
+    fn job(self: &Arc<Self>, e: &TaskEntry, reg: Arc<Registered>, worker: Arc<str>, now: u64) -> Job {
         let t = &e.task;
         let deadline = if t.timeout_ms == 0 { u64::MAX } else { now.saturating_add(t.timeout_ms) };
         let hb = reg.options.heartbeat_window.map_or(0, |d| d.as_millis() as u64);
@@ -235,7 +235,7 @@ impl Core {
             }
             Ok(Outcome::Spawn { children, context }) => match self.children(&shard, e, children, now) {
                 Ok(subs) => {
-                    let list = subs.iter().map(|c| (c.id, c.name.clone())).collect();
+                    let list = subs.iter().map(|c| (c.id, c.name.to_string())).collect();
                     let mut batch = vec![Record::Spawn { id, attempt, children: list, context, at_ms: now }];
                     batch.extend(subs.into_iter().map(|c| Record::Submit(Box::new(c))));
                     batch
@@ -307,7 +307,7 @@ impl Core {
                 }
                 Ok(NewTask {
                     id: self.store.alloc_id(Some(p.id)),
-                    name: reg.name.to_string(),
+                    name: reg.name.clone(),
                     kind: TaskKind::Async,
                     payload: c.payload,
                     priority: c.priority.or(o.priority).unwrap_or(p.priority),
