@@ -77,6 +77,7 @@ struct Ledger {
 }
 
 struct Paths {
+    root: PathBuf,
     data: PathBuf,
     ran: PathBuf,
 }
@@ -94,7 +95,7 @@ fn prepare(a: &CrashArgs) -> std::io::Result<Paths> {
         std::fs::remove_file(&ran)?;
     }
     std::fs::create_dir_all(&root)?;
-    Ok(Paths { data, ran })
+    Ok(Paths { root, data, ran })
 }
 
 fn durability_flag(d: DurabilityArg) -> &'static str {
@@ -301,6 +302,10 @@ pub fn run(a: &CrashArgs) -> CliResult {
         );
         println!("  reopen times (ms): {:?}", l.recovery_ms);
         println!("{}", if ok { "PASS" } else { "FAIL" });
+    }
+    if ok && a.dir.is_none() {
+        // Our own temp directory: keep it only when there is something to look at.
+        let _ = std::fs::remove_dir_all(&p.root);
     }
     Ok(if ok {
         ExitCode::SUCCESS
