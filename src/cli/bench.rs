@@ -4,7 +4,8 @@
 //!    handler records `Instant::now()` at its start; the difference to the instant
 //!    before `submit` is one sample. The baseline hands one job (an `Instant`) over a
 //!    crossbeam channel to the same number of parked threads and measures the same
-//!    span. Both sides pause `GAP` between samples so the workers park again.
+//!    span. Samples alternate between the two (same machine load), with a pause of
+//!    `--gap-us` (default 300 µs) before each so the workers park again.
 //! 2. Throughput: one producer submits no-op tasks in batches while the machine's
 //!    cores run them (in memory); end to end means until `count_by_status` reports
 //!    them all completed. The baseline pushes no-op jobs through a crossbeam channel
@@ -23,8 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Pause between latency samples, long enough for a worker to park again.
-const GAP: Duration = Duration::from_micros(300);
 /// No-op tasks per throughput round.
 const TASKS_PER_ROUND: u64 = 200_000;
 /// No-op jobs per baseline throughput round.
@@ -41,6 +40,9 @@ pub struct BenchArgs {
     /// Total time budget in seconds (split over the four measurements).
     #[arg(long, default_value_t = 8.0)]
     pub seconds: f64,
+    /// Pause before each latency sample, in microseconds, so the workers park.
+    #[arg(long, default_value_t = 300)]
+    pub gap_us: u64,
 }
 
 /// Percentiles of latency samples, in microseconds.
@@ -69,7 +71,58 @@ fn percentiles(mut v: Vec<Duration>) -> Percentiles {
     }
 }
 
-fn fibflow_latency(workers: usize, budget: Duration) -> fibflow::Result<Percentiles> {
+/// The parked-thread baseline of the latency measurement.
+struct Parked {
+    jobs: Option<channel::Sender<Instant>>,
+    started: channel::Receiver<Instant>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Parked {
+    fn new(workers: usize) -> Parked {
+        let (jobs, job_rx) = channel::unbounded::<Instant>();
+        let (done_tx, started) = channel::unbounded::<Instant>();
+        let threads = (0..workers)
+            .map(|_| {
+                let (rx, tx) = (job_rx.clone(), done_tx.clone());
+                std::thread::spawn(move || {
+                    while rx.recv().is_ok() {
+                        let _ = tx.send(Instant::now());
+                    }
+                })
+            })
+            .collect();
+        Parked {
+            jobs: Some(jobs),
+            started,
+            threads,
+        }
+    }
+
+    fn sample(&self) -> Option<Duration> {
+        let t0 = Instant::now();
+        self.jobs.as_ref()?.send(t0).ok()?;
+        let started = self.started.recv().ok()?;
+        Some(started.saturating_duration_since(t0))
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Latency of fibflow and of the baseline, sampled alternately so that both see
+/// the same machine load: `(fibflow, baseline)`.
+fn latency(
+    workers: usize,
+    budget: Duration,
+    gap: Duration,
+) -> fibflow::Result<(Percentiles, Percentiles)> {
     let mgr = TaskManager::builder()
         .memory()
         .max_concurrent_tasks(workers)
@@ -80,49 +133,22 @@ fn fibflow_latency(workers: usize, budget: Duration) -> fibflow::Result<Percenti
         Ok(Value::Null.into())
     })?;
     mgr.start()?;
-    let mut samples = Vec::new();
+    let base = Parked::new(workers);
+    let (mut fib, mut baseline) = (Vec::new(), Vec::new());
     let until = Instant::now() + budget;
-    while Instant::now() < until || samples.len() < 100 {
-        std::thread::sleep(GAP);
+    while Instant::now() < until || fib.len() < 100 {
+        std::thread::sleep(gap);
+        let Some(b) = base.sample() else { break };
+        baseline.push(b);
+        std::thread::sleep(gap);
         let t0 = Instant::now();
         let id = mgr.submit("bench.start", Value::Null)?;
         let Ok(started) = rx.recv() else { break };
-        samples.push(started.saturating_duration_since(t0));
+        fib.push(started.saturating_duration_since(t0));
         mgr.wait(id, Duration::from_secs(30))?;
     }
     mgr.stop(Duration::from_secs(5))?;
-    Ok(percentiles(samples))
-}
-
-fn baseline_latency(workers: usize, budget: Duration) -> Percentiles {
-    let (job_tx, job_rx) = channel::unbounded::<Instant>();
-    let (done_tx, done_rx) = channel::unbounded::<Instant>();
-    let threads: Vec<_> = (0..workers)
-        .map(|_| {
-            let (rx, tx) = (job_rx.clone(), done_tx.clone());
-            std::thread::spawn(move || {
-                while rx.recv().is_ok() {
-                    let _ = tx.send(Instant::now());
-                }
-            })
-        })
-        .collect();
-    let mut samples = Vec::new();
-    let until = Instant::now() + budget;
-    while Instant::now() < until || samples.len() < 100 {
-        std::thread::sleep(GAP);
-        let t0 = Instant::now();
-        if job_tx.send(t0).is_err() {
-            break;
-        }
-        let Ok(started) = done_rx.recv() else { break };
-        samples.push(started.saturating_duration_since(t0));
-    }
-    drop(job_tx);
-    for t in threads {
-        let _ = t.join();
-    }
-    percentiles(samples)
+    Ok((percentiles(fib), percentiles(baseline)))
 }
 
 /// One throughput round: tasks per second, end to end.
@@ -230,14 +256,14 @@ pub fn run(a: &BenchArgs) -> CliResult {
     let n = cores();
     let total = Duration::from_secs_f64(a.seconds.max(0.4));
     let part = |f: f64| total.mul_f64(f);
-    let base_lat = baseline_latency(n, part(0.2));
-    let fib_lat = fibflow_latency(n, part(0.3))?;
+    let (fib_lat, base_lat) = latency(n, part(0.5), Duration::from_micros(a.gap_us))?;
     let (base_tput, base_rounds) =
         rounds(part(0.15), || Ok::<f64, fibflow::Error>(baseline_round(n)))?;
     let (fib_tput, fib_rounds) = rounds(part(0.35), || fibflow_round(n))?;
     let v = json!({
         "workers": n,
         "seconds": a.seconds,
+        "gap_us": a.gap_us,
         "latency_samples": fib_lat.samples,
         "baseline_latency_samples": base_lat.samples,
         "submit_start_p50_us": round(fib_lat.p50, 2),
