@@ -283,7 +283,7 @@ impl TaskManager {
             .ok_or(Error::NotFound(root))?;
         let mut evs: Vec<Event> = entries
             .iter()
-            .flat_map(|e| e.events.iter().cloned())
+            .flat_map(TaskEntry::event_list)
             .collect();
         sort_events(&mut evs);
         let all_tasks = entries.into_iter().map(|e| e.task).collect();
@@ -413,7 +413,7 @@ pub(crate) fn retention_batch(
 /// First and last event time of each stage of the root.
 fn stage_timings(root: &TaskEntry) -> Vec<StageTiming> {
     let mut by_stage: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
-    for ev in &root.events {
+    for ev in &root.event_list() {
         let s = by_stage.entry(ev.stage).or_insert((ev.time, ev.time));
         s.0 = s.0.min(ev.time);
         s.1 = s.1.max(ev.time);

@@ -342,14 +342,15 @@ impl TaskManager {
         }
         self.core.dispatch.wake_all();
         let until = Instant::now() + deadline;
-        {
+        let all_done = {
             let mut live = self.core.live.0.lock();
             while *live > 0 {
                 if self.core.live.1.wait_until(&mut live, until).timed_out() {
                     break;
                 }
             }
-        }
+            *live == 0
+        };
         let interrupted = self.core.interrupt_running();
         self.core.timer.stop();
         if let Some(t) = self.timer_thread.lock().take() {
@@ -357,7 +358,10 @@ impl TaskManager {
         }
         let done: Vec<JoinHandle<()>> = self.threads.lock().drain(..).collect();
         for h in done {
-            if h.is_finished() {
+            // Every loop has ended, so joining is immediate; it also makes sure the
+            // threads dropped their handle on the core, so the log (and its
+            // directory lock) is released when the manager is dropped.
+            if all_done || h.is_finished() {
                 let _ = h.join();
             }
         }

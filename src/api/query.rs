@@ -205,7 +205,7 @@ impl TaskManager {
 
     /// The audit events of a task, in order.
     pub fn events(&self, id: TaskId) -> Result<Vec<Event>> {
-        self.entry(id, |e| e.events.clone())
+        self.entry(id, TaskEntry::event_list)
     }
 
     /// The attempts of a task, in order.

@@ -76,6 +76,37 @@ impl FromStr for EventType {
     }
 }
 
+/// An audit row as the engine keeps it: 32 bytes, with what the task already
+/// knows (ids, worker of the attempt) left out and rare fields boxed.
+/// [`TaskEntry::event_list`](super::TaskEntry::event_list) turns rows into [`Event`]s.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct EventRow {
+    /// When.
+    pub time: UnixMs,
+    /// The attempt involved, 0 for none.
+    pub attempt: u32,
+    /// The task's stage at the time.
+    pub stage: u32,
+    /// What happened.
+    pub ty: EventType,
+    /// Status before.
+    pub from: Option<TaskStatus>,
+    /// Status after.
+    pub to: Option<TaskStatus>,
+    /// Message and metadata, when there are any.
+    pub extra: Option<Box<EventExtra>>,
+}
+
+/// The rarely present parts of an event.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct EventExtra {
+    /// Free text.
+    pub message: Option<String>,
+    /// Structured details.
+    #[serde(with = "crate::codec::json_value")]
+    pub metadata: Value,
+}
+
 /// One audit row.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct Event {

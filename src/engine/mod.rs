@@ -69,8 +69,8 @@ pub enum TransitionError {
 pub struct TaskEntry {
     /// The task snapshot.
     pub task: Task,
-    /// Its audit events, in order.
-    pub events: Vec<Event>,
+    /// Its audit events, in order, compactly (see [`TaskEntry::event_list`]).
+    pub events: Vec<audit::EventRow>,
     /// Its attempts, in order.
     pub attempts: Vec<Attempt>,
     /// The child round the task waits on, if suspended for children.
@@ -79,6 +79,42 @@ pub struct TaskEntry {
     pub suspend_reason: Option<String>,
     /// Attempts interrupted by a stop in a row (reset by any other outcome).
     pub interruptions: u32,
+}
+
+impl TaskEntry {
+    /// The task's events in full.
+    pub fn event_list(&self) -> Vec<Event> {
+        (0..self.events.len()).filter_map(|i| self.event(i)).collect()
+    }
+
+    /// Event `i` in full: ids from the task, worker from the attempt.
+    pub fn event(&self, i: usize) -> Option<Event> {
+        let row = self.events.get(i)?;
+        let t = &self.task;
+        let attempt = (row.attempt > 0).then_some(row.attempt);
+        let worker = attempt
+            .and_then(|n| self.attempts.get(n as usize - 1))
+            .map(|a| a.worker.clone());
+        let (message, metadata) = match &row.extra {
+            Some(x) => (x.message.clone(), x.metadata.clone()),
+            None => (None, serde_json::Value::Null),
+        };
+        Some(Event {
+            id: i as u64,
+            task_id: t.id,
+            root_id: t.root_id,
+            parent_id: t.parent_id,
+            event_type: row.ty,
+            from_status: row.from,
+            to_status: row.to,
+            stage: row.stage,
+            worker,
+            attempt,
+            time: row.time,
+            message,
+            metadata,
+        })
+    }
 }
 
 /// What a transition means for the world outside the engine.
@@ -94,7 +130,7 @@ pub struct Applied {
     /// A child finished for good: deliver this to its parent as a `ChildDone` record.
     pub notify_parent: Option<ParentNotice>,
     /// The task was deleted; its dedup key (if any) is free.
-    pub deleted: Option<Task>,
+    pub deleted: Option<Box<Task>>,
 }
 
 /// A child's final outcome, to be appended as a `ChildDone` record on the parent.
@@ -133,10 +169,12 @@ impl std::hash::Hasher for IdHasher {
 /// A map keyed by task id.
 pub type IdMap<V> = HashMap<TaskId, V, std::hash::BuildHasherDefault<IdHasher>>;
 
-/// The task table of one shard.
+/// The task table of one shard. Entries are boxed: a hash table keeps spare
+/// slots (up to half of them right after it grows), and a spare slot of a boxed
+/// entry costs 8 bytes instead of the entry's full size.
 #[derive(Default, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Shard {
-    tasks: IdMap<TaskEntry>,
+    tasks: IdMap<Box<TaskEntry>>,
 }
 
 impl Shard {
@@ -147,12 +185,12 @@ impl Shard {
 
     /// The entry of a task.
     pub fn get(&self, id: TaskId) -> Option<&TaskEntry> {
-        self.tasks.get(&id)
+        self.tasks.get(&id).map(|b| &**b)
     }
 
     /// Every entry, in no particular order.
     pub fn entries(&self) -> impl Iterator<Item = &TaskEntry> {
-        self.tasks.values()
+        self.tasks.values().map(|b| &**b)
     }
 
     /// Number of tasks.
@@ -167,7 +205,7 @@ impl Shard {
 
     /// Inserts an entry restored from a snapshot.
     pub fn restore(&mut self, entry: TaskEntry) {
-        self.tasks.insert(entry.task.id, entry);
+        self.tasks.insert(entry.task.id, Box::new(entry));
     }
 
     /// Applies one record. On error the shard is unchanged.
@@ -177,7 +215,7 @@ impl Shard {
 
     /// The entry of a task, mutably: only for the runtime's rebuild after replay.
     pub fn get_mut(&mut self, id: TaskId) -> Option<&mut TaskEntry> {
-        self.tasks.get_mut(&id)
+        self.tasks.get_mut(&id).map(|b| &mut **b)
     }
 }
 

@@ -198,7 +198,7 @@ fn replay(log: &[Vec<u8>]) -> Vec<Shard> {
 /// engine-made exceptions (quarantine, fail_parent on a cron parent).
 fn check_table(shard: &Shard) {
     for e in shard.entries() {
-        for ev in &e.events {
+        for ev in &e.event_list() {
             if let (Some(from), Some(to)) = (ev.from_status, ev.to_status) {
                 let exception = (from == TaskStatus::Pending && to == TaskStatus::PermanentlyFailed)
                     || (from == TaskStatus::Suspended && to == TaskStatus::Paused)

@@ -3,7 +3,7 @@
 //! Each function checks every precondition before it changes anything, so a refused
 //! record leaves the task untouched.
 
-use super::audit::{Event, EventType};
+use super::audit::{EventExtra, EventRow, EventType};
 use super::task::{Attempt, AttemptOutcome, Task, TaskStatus};
 use super::workflow::Round;
 use super::{Applied, ParentNotice, TaskEntry, TransitionError};
@@ -13,7 +13,7 @@ use crate::codec::{
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-type Tasks = super::IdMap<TaskEntry>;
+type Tasks = super::IdMap<Box<TaskEntry>>;
 
 /// Appends events numbered per task: event `id` is the event's index in its task's
 /// history, so replay numbers them exactly as live operation did.
@@ -60,23 +60,18 @@ impl Sink {
     #[allow(clippy::unused_self)]
     fn emit(&mut self, entry: &mut TaskEntry, at: UnixMs, row: Row) {
         let t = &mut entry.task;
-        let id = entry.events.len() as u64;
         t.last_event_time = Some(at);
         t.last_event_type = Some(row.ty);
-        entry.events.push(Event {
-            id,
-            task_id: t.id,
-            root_id: t.root_id,
-            parent_id: t.parent_id,
-            event_type: row.ty,
-            from_status: row.change.map(|c| c.0),
-            to_status: row.change.map(|c| c.1),
-            stage: t.stage,
-            worker: row.attempt.and(t.worker.clone()),
-            attempt: row.attempt,
+        let extra = (row.message.is_some() || !row.metadata.is_null())
+            .then(|| Box::new(EventExtra { message: row.message, metadata: row.metadata }));
+        entry.events.push(EventRow {
             time: at,
-            message: row.message,
-            metadata: row.metadata,
+            attempt: row.attempt.unwrap_or(0),
+            stage: t.stage,
+            ty: row.ty,
+            from: row.change.map(|c| c.0),
+            to: row.change.map(|c| c.1),
+            extra,
         });
     }
 }
@@ -124,13 +119,13 @@ pub(super) fn apply(tasks: &mut Tasks, record: Record) -> Result<Applied, Transi
         }
         Record::Delete { id } => {
             let entry = tasks.remove(&id).ok_or(TransitionError::NotFound(id))?;
-            Ok(Applied { deleted: Some(entry.task), ..Applied::default() })
+            Ok(Applied { deleted: Some(Box::new(entry.task)), ..Applied::default() })
         }
     }
 }
 
 fn get(tasks: &mut Tasks, id: TaskId) -> Result<&mut TaskEntry, TransitionError> {
-    tasks.get_mut(&id).ok_or(TransitionError::NotFound(id))
+    tasks.get_mut(&id).map(|b| &mut **b).ok_or(TransitionError::NotFound(id))
 }
 
 /// The write must come from the attempt that owns the running task.
@@ -228,7 +223,7 @@ fn submit(tasks: &mut Tasks, s: &mut Sink, new: NewTask) -> Result<Applied, Tran
         interruptions: 0,
     };
     s.emit(&mut entry, at, Row::new(EventType::Created).change(TaskStatus::Pending, TaskStatus::Pending));
-    tasks.insert(entry.task.id, entry);
+    tasks.insert(entry.task.id, Box::new(entry));
     Ok(Applied { ready_at: Some(ready_at), ..Applied::default() })
 }
 

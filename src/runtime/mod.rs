@@ -79,6 +79,9 @@ impl GlobalSlots {
             })
             .is_ok()
     }
+    fn is_full(&self) -> bool {
+        self.running.load(Ordering::Relaxed) >= self.cap
+    }
     /// Returns a slot; true if the limit was reached before.
     fn release(&self) -> bool {
         self.running.fetch_sub(1, Ordering::AcqRel) >= self.cap

@@ -69,22 +69,29 @@ impl Core {
 
     /// Takes the best task this worker may run, with its slots, and claims it.
     fn try_take(self: &Arc<Self>, w: usize) -> Option<Job> {
-        if !self.gate_open() || !self.global.try_acquire() {
-            return None;
-        }
+        // The global slot is taken only once there is a task to run, so
+        // `running()` never counts workers that are merely looking for work.
         for _ in 0..64 {
-            let Some((queue, item, reg)) = self.pick(w) else { break };
+            if !self.gate_open() || self.global.is_full() {
+                return None;
+            }
+            let (queue, item, reg) = self.pick(w)?;
             if !reg.slots.try_acquire() {
                 queue.set.insert(item); // lost the last slot to another worker: put back
                 continue;
+            }
+            if !self.global.try_acquire() {
+                reg.slots.release();
+                queue.set.insert(item);
+                return None;
             }
             if let Some(job) = self.claim(w, &item, reg.clone()) {
                 return Some(job);
             }
             reg.slots.release();
-        }
-        if self.global.release() {
-            self.dispatch.wake_each_pool();
+            if self.global.release() {
+                self.dispatch.wake_each_pool();
+            }
         }
         None
     }
