@@ -106,6 +106,18 @@ fn durability_flag(d: DurabilityArg) -> &'static str {
     }
 }
 
+/// This binary. On Linux, when it was replaced on disk while running (a rebuild),
+/// `current_exe` ends in " (deleted)"; the new file at the old path is the same
+/// program, so use that.
+fn child_exe() -> std::io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let text = exe.to_string_lossy();
+    Ok(match text.strip_suffix(" (deleted)") {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    })
+}
+
 /// Runs one child on `tasks` tasks; kills it after `kill_after` stdout lines (if it
 /// gets that far). Returns whether it was killed and its last line.
 fn run_child(
@@ -115,8 +127,8 @@ fn run_child(
     kill_after: Option<u64>,
     l: &mut Ledger,
 ) -> std::io::Result<(bool, String)> {
-    let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
+    let exe = child_exe()?;
+    let mut child = Command::new(&exe)
         .args(["demo", "--dir"])
         .arg(&p.data)
         .args(["--tasks", &tasks.to_string(), "--seed", &a.seed.to_string()])
@@ -125,7 +137,13 @@ fn run_child(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .spawn()?;
+        .spawn()
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot start the demo child {}: {e}", exe.display()),
+            )
+        })?;
     let stdout = child
         .stdout
         .take()
