@@ -21,6 +21,13 @@ fn plain_success_has_exactly_four_events() {
     let t = mgr.wait(id, PATIENCE).unwrap();
     assert_eq!(t.status, TaskStatus::Completed);
     assert_eq!(t.result, Some(json!({"x": 1})));
+    let as_json = serde_json::to_value(&t).unwrap();
+    assert_eq!(
+        as_json["payload"],
+        json!({"x": 1}),
+        "snapshots serialize to natural JSON"
+    );
+    assert_eq!(as_json["result"], json!({"x": 1}));
     assert_eq!(
         event_names(&mgr, id),
         [

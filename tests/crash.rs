@@ -26,13 +26,22 @@ fn main() {
         child(Path::new(&dir), generation);
         return;
     }
-    let iters: u32 = std::env::var("FIBFLOW_CRASH_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
-    let seed: u64 = std::env::var("FIBFLOW_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_f1b);
+    let iters: u32 = std::env::var("FIBFLOW_CRASH_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let seed: u64 = std::env::var("FIBFLOW_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x05ee_df1b);
     println!("crash test: {iters} kills, seed {seed} (FIBFLOW_CRASH_SEED to replay)");
     let started = Instant::now();
     match parent(iters, seed) {
         Ok(()) => {
-            println!("crash test finished in {:.1}s", started.elapsed().as_secs_f64());
+            println!(
+                "crash test finished in {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
             println!("crash: 1 passed, 0 failed");
         }
         Err(msg) => {
@@ -44,11 +53,19 @@ fn main() {
 }
 
 fn manager(dir: &Path, generation: u32) -> TaskManager {
-    let mgr = TaskManager::builder().dir(dir).max_concurrent_tasks(2).segment_size(1 << 20).build().unwrap();
+    let mgr = TaskManager::builder()
+        .dir(dir)
+        .max_concurrent_tasks(2)
+        .segment_size(1 << 20)
+        .build()
+        .unwrap();
     let ran = dir.join("ran.log");
     mgr.register("job", move |ctx| {
         // Side effect outside the log: which process generation ran which task.
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&ran)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&ran)?;
         writeln!(f, "{} {}", generation, ctx.id())?;
         Ok(json!({"n": ctx.payload()["n"]}).into())
     })
@@ -63,7 +80,13 @@ fn child(dir: &Path, generation: u32) {
     let out = std::io::stdout();
     let mut ids = Vec::new();
     for chunk in (0..TASKS).collect::<Vec<_>>().chunks(8) {
-        let batch = chunk.iter().map(|&n| ("job".to_string(), json!({"n": n}), SubmitOptions::new().dedup_key(format!("t{n}"))));
+        let batch = chunk.iter().map(|&n| {
+            (
+                "job".to_string(),
+                json!({"n": n}),
+                SubmitOptions::new().dedup_key(format!("t{n}")),
+            )
+        });
         let got = mgr.submit_batch(batch).unwrap();
         let mut o = out.lock();
         for id in &got {
@@ -97,12 +120,17 @@ fn run_child(dir: &Path, generation: u32, kill_after: Option<usize>) -> Result<R
         .spawn()
         .map_err(|e| e.to_string())?;
     let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut round = Round { acked: HashSet::new(), done: HashSet::new() };
-    let mut lines = 0;
-    for line in BufReader::new(stdout).lines() {
+    let mut round = Round {
+        acked: HashSet::new(),
+        done: HashSet::new(),
+    };
+    for (n, line) in BufReader::new(stdout).lines().enumerate() {
         let line = line.map_err(|e| e.to_string())?;
         let mut parts = line.split_whitespace();
-        match (parts.next(), parts.next().and_then(|s| s.parse::<u64>().ok())) {
+        match (
+            parts.next(),
+            parts.next().and_then(|s| s.parse::<u64>().ok()),
+        ) {
             (Some("ack"), Some(id)) => {
                 round.acked.insert(id);
             }
@@ -111,8 +139,7 @@ fn run_child(dir: &Path, generation: u32, kill_after: Option<usize>) -> Result<R
             }
             _ => return Err(format!("unexpected child output: {line}")),
         }
-        lines += 1;
-        if kill_after.is_some_and(|k| lines >= k) {
+        if kill_after.is_some_and(|k| n + 1 >= k) {
             child.kill().map_err(|e| e.to_string())?; // SIGKILL on Unix
             break;
         }
@@ -127,18 +154,29 @@ fn run_child(dir: &Path, generation: u32, kill_after: Option<usize>) -> Result<R
 /// Reopens the directory in this process and checks what earlier rounds acknowledged.
 fn check_reopen(dir: &Path, acked: &HashSet<u64>, done: &HashSet<u64>) -> Result<Duration, String> {
     let t0 = Instant::now();
-    let mgr = TaskManager::builder().dir(dir).segment_size(1 << 20).build().map_err(|e| e.to_string())?;
+    let mgr = TaskManager::builder()
+        .dir(dir)
+        .segment_size(1 << 20)
+        .build()
+        .map_err(|e| e.to_string())?;
     let took = t0.elapsed();
     for id in acked {
-        let t = mgr.get_task(TaskId(*id)).ok_or(format!("acknowledged task {id} lost"))?;
+        let t = mgr
+            .get_task(TaskId(*id))
+            .ok_or(format!("acknowledged task {id} lost"))?;
         if t.status == TaskStatus::Running {
             return Err(format!("task {id} still running after recovery"));
         }
     }
     for id in done {
-        let t = mgr.get_task(TaskId(*id)).ok_or(format!("completed task {id} lost"))?;
+        let t = mgr
+            .get_task(TaskId(*id))
+            .ok_or(format!("completed task {id} lost"))?;
         if t.status != TaskStatus::Completed {
-            return Err(format!("acknowledged completion of {id} became {}", t.status));
+            return Err(format!(
+                "acknowledged completion of {id} became {}",
+                t.status
+            ));
         }
     }
     Ok(took)
@@ -163,12 +201,19 @@ fn parent(iters: u32, seed: u64) -> Result<(), String> {
     }
     let last = run_child(&dir, iters, None)?;
     if last.done.len() != TASKS {
-        return Err(format!("final run completed {} of {TASKS}", last.done.len()));
+        return Err(format!(
+            "final run completed {} of {TASKS}",
+            last.done.len()
+        ));
     }
     acked.extend(last.acked);
     check_reruns(&dir, &done_at)?;
     let slowest = recovery.iter().max().copied().unwrap_or_default();
-    println!("crash test: {} acknowledged tasks, 0 lost, 0 re-run completions, slowest reopen {:?}", acked.len(), slowest);
+    println!(
+        "crash test: {} acknowledged tasks, 0 lost, 0 re-run completions, slowest reopen {:?}",
+        acked.len(),
+        slowest
+    );
     Ok(())
 }
 
@@ -177,11 +222,16 @@ fn check_reruns(dir: &Path, done_at: &HashMap<u64, u32>) -> Result<(), String> {
     let text = std::fs::read_to_string(dir.join("ran.log")).map_err(|e| e.to_string())?;
     for line in text.lines() {
         let mut p = line.split_whitespace();
-        let (Some(g), Some(id)) = (p.next().and_then(|s| s.parse::<u32>().ok()), p.next().and_then(|s| s.parse::<u64>().ok())) else {
+        let (Some(g), Some(id)) = (
+            p.next().and_then(|s| s.parse::<u32>().ok()),
+            p.next().and_then(|s| s.parse::<u64>().ok()),
+        ) else {
             continue; // a line torn by the kill
         };
         if done_at.get(&id).is_some_and(|&acked_in| g > acked_in) {
-            return Err(format!("task {id} ran again in generation {g} after its completion was acknowledged"));
+            return Err(format!(
+                "task {id} ran again in generation {g} after its completion was acknowledged"
+            ));
         }
     }
     Ok(())

@@ -5,39 +5,57 @@ mod common;
 
 use common::{eventually, PATIENCE};
 use fibflow::{
-    ChildSpec, Durability, Error, Outcome, RetentionPolicy, SubmitOptions, TaskFilter, TaskManager, TaskStatus,
+    ChildSpec, Durability, Error, Outcome, RetentionPolicy, SubmitOptions, TaskFilter, TaskManager,
+    TaskStatus,
 };
 use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
 
 fn open(dir: &Path) -> TaskManager {
-    let mgr = TaskManager::builder().dir(dir).segment_size(1 << 20).build().unwrap();
+    let mgr = TaskManager::builder()
+        .dir(dir)
+        .segment_size(1 << 20)
+        .build()
+        .unwrap();
     register(&mgr);
     mgr
 }
 
 fn register(mgr: &TaskManager) {
-    mgr.register("ok", |ctx| Ok(json!({"echo": ctx.payload().clone()}).into())).unwrap();
-    mgr.register_with("flaky", fibflow::HandlerOptions::new().max_retries(2), |ctx| {
-        if ctx.retry_count() == 0 {
-            Err("first try fails".into())
-        } else {
-            Ok(json!("second").into())
-        }
-    })
+    mgr.register(
+        "ok",
+        |ctx| Ok(json!({"echo": ctx.payload().clone()}).into()),
+    )
     .unwrap();
-    mgr.register("leaf", |ctx| Ok(ctx.payload().clone().into())).unwrap();
+    mgr.register_with(
+        "flaky",
+        fibflow::HandlerOptions::new().max_retries(2),
+        |ctx| {
+            if ctx.retry_count() == 0 {
+                Err("first try fails".into())
+            } else {
+                Ok(json!("second").into())
+            }
+        },
+    )
+    .unwrap();
+    mgr.register("leaf", |ctx| Ok(ctx.payload().clone().into()))
+        .unwrap();
     mgr.register("fan", |ctx| {
         if ctx.stage() == 0 {
             let kids = (0..3).map(|i| ChildSpec::new("leaf", json!(i))).collect();
-            Ok(Outcome::Spawn { children: kids, context: Some(b"ctx".to_vec()) })
+            Ok(Outcome::Spawn {
+                children: kids,
+                context: Some(b"ctx".to_vec()),
+            })
         } else {
             Ok(json!({"children": ctx.result().cloned()}).into())
         }
     })
     .unwrap();
-    mgr.register("hold", |_| Ok(Outcome::suspend("needs a human"))).unwrap();
+    mgr.register("hold", |_| Ok(Outcome::suspend("needs a human")))
+        .unwrap();
 }
 
 /// Everything observable about the state, for comparison across a reopen.
@@ -54,7 +72,14 @@ fn state(mgr: &TaskManager) -> Vec<(fibflow::Task, Vec<fibflow::Event>, Vec<fibf
 fn run_some(mgr: &TaskManager) {
     let mut ids = Vec::new();
     for i in 0..20 {
-        ids.push(mgr.submit_with("ok", json!(i), SubmitOptions::new().dedup_key(format!("k{i}"))).unwrap());
+        ids.push(
+            mgr.submit_with(
+                "ok",
+                json!(i),
+                SubmitOptions::new().dedup_key(format!("k{i}")),
+            )
+            .unwrap(),
+        );
     }
     ids.push(mgr.submit("flaky", json!(null)).unwrap());
     ids.push(mgr.submit("fan", json!(null)).unwrap());
@@ -62,7 +87,9 @@ fn run_some(mgr: &TaskManager) {
     for id in ids {
         assert!(mgr.wait(id, PATIENCE).unwrap().status.is_terminal());
     }
-    eventually("held", || mgr.get_task(held).unwrap().status == TaskStatus::Suspended);
+    eventually("held", || {
+        mgr.get_task(held).unwrap().status == TaskStatus::Suspended
+    });
 }
 
 #[test]
@@ -76,17 +103,34 @@ fn reopen_reproduces_the_live_state() {
         state(&mgr)
     };
     let mgr = open(dir.path());
-    assert_eq!(state(&mgr), before, "replayed state differs from the live state");
+    assert_eq!(
+        state(&mgr),
+        before,
+        "replayed state differs from the live state"
+    );
     assert_eq!(mgr.recovery_stats().records_refused, 0);
     // dedup keys survive a restart
-    let again = mgr.submit_with("ok", json!(0), SubmitOptions::new().dedup_key("k0")).unwrap();
-    assert_eq!(again, before.iter().find(|(t, _, _)| t.dedup_key.as_deref() == Some("k0")).unwrap().0.id);
+    let again = mgr
+        .submit_with("ok", json!(0), SubmitOptions::new().dedup_key("k0"))
+        .unwrap();
+    assert_eq!(
+        again,
+        before
+            .iter()
+            .find(|(t, _, _)| t.dedup_key.as_deref() == Some("k0"))
+            .unwrap()
+            .0
+            .id
+    );
     // the suspended task can be resumed after the restart and sees nothing lost
     let held = mgr.list_tasks(&TaskFilter::all().status(TaskStatus::Suspended));
     assert_eq!(held.len(), 1);
     mgr.start().unwrap();
     mgr.cancel_task(held[0].id, Some("nobody came")).unwrap();
-    assert_eq!(mgr.get_task(held[0].id).unwrap().error.as_deref(), Some("nobody came"));
+    assert_eq!(
+        mgr.get_task(held[0].id).unwrap().error.as_deref(),
+        Some("nobody came")
+    );
 }
 
 #[test]
@@ -122,24 +166,45 @@ fn a_second_manager_on_the_same_directory_is_refused() {
 
 #[test]
 fn every_durability_mode_reopens_with_acknowledged_tasks() {
-    for d in [Durability::Os, Durability::Batched { interval: Duration::from_millis(5) }, Durability::Sync] {
+    for d in [
+        Durability::Os,
+        Durability::Batched {
+            interval: Duration::from_millis(5),
+        },
+        Durability::Sync,
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let ids = {
-            let mgr = TaskManager::builder().dir(dir.path()).durability(d).segment_size(1 << 20).build().unwrap();
+            let mgr = TaskManager::builder()
+                .dir(dir.path())
+                .durability(d)
+                .segment_size(1 << 20)
+                .build()
+                .unwrap();
             register(&mgr);
-            let ids: Vec<_> = (0..10).map(|i| mgr.submit("ok", json!(i)).unwrap()).collect();
+            let ids: Vec<_> = (0..10)
+                .map(|i| mgr.submit("ok", json!(i)).unwrap())
+                .collect();
             mgr.stop(PATIENCE).unwrap();
             ids
         };
         let mgr = open(dir.path());
         for id in ids {
-            assert_eq!(mgr.get_task(id).unwrap().status, TaskStatus::Pending, "{d:?}");
+            assert_eq!(
+                mgr.get_task(id).unwrap().status,
+                TaskStatus::Pending,
+                "{d:?}"
+            );
         }
     }
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir).unwrap().flatten().map(|e| e.metadata().unwrap().len()).sum()
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
 }
 
 #[test]
@@ -157,7 +222,13 @@ fn retention_then_compaction_shrinks_the_directory() {
     mgr.start().unwrap();
     let big = "x".repeat(2_000);
     let ids = mgr
-        .submit_batch((0..600).map(|i| ("ok".to_string(), json!({"i": i, "pad": big}), SubmitOptions::new())))
+        .submit_batch((0..600).map(|i| {
+            (
+                "ok".to_string(),
+                json!({"i": i, "pad": big}),
+                SubmitOptions::new(),
+            )
+        }))
         .unwrap();
     for id in &ids {
         mgr.wait(*id, PATIENCE).unwrap();
@@ -165,7 +236,9 @@ fn retention_then_compaction_shrinks_the_directory() {
     mgr.compact().unwrap();
     let full = dir_bytes(dir.path());
     clock.advance(Duration::from_secs(3600));
-    let report = mgr.run_retention(Some(&RetentionPolicy::new(Duration::from_secs(60)))).unwrap();
+    let report = mgr
+        .run_retention(Some(&RetentionPolicy::new(Duration::from_secs(60))))
+        .unwrap();
     assert_eq!(report.tasks, 600);
     mgr.compact().unwrap();
     let after = dir_bytes(dir.path());
@@ -173,5 +246,8 @@ fn retention_then_compaction_shrinks_the_directory() {
     mgr.stop(PATIENCE).unwrap();
     drop(mgr);
     let mgr = open(dir.path());
-    assert!(mgr.list_tasks(&TaskFilter::all()).is_empty(), "deleted history came back");
+    assert!(
+        mgr.list_tasks(&TaskFilter::all()).is_empty(),
+        "deleted history came back"
+    );
 }

@@ -34,7 +34,7 @@ fn files(sub: &str) -> Vec<(String, String)> {
 fn code_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
     text.lines().enumerate().filter(|(_, l)| {
         let t = l.trim_start();
-        !t.starts_with("//") && !t.starts_with("*")
+        !t.starts_with("//") && !t.starts_with('*')
     })
 }
 

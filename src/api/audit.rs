@@ -281,10 +281,7 @@ impl TaskManager {
             .find(|e| e.task.id == root)
             .map(|e| e.task.clone())
             .ok_or(Error::NotFound(root))?;
-        let mut evs: Vec<Event> = entries
-            .iter()
-            .flat_map(TaskEntry::event_list)
-            .collect();
+        let mut evs: Vec<Event> = entries.iter().flat_map(TaskEntry::event_list).collect();
         sort_events(&mut evs);
         let all_tasks = entries.into_iter().map(|e| e.task).collect();
         Ok(WorkflowAudit {

@@ -322,7 +322,10 @@ impl TaskManager {
         }
         let core = self.core.clone();
         // The interval counts from start(), not from whenever the thread gets going.
-        let retention = self.retention.clone().map(|p| (p, self.retention_every, self.core.now()));
+        let retention = self
+            .retention
+            .clone()
+            .map(|p| (p, self.retention_every, self.core.now()));
         let t = std::thread::Builder::new()
             .name("fibflow-timer".into())
             .spawn(move || timer_main(&core, retention))

@@ -370,17 +370,25 @@ pub fn decode(bytes: &[u8]) -> Result<Batch, DecodeError> {
     Ok(postcard::from_bytes(body)?)
 }
 
-/// Stores a JSON value as JSON text, so a non-self-describing format can carry it.
+/// Stores a JSON value as JSON text in binary formats (postcard cannot carry
+/// self-describing values), and as itself in human-readable ones (serde_json), so
+/// the public snapshot types still serialize to natural JSON.
 pub(crate) mod json_value {
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
     use serde_json::Value;
 
     pub(crate) fn serialize<S: Serializer>(value: &Value, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return value.serialize(s);
+        }
         let text = serde_json::to_string(value).map_err(serde::ser::Error::custom)?;
         s.serialize_str(&text)
     }
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        if d.is_human_readable() {
+            return Value::deserialize(d);
+        }
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         serde_json::from_str(&text).map_err(serde::de::Error::custom)
     }
@@ -392,6 +400,9 @@ pub(crate) mod opt_json_value {
     use serde_json::Value;
 
     pub(crate) fn serialize<S: Serializer>(value: &Option<Value>, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return value.serialize(s);
+        }
         let text = match value {
             Some(v) => Some(serde_json::to_string(v).map_err(serde::ser::Error::custom)?),
             None => None,
@@ -400,6 +411,9 @@ pub(crate) mod opt_json_value {
     }
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+        if d.is_human_readable() {
+            return Option::<Value>::deserialize(d);
+        }
         let text = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)?;
         text.map(|t| serde_json::from_str(&t).map_err(serde::de::Error::custom))
             .transpose()

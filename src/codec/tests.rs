@@ -1,3 +1,4 @@
+#![allow(clippy::indexing_slicing)]
 use super::*;
 use proptest::prelude::*;
 use serde_json::json;
@@ -35,8 +36,19 @@ fn table_round_trips() {
     check(&[]);
     check(&[Record::Submit(Box::new(new_task(7)))]);
     check(&[
-        Record::Claim { id: TaskId(7), attempt: 1, worker: "w".into(), at_ms: 9 },
-        Record::Complete { id: TaskId(7), attempt: 1, result: json!([1]), next_run_ms: None, at_ms: 10 },
+        Record::Claim {
+            id: TaskId(7),
+            attempt: 1,
+            worker: "w".into(),
+            at_ms: 9,
+        },
+        Record::Complete {
+            id: TaskId(7),
+            attempt: 1,
+            result: json!([1]),
+            next_run_ms: None,
+            at_ms: 10,
+        },
         Record::Fail {
             id: TaskId(7),
             attempt: 1,
@@ -68,7 +80,10 @@ fn table_round_trips() {
 #[test]
 fn refuses_unknown_version_and_empty_input() {
     assert!(matches!(decode(&[]), Err(DecodeError::Empty)));
-    assert!(matches!(decode(&[9, 0]), Err(DecodeError::UnsupportedVersion(9))));
+    assert!(matches!(
+        decode(&[9, 0]),
+        Err(DecodeError::UnsupportedVersion(9))
+    ));
 }
 
 fn arb_json() -> impl Strategy<Value = Value> {
@@ -94,11 +109,25 @@ fn arb_record() -> impl Strategy<Value = Record> {
             t.payload = p;
             Record::Submit(Box::new(t))
         }),
-        (any::<u64>(), any::<u32>(), ".{0,6}", any::<u64>())
-            .prop_map(|(id, attempt, worker, at_ms)| Record::Claim { id: TaskId(id), attempt, worker: worker.into(), at_ms }),
-        (any::<u64>(), arb_json(), proptest::option::of(any::<u64>())).prop_map(|(id, result, next)| {
-            Record::Complete { id: TaskId(id), attempt: 1, result, next_run_ms: next, at_ms: 0 }
-        }),
+        (any::<u64>(), any::<u32>(), ".{0,6}", any::<u64>()).prop_map(
+            |(id, attempt, worker, at_ms)| Record::Claim {
+                id: TaskId(id),
+                attempt,
+                worker: worker.into(),
+                at_ms
+            }
+        ),
+        (any::<u64>(), arb_json(), proptest::option::of(any::<u64>())).prop_map(
+            |(id, result, next)| {
+                Record::Complete {
+                    id: TaskId(id),
+                    attempt: 1,
+                    result,
+                    next_run_ms: next,
+                    at_ms: 0,
+                }
+            }
+        ),
         (any::<u64>(), ".{0,12}").prop_map(|(id, r)| Record::Suspend {
             id: TaskId(id),
             attempt: 2,

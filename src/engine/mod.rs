@@ -84,7 +84,9 @@ pub struct TaskEntry {
 impl TaskEntry {
     /// The task's events in full.
     pub fn event_list(&self) -> Vec<Event> {
-        (0..self.events.len()).filter_map(|i| self.event(i)).collect()
+        (0..self.events.len())
+            .filter_map(|i| self.event(i))
+            .collect()
     }
 
     /// Event `i` in full: ids from the task, worker from the attempt.

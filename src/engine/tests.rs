@@ -8,7 +8,11 @@ use serde_json::json;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Submit { cron: bool, max_retries: u32, fail_parent: bool },
+    Submit {
+        cron: bool,
+        max_retries: u32,
+        fail_parent: bool,
+    },
     Claim(usize),
     Complete(usize),
     Fail(usize, bool),
@@ -54,7 +58,14 @@ struct Driver {
 
 impl Driver {
     fn new() -> Driver {
-        Driver { shard: Shard::new(), ids: Vec::new(), next: 1, now: 1_000, log: Vec::new(), states: Vec::new() }
+        Driver {
+            shard: Shard::new(),
+            ids: Vec::new(),
+            next: 1,
+            now: 1_000,
+            log: Vec::new(),
+            states: Vec::new(),
+        }
     }
 
     fn id(&self, i: usize) -> Option<TaskId> {
@@ -62,17 +73,29 @@ impl Driver {
     }
 
     fn task(&self, i: usize) -> Option<&Task> {
-        self.id(i).and_then(|id| self.shard.get(id)).map(|e| &e.task)
+        self.id(i)
+            .and_then(|id| self.shard.get(id))
+            .map(|e| &e.task)
     }
 
-    fn new_task(&mut self, parent: Option<&Task>, cron: bool, max_retries: u32, fail_parent: bool) -> NewTask {
+    fn new_task(
+        &mut self,
+        parent: Option<&Task>,
+        cron: bool,
+        max_retries: u32,
+        fail_parent: bool,
+    ) -> NewTask {
         let id = TaskId(self.next);
         self.next += 1;
         self.ids.push(id);
         NewTask {
             id,
             name: "h".into(),
-            kind: if cron { TaskKind::Cron } else { TaskKind::Async },
+            kind: if cron {
+                TaskKind::Cron
+            } else {
+                TaskKind::Async
+            },
             payload: json!({"id": id.0}),
             priority: 0,
             tag: None,
@@ -85,7 +108,11 @@ impl Driver {
             next_run_ms: self.now,
             parent_id: parent.map(|p| p.id),
             root_id: parent.map(|p| p.root_id.unwrap_or(p.id)),
-            on_failure: if fail_parent { OnChildFailure::FailParent } else { OnChildFailure::Deliver },
+            on_failure: if fail_parent {
+                OnChildFailure::FailParent
+            } else {
+                OnChildFailure::Deliver
+            },
             created_ms: self.now,
         }
     }
@@ -124,46 +151,113 @@ impl Driver {
         self.now += 7;
         let now = self.now;
         let r = match *op {
-            Op::Submit { cron, max_retries, fail_parent } => {
-                Record::Submit(Box::new(self.new_task(None, cron, max_retries, fail_parent)))
-            }
+            Op::Submit {
+                cron,
+                max_retries,
+                fail_parent,
+            } => Record::Submit(Box::new(self.new_task(
+                None,
+                cron,
+                max_retries,
+                fail_parent,
+            ))),
             Op::Claim(i) => {
                 let t = self.task(i)?;
-                Record::Claim { id: t.id, attempt: t.attempt + 1, worker: "w".into(), at_ms: now }
+                Record::Claim {
+                    id: t.id,
+                    attempt: t.attempt + 1,
+                    worker: "w".into(),
+                    at_ms: now,
+                }
             }
             Op::Complete(i) => {
                 let t = self.task(i)?;
                 let next = (t.kind == TaskKind::Cron).then_some(now + 60_000);
-                Record::Complete { id: t.id, attempt: t.attempt, result: json!(t.id.0), next_run_ms: next, at_ms: now }
+                Record::Complete {
+                    id: t.id,
+                    attempt: t.attempt,
+                    result: json!(t.id.0),
+                    next_run_ms: next,
+                    at_ms: now,
+                }
             }
             Op::StaleComplete(i) => {
                 let t = self.task(i)?;
-                Record::Complete { id: t.id, attempt: t.attempt + 1, result: json!(0), next_run_ms: None, at_ms: now }
+                Record::Complete {
+                    id: t.id,
+                    attempt: t.attempt + 1,
+                    result: json!(0),
+                    next_run_ms: None,
+                    at_ms: now,
+                }
             }
             Op::Fail(i, timeout) => {
                 let t = self.task(i)?;
-                let kind = if timeout { FailKind::TimeoutTotal } else { FailKind::Error };
-                Record::Fail { id: t.id, attempt: t.attempt, error: "e".into(), kind, retry_at_ms: now + 5, at_ms: now }
+                let kind = if timeout {
+                    FailKind::TimeoutTotal
+                } else {
+                    FailKind::Error
+                };
+                Record::Fail {
+                    id: t.id,
+                    attempt: t.attempt,
+                    error: "e".into(),
+                    kind,
+                    retry_at_ms: now + 5,
+                    at_ms: now,
+                }
             }
             Op::Spawn(i, n) => {
                 let parent = self.task(i)?.clone();
-                let kids: Vec<NewTask> =
-                    (0..n).map(|k| self.new_task(Some(&parent), false, 2, k % 2 == 0)).collect();
+                let kids: Vec<NewTask> = (0..n)
+                    .map(|k| self.new_task(Some(&parent), false, 2, k % 2 == 0))
+                    .collect();
                 let list = kids.iter().map(|k| (k.id, k.name.to_string())).collect();
-                let mut batch =
-                    vec![Record::Spawn { id: parent.id, attempt: parent.attempt, children: list, context: Some(vec![1]), at_ms: now }];
+                let mut batch = vec![Record::Spawn {
+                    id: parent.id,
+                    attempt: parent.attempt,
+                    children: list,
+                    context: Some(vec![1]),
+                    at_ms: now,
+                }];
                 batch.extend(kids.into_iter().map(|k| Record::Submit(Box::new(k))));
                 return Some(batch);
             }
             Op::Suspend(i, empty) => {
                 let t = self.task(i)?;
-                let reason = if empty { "  ".into() } else { "approval".into() };
-                Record::Suspend { id: t.id, attempt: t.attempt, reason, context: None, at_ms: now }
+                let reason = if empty {
+                    "  ".into()
+                } else {
+                    "approval".into()
+                };
+                Record::Suspend {
+                    id: t.id,
+                    attempt: t.attempt,
+                    reason,
+                    context: None,
+                    at_ms: now,
+                }
             }
-            Op::Pause(i) => Record::Pause { id: self.id(i)?, at_ms: now },
-            Op::Resume(i) => Record::Resume { id: self.id(i)?, reason: None, at_ms: now },
-            Op::Cancel(i) => Record::Cancel { id: self.id(i)?, reason: None, at_ms: now },
-            Op::Recover(i) => Record::Recover { id: self.id(i)?, quarantine_after: 2, message: "m".into(), at_ms: now },
+            Op::Pause(i) => Record::Pause {
+                id: self.id(i)?,
+                at_ms: now,
+            },
+            Op::Resume(i) => Record::Resume {
+                id: self.id(i)?,
+                reason: None,
+                at_ms: now,
+            },
+            Op::Cancel(i) => Record::Cancel {
+                id: self.id(i)?,
+                reason: None,
+                at_ms: now,
+            },
+            Op::Recover(i) => Record::Recover {
+                id: self.id(i)?,
+                quarantine_after: 2,
+                message: "m".into(),
+                at_ms: now,
+            },
             Op::Progress(i, p) => {
                 let t = self.task(i)?;
                 Record::Progress {
@@ -187,7 +281,9 @@ fn replay(log: &[Vec<u8>]) -> Vec<Shard> {
     let mut states = Vec::new();
     for bytes in log {
         for r in codec::decode(bytes).unwrap() {
-            let _ = shard.apply(r).expect("replay refused a record live operation accepted");
+            let _ = shard
+                .apply(r)
+                .expect("replay refused a record live operation accepted");
         }
         states.push(shard.clone());
     }
@@ -200,17 +296,28 @@ fn check_table(shard: &Shard) {
     for e in shard.entries() {
         for ev in &e.event_list() {
             if let (Some(from), Some(to)) = (ev.from_status, ev.to_status) {
-                let exception = (from == TaskStatus::Pending && to == TaskStatus::PermanentlyFailed)
+                let exception = (from == TaskStatus::Pending
+                    && to == TaskStatus::PermanentlyFailed)
                     || (from == TaskStatus::Suspended && to == TaskStatus::Paused)
                     || (from == to && ev.event_type == EventType::Created);
-                assert!(from.can_become(to) || exception, "{from} -> {to} in {:?}", ev.event_type);
+                assert!(
+                    from.can_become(to) || exception,
+                    "{from} -> {to} in {:?}",
+                    ev.event_type
+                );
             }
         }
         let open = e.attempts.iter().filter(|a| a.outcome.is_none()).count();
         let running = usize::from(e.task.status == TaskStatus::Running);
-        assert_eq!(open, running, "exactly the running task has one open attempt");
+        assert_eq!(
+            open, running,
+            "exactly the running task has one open attempt"
+        );
         let numbers: Vec<u32> = e.attempts.iter().map(|a| a.number).collect();
-        assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "attempts numbered +1");
+        assert!(
+            numbers.windows(2).all(|w| w[1] == w[0] + 1),
+            "attempts numbered +1"
+        );
     }
 }
 
@@ -241,7 +348,15 @@ proptest! {
 #[test]
 fn fan_in_sorts_entries_and_verbatim_errors() {
     let mut d = Driver::new();
-    for op in [Op::Submit { cron: false, max_retries: 1, fail_parent: false }, Op::Claim(0), Op::Spawn(0, 2)] {
+    for op in [
+        Op::Submit {
+            cron: false,
+            max_retries: 1,
+            fail_parent: false,
+        },
+        Op::Claim(0),
+        Op::Spawn(0, 2),
+    ] {
         let batch = d.record_for(&op).unwrap();
         assert!(d.commit(batch));
     }
@@ -249,14 +364,29 @@ fn fan_in_sorts_entries_and_verbatim_errors() {
     let (a, b) = (d.ids[1], d.ids[2]);
     let outcome_b = ChildOutcome::Failed("bad: \"x\"".into());
     for (child, outcome) in [(b, outcome_b), (a, ChildOutcome::Completed(json!(1)))] {
-        let r = Record::ChildDone { parent, child, outcome, fail_parent: false, at_ms: 1 };
+        let r = Record::ChildDone {
+            parent,
+            child,
+            outcome,
+            fail_parent: false,
+            at_ms: 1,
+        };
         assert!(d.commit(vec![r]));
     }
     let t = &d.shard.get(parent).unwrap().task;
     assert_eq!(t.status, TaskStatus::Pending);
     assert_eq!(t.stage, 1);
     assert_eq!(t.completed_children, 2);
-    assert_eq!(t.result, Some(json!([{"task_id": a.0, "result": 1}, {"task_id": b.0, "error": "bad: \"x\""}])));
-    let again = Record::ChildDone { parent, child: a, outcome: ChildOutcome::Completed(json!(1)), fail_parent: false, at_ms: 2 };
+    assert_eq!(
+        t.result,
+        Some(json!([{"task_id": a.0, "result": 1}, {"task_id": b.0, "error": "bad: \"x\""}]))
+    );
+    let again = Record::ChildDone {
+        parent,
+        child: a,
+        outcome: ChildOutcome::Completed(json!(1)),
+        fail_parent: false,
+        at_ms: 2,
+    };
     assert!(!d.commit(vec![again]), "a second delivery is refused");
 }

@@ -62,8 +62,12 @@ impl Sink {
         let t = &mut entry.task;
         t.last_event_time = Some(at);
         t.last_event_type = Some(row.ty);
-        let extra = (row.message.is_some() || !row.metadata.is_null())
-            .then(|| Box::new(EventExtra { message: row.message, metadata: row.metadata }));
+        let extra = (row.message.is_some() || !row.metadata.is_null()).then(|| {
+            Box::new(EventExtra {
+                message: row.message,
+                metadata: row.metadata,
+            })
+        });
         entry.events.push(EventRow {
             time: at,
             attempt: row.attempt.unwrap_or(0),
@@ -81,37 +85,83 @@ pub(super) fn apply(tasks: &mut Tasks, record: Record) -> Result<Applied, Transi
     let s = &mut sink;
     match record {
         Record::Submit(new) => submit(tasks, s, *new),
-        Record::Claim { id, attempt, worker, at_ms } => claim(get(tasks, id)?, s, attempt, worker, at_ms),
-        Record::Complete { id, attempt, result, next_run_ms, at_ms } => {
-            complete(get(tasks, id)?, s, attempt, result, next_run_ms, at_ms)
-        }
-        Record::Fail { id, attempt, error, kind, retry_at_ms, at_ms } => {
-            fail(get(tasks, id)?, s, attempt, error, kind, retry_at_ms, at_ms)
-        }
-        Record::Spawn { id, attempt, children, context, at_ms } => {
-            spawn(get(tasks, id)?, s, attempt, children, context, at_ms)
-        }
-        Record::Suspend { id, attempt, reason, context, at_ms } => {
-            suspend(get(tasks, id)?, s, attempt, reason, context, at_ms)
-        }
-        Record::ChildDone { parent, child, outcome, fail_parent, at_ms } => {
-            child_done(get(tasks, parent)?, s, child, outcome, fail_parent, at_ms)
-        }
+        Record::Claim {
+            id,
+            attempt,
+            worker,
+            at_ms,
+        } => claim(get(tasks, id)?, s, attempt, worker, at_ms),
+        Record::Complete {
+            id,
+            attempt,
+            result,
+            next_run_ms,
+            at_ms,
+        } => complete(get(tasks, id)?, s, attempt, result, next_run_ms, at_ms),
+        Record::Fail {
+            id,
+            attempt,
+            error,
+            kind,
+            retry_at_ms,
+            at_ms,
+        } => fail(get(tasks, id)?, s, attempt, error, kind, retry_at_ms, at_ms),
+        Record::Spawn {
+            id,
+            attempt,
+            children,
+            context,
+            at_ms,
+        } => spawn(get(tasks, id)?, s, attempt, children, context, at_ms),
+        Record::Suspend {
+            id,
+            attempt,
+            reason,
+            context,
+            at_ms,
+        } => suspend(get(tasks, id)?, s, attempt, reason, context, at_ms),
+        Record::ChildDone {
+            parent,
+            child,
+            outcome,
+            fail_parent,
+            at_ms,
+        } => child_done(get(tasks, parent)?, s, child, outcome, fail_parent, at_ms),
         Record::Pause { id, at_ms } => pause(get(tasks, id)?, s, at_ms),
         Record::Resume { id, reason, at_ms } => resume(get(tasks, id)?, s, reason, at_ms),
         Record::Cancel { id, reason, at_ms } => cancel(get(tasks, id)?, s, reason, at_ms),
-        Record::Recover { id, quarantine_after, message, at_ms } => {
-            recover(get(tasks, id)?, s, quarantine_after, message, at_ms)
-        }
-        Record::Progress { id, attempt, stage_name, text, percent, metadata, at_ms } => {
+        Record::Recover {
+            id,
+            quarantine_after,
+            message,
+            at_ms,
+        } => recover(get(tasks, id)?, s, quarantine_after, message, at_ms),
+        Record::Progress {
+            id,
+            attempt,
+            stage_name,
+            text,
+            percent,
+            metadata,
+            at_ms,
+        } => {
             let e = get(tasks, id)?;
             own(e, attempt)?;
             progress(e, s, stage_name, text, percent, metadata, at_ms)
         }
-        Record::Checkpoint { id, attempt, code, message, metadata, at_ms } => {
+        Record::Checkpoint {
+            id,
+            attempt,
+            code,
+            message,
+            metadata,
+            at_ms,
+        } => {
             let e = get(tasks, id)?;
             own(e, attempt)?;
-            let mut row = Row::new(EventType::Checkpoint).attempt(attempt).meta(metadata);
+            let mut row = Row::new(EventType::Checkpoint)
+                .attempt(attempt)
+                .meta(metadata);
             row.message = message;
             row.metadata = merge_code(row.metadata, code);
             s.emit(e, at_ms, row);
@@ -119,13 +169,19 @@ pub(super) fn apply(tasks: &mut Tasks, record: Record) -> Result<Applied, Transi
         }
         Record::Delete { id } => {
             let entry = tasks.remove(&id).ok_or(TransitionError::NotFound(id))?;
-            Ok(Applied { deleted: Some(Box::new(entry.task)), ..Applied::default() })
+            Ok(Applied {
+                deleted: Some(Box::new(entry.task)),
+                ..Applied::default()
+            })
         }
     }
 }
 
 fn get(tasks: &mut Tasks, id: TaskId) -> Result<&mut TaskEntry, TransitionError> {
-    tasks.get_mut(&id).map(|b| &mut **b).ok_or(TransitionError::NotFound(id))
+    tasks
+        .get_mut(&id)
+        .map(|b| &mut **b)
+        .ok_or(TransitionError::NotFound(id))
 }
 
 /// The write must come from the attempt that owns the running task.
@@ -143,7 +199,11 @@ fn check(entry: &TaskEntry, to: TaskStatus) -> Result<(), TransitionError> {
     if from.can_become(to) {
         Ok(())
     } else {
-        Err(TransitionError::InvalidTransition { id: entry.task.id, from, to })
+        Err(TransitionError::InvalidTransition {
+            id: entry.task.id,
+            from,
+            to,
+        })
     }
 }
 
@@ -157,7 +217,12 @@ fn set_status(entry: &mut TaskEntry, to: TaskStatus, at: UnixMs) -> TaskStatus {
 }
 
 /// Closes the open attempt (the last one) with `outcome`.
-fn close_attempt(entry: &mut TaskEntry, outcome: AttemptOutcome, error: Option<String>, at: UnixMs) {
+fn close_attempt(
+    entry: &mut TaskEntry,
+    outcome: AttemptOutcome,
+    error: Option<String>,
+    at: UnixMs,
+) {
     if outcome != AttemptOutcome::Interrupted {
         entry.interruptions = 0;
     }
@@ -222,12 +287,25 @@ fn submit(tasks: &mut Tasks, s: &mut Sink, new: NewTask) -> Result<Applied, Tran
         suspend_reason: None,
         interruptions: 0,
     };
-    s.emit(&mut entry, at, Row::new(EventType::Created).change(TaskStatus::Pending, TaskStatus::Pending));
+    s.emit(
+        &mut entry,
+        at,
+        Row::new(EventType::Created).change(TaskStatus::Pending, TaskStatus::Pending),
+    );
     tasks.insert(entry.task.id, Box::new(entry));
-    Ok(Applied { ready_at: Some(ready_at), ..Applied::default() })
+    Ok(Applied {
+        ready_at: Some(ready_at),
+        ..Applied::default()
+    })
 }
 
-fn claim(e: &mut TaskEntry, s: &mut Sink, attempt: u32, worker: Arc<str>, at: UnixMs) -> Result<Applied, TransitionError> {
+fn claim(
+    e: &mut TaskEntry,
+    s: &mut Sink,
+    attempt: u32,
+    worker: Arc<str>,
+    at: UnixMs,
+) -> Result<Applied, TransitionError> {
     check(e, TaskStatus::Running)?;
     if attempt != e.task.attempt + 1 {
         return Err(TransitionError::Invalid(format!(
@@ -249,11 +327,23 @@ fn claim(e: &mut TaskEntry, s: &mut Sink, attempt: u32, worker: Arc<str>, at: Un
         error: None,
         timed_out: false,
     });
-    s.emit(e, at, Row::new(EventType::Claimed).change(from, TaskStatus::Running).attempt(attempt));
+    s.emit(
+        e,
+        at,
+        Row::new(EventType::Claimed)
+            .change(from, TaskStatus::Running)
+            .attempt(attempt),
+    );
     s.emit(e, at, Row::new(EventType::Started).attempt(attempt));
     if e.task.retry_count > 0 {
         let meta = json!({"retry_count": e.task.retry_count});
-        s.emit(e, at, Row::new(EventType::RetryStarted).attempt(attempt).meta(meta));
+        s.emit(
+            e,
+            at,
+            Row::new(EventType::RetryStarted)
+                .attempt(attempt)
+                .meta(meta),
+        );
     }
     Ok(Applied::default())
 }
@@ -276,11 +366,28 @@ fn complete(
         e.task.stage = 0;
         e.task.next_run_time = next;
         let meta = json!({"reason": "cron_round_completed", "next_run_time": next});
-        s.emit(e, at, Row::new(EventType::StatusChanged).change(from, TaskStatus::Pending).attempt(attempt).meta(meta));
-        return Ok(Applied { ready_at: Some(next), left_running: true, ..Applied::default() });
+        s.emit(
+            e,
+            at,
+            Row::new(EventType::StatusChanged)
+                .change(from, TaskStatus::Pending)
+                .attempt(attempt)
+                .meta(meta),
+        );
+        return Ok(Applied {
+            ready_at: Some(next),
+            left_running: true,
+            ..Applied::default()
+        });
     }
     let from = set_status(e, TaskStatus::Completed, at);
-    s.emit(e, at, Row::new(EventType::Completed).change(from, TaskStatus::Completed).attempt(attempt));
+    s.emit(
+        e,
+        at,
+        Row::new(EventType::Completed)
+            .change(from, TaskStatus::Completed)
+            .attempt(attempt),
+    );
     Ok(finished(e, true))
 }
 
@@ -289,14 +396,29 @@ fn finished(e: &TaskEntry, left_running: bool) -> Applied {
     let t = &e.task;
     let notify_parent = t.parent_id.and_then(|parent| {
         let outcome = match t.status {
-            TaskStatus::Completed => ChildOutcome::Completed(t.result.clone().unwrap_or(Value::Null)),
-            TaskStatus::PermanentlyFailed => ChildOutcome::Failed(t.error.clone().unwrap_or_default()),
+            TaskStatus::Completed => {
+                ChildOutcome::Completed(t.result.clone().unwrap_or(Value::Null))
+            }
+            TaskStatus::PermanentlyFailed => {
+                ChildOutcome::Failed(t.error.clone().unwrap_or_default())
+            }
             _ => return None,
         };
-        let fail_parent = matches!(outcome, ChildOutcome::Failed(_)) && t.on_failure == OnChildFailure::FailParent;
-        Some(ParentNotice { parent, child: t.id, outcome, fail_parent })
+        let fail_parent = matches!(outcome, ChildOutcome::Failed(_))
+            && t.on_failure == OnChildFailure::FailParent;
+        Some(ParentNotice {
+            parent,
+            child: t.id,
+            outcome,
+            fail_parent,
+        })
     });
-    Applied { left_running, terminal: true, notify_parent, ..Applied::default() }
+    Applied {
+        left_running,
+        terminal: true,
+        notify_parent,
+        ..Applied::default()
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -311,10 +433,16 @@ fn fail(
 ) -> Result<Applied, TransitionError> {
     own(e, attempt)?;
     let (to, outcome, ty) = match kind {
-        FailKind::Error => (TaskStatus::Failed, AttemptOutcome::Failed, EventType::Failed),
-        FailKind::TimeoutTotal | FailKind::TimeoutHeartbeat => {
-            (TaskStatus::Timeout, AttemptOutcome::Timeout, EventType::TimedOut)
-        }
+        FailKind::Error => (
+            TaskStatus::Failed,
+            AttemptOutcome::Failed,
+            EventType::Failed,
+        ),
+        FailKind::TimeoutTotal | FailKind::TimeoutHeartbeat => (
+            TaskStatus::Timeout,
+            AttemptOutcome::Timeout,
+            EventType::TimedOut,
+        ),
     };
     close_attempt(e, outcome, Some(error.clone()), at);
     let from = set_status(e, to, at);
@@ -324,7 +452,15 @@ fn fail(
         FailKind::TimeoutTotal => json!({"timeout_type": "total"}),
         FailKind::TimeoutHeartbeat => json!({"timeout_type": "heartbeat"}),
     };
-    s.emit(e, at, Row::new(ty).change(from, to).attempt(attempt).message(error).meta(meta));
+    s.emit(
+        e,
+        at,
+        Row::new(ty)
+            .change(from, to)
+            .attempt(attempt)
+            .message(error)
+            .meta(meta),
+    );
     if e.task.retry_left() {
         let from = set_status(e, TaskStatus::Pending, at);
         let t = &mut e.task;
@@ -334,8 +470,19 @@ fn fail(
         t.context = None;
         t.next_run_time = retry_at;
         let meta = json!({"retry_count": t.retry_count, "next_run_time": retry_at});
-        s.emit(e, at, Row::new(EventType::RetryScheduled).change(from, TaskStatus::Pending).attempt(attempt).meta(meta));
-        return Ok(Applied { ready_at: Some(retry_at), left_running: true, ..Applied::default() });
+        s.emit(
+            e,
+            at,
+            Row::new(EventType::RetryScheduled)
+                .change(from, TaskStatus::Pending)
+                .attempt(attempt)
+                .meta(meta),
+        );
+        return Ok(Applied {
+            ready_at: Some(retry_at),
+            left_running: true,
+            ..Applied::default()
+        });
     }
     exhaust(e, s, Some(attempt), at);
     Ok(finished(e, true))
@@ -364,7 +511,9 @@ fn spawn(
 ) -> Result<Applied, TransitionError> {
     own(e, attempt)?;
     if children.is_empty() {
-        return Err(TransitionError::Invalid("a spawn needs at least one child".into()));
+        return Err(TransitionError::Invalid(
+            "a spawn needs at least one child".into(),
+        ));
     }
     close_attempt(e, AttemptOutcome::Suspended, None, at);
     let from = set_status(e, TaskStatus::Suspended, at);
@@ -376,11 +525,27 @@ fn spawn(
     let ids: Vec<u64> = children.iter().map(|c| c.0 .0).collect();
     let names: Vec<&str> = children.iter().map(|c| c.1.as_str()).collect();
     let meta = json!({"child_ids": ids, "child_names": names, "count": children.len()});
-    s.emit(e, at, Row::new(EventType::SubtasksCreated).attempt(attempt).meta(meta));
+    s.emit(
+        e,
+        at,
+        Row::new(EventType::SubtasksCreated)
+            .attempt(attempt)
+            .meta(meta),
+    );
     let meta = json!({"suspend_reason": "awaiting_subtasks"});
-    s.emit(e, at, Row::new(EventType::StatusChanged).change(from, TaskStatus::Suspended).attempt(attempt).meta(meta));
+    s.emit(
+        e,
+        at,
+        Row::new(EventType::StatusChanged)
+            .change(from, TaskStatus::Suspended)
+            .attempt(attempt)
+            .meta(meta),
+    );
     e.round = Some(Round::new(children.into_iter().map(|c| c.0).collect()));
-    Ok(Applied { left_running: true, ..Applied::default() })
+    Ok(Applied {
+        left_running: true,
+        ..Applied::default()
+    })
 }
 
 fn suspend(
@@ -394,7 +559,9 @@ fn suspend(
     own(e, attempt)?;
     let reason = reason.trim().to_owned();
     if reason.is_empty() {
-        return Err(TransitionError::Invalid("a suspension needs a non-empty reason".into()));
+        return Err(TransitionError::Invalid(
+            "a suspension needs a non-empty reason".into(),
+        ));
     }
     close_attempt(e, AttemptOutcome::Suspended, None, at);
     let from = set_status(e, TaskStatus::Suspended, at);
@@ -404,8 +571,18 @@ fn suspend(
     e.round = None;
     let meta = json!({"suspend_reason": reason});
     e.suspend_reason = Some(reason);
-    s.emit(e, at, Row::new(EventType::Suspended).change(from, TaskStatus::Suspended).attempt(attempt).meta(meta));
-    Ok(Applied { left_running: true, ..Applied::default() })
+    s.emit(
+        e,
+        at,
+        Row::new(EventType::Suspended)
+            .change(from, TaskStatus::Suspended)
+            .attempt(attempt)
+            .meta(meta),
+    );
+    Ok(Applied {
+        left_running: true,
+        ..Applied::default()
+    })
 }
 
 fn child_done(
@@ -417,7 +594,8 @@ fn child_done(
     at: UnixMs,
 ) -> Result<Applied, TransitionError> {
     let parent = e.task.id;
-    let awaited = e.task.status == TaskStatus::Suspended && e.round.as_ref().is_some_and(|r| r.awaits(child));
+    let awaited =
+        e.task.status == TaskStatus::Suspended && e.round.as_ref().is_some_and(|r| r.awaits(child));
     if !awaited {
         return Err(TransitionError::NotAwaited { parent, child });
     }
@@ -445,8 +623,17 @@ fn child_done(
     e.task.result = Some(entries);
     e.task.next_run_time = at;
     let meta = json!({"resume_reason": "children_completed"});
-    s.emit(e, at, Row::new(EventType::StatusChanged).change(from, TaskStatus::Pending).meta(meta));
-    Ok(Applied { ready_at: Some(at), ..Applied::default() })
+    s.emit(
+        e,
+        at,
+        Row::new(EventType::StatusChanged)
+            .change(from, TaskStatus::Pending)
+            .meta(meta),
+    );
+    Ok(Applied {
+        ready_at: Some(at),
+        ..Applied::default()
+    })
 }
 
 /// A child with `on_failure = fail_parent` failed: the parent fails (async) or pauses (cron).
@@ -460,7 +647,10 @@ fn fail_parent_now(e: &mut TaskEntry, s: &mut Sink, child: TaskId, at: UnixMs) -
     e.task.status = to;
     e.task.last_active_time = at;
     let meta = json!({"reason": "child_failed", "child_id": child.0});
-    let row = Row::new(ty).change(TaskStatus::Suspended, to).message(e.task.error.clone().unwrap_or_default()).meta(meta);
+    let row = Row::new(ty)
+        .change(TaskStatus::Suspended, to)
+        .message(e.task.error.clone().unwrap_or_default())
+        .meta(meta);
     s.emit(e, at, row);
     finished(e, false)
 }
@@ -468,7 +658,11 @@ fn fail_parent_now(e: &mut TaskEntry, s: &mut Sink, child: TaskId, at: UnixMs) -
 fn pause(e: &mut TaskEntry, s: &mut Sink, at: UnixMs) -> Result<Applied, TransitionError> {
     let from = e.task.status;
     if !matches!(from, TaskStatus::Running | TaskStatus::Pending) {
-        return Err(TransitionError::InvalidTransition { id: e.task.id, from, to: TaskStatus::Paused });
+        return Err(TransitionError::InvalidTransition {
+            id: e.task.id,
+            from,
+            to: TaskStatus::Paused,
+        });
     }
     let running = from == TaskStatus::Running;
     if running {
@@ -478,10 +672,19 @@ fn pause(e: &mut TaskEntry, s: &mut Sink, at: UnixMs) -> Result<Applied, Transit
     let mut row = Row::new(EventType::Paused).change(from, TaskStatus::Paused);
     row.attempt = running.then_some(e.task.attempt);
     s.emit(e, at, row);
-    Ok(Applied { left_running: running, terminal: true, ..Applied::default() })
+    Ok(Applied {
+        left_running: running,
+        terminal: true,
+        ..Applied::default()
+    })
 }
 
-fn resume(e: &mut TaskEntry, s: &mut Sink, reason: Option<String>, at: UnixMs) -> Result<Applied, TransitionError> {
+fn resume(
+    e: &mut TaskEntry,
+    s: &mut Sink,
+    reason: Option<String>,
+    at: UnixMs,
+) -> Result<Applied, TransitionError> {
     let from = e.task.status;
     check(e, TaskStatus::Pending)?;
     let row = match from {
@@ -498,20 +701,38 @@ fn resume(e: &mut TaskEntry, s: &mut Sink, reason: Option<String>, at: UnixMs) -
             }
             Row::new(EventType::StatusChanged).meta(meta)
         }
-        _ => return Err(TransitionError::InvalidTransition { id: e.task.id, from, to: TaskStatus::Pending }),
+        _ => {
+            return Err(TransitionError::InvalidTransition {
+                id: e.task.id,
+                from,
+                to: TaskStatus::Pending,
+            })
+        }
     };
     set_status(e, TaskStatus::Pending, at);
     e.round = None;
     e.task.retry_count = 0;
     e.task.next_run_time = at;
     s.emit(e, at, row.change(from, TaskStatus::Pending));
-    Ok(Applied { ready_at: Some(at), ..Applied::default() })
+    Ok(Applied {
+        ready_at: Some(at),
+        ..Applied::default()
+    })
 }
 
-fn cancel(e: &mut TaskEntry, s: &mut Sink, reason: Option<String>, at: UnixMs) -> Result<Applied, TransitionError> {
+fn cancel(
+    e: &mut TaskEntry,
+    s: &mut Sink,
+    reason: Option<String>,
+    at: UnixMs,
+) -> Result<Applied, TransitionError> {
     let from = e.task.status;
     if from != TaskStatus::Suspended {
-        return Err(TransitionError::InvalidTransition { id: e.task.id, from, to: TaskStatus::PermanentlyFailed });
+        return Err(TransitionError::InvalidTransition {
+            id: e.task.id,
+            from,
+            to: TaskStatus::PermanentlyFailed,
+        });
     }
     let reason = reason.unwrap_or_else(|| "Task cancelled".to_owned());
     set_status(e, TaskStatus::PermanentlyFailed, at);
@@ -525,10 +746,20 @@ fn cancel(e: &mut TaskEntry, s: &mut Sink, reason: Option<String>, at: UnixMs) -
     Ok(finished(e, false))
 }
 
-fn recover(e: &mut TaskEntry, s: &mut Sink, quarantine_after: u32, message: String, at: UnixMs) -> Result<Applied, TransitionError> {
+fn recover(
+    e: &mut TaskEntry,
+    s: &mut Sink,
+    quarantine_after: u32,
+    message: String,
+    at: UnixMs,
+) -> Result<Applied, TransitionError> {
     let from = e.task.status;
     if from != TaskStatus::Running {
-        return Err(TransitionError::InvalidTransition { id: e.task.id, from, to: TaskStatus::Pending });
+        return Err(TransitionError::InvalidTransition {
+            id: e.task.id,
+            from,
+            to: TaskStatus::Pending,
+        });
     }
     let attempt = e.task.attempt;
     close_attempt(e, AttemptOutcome::Interrupted, Some(message.clone()), at);
@@ -537,7 +768,14 @@ fn recover(e: &mut TaskEntry, s: &mut Sink, quarantine_after: u32, message: Stri
     e.task.stage = 0;
     e.task.next_run_time = at;
     let meta = json!({"interruptions": e.interruptions, "attempt": attempt});
-    s.emit(e, at, Row::new(EventType::Recovered).change(from, TaskStatus::Pending).message(message).meta(meta));
+    s.emit(
+        e,
+        at,
+        Row::new(EventType::Recovered)
+            .change(from, TaskStatus::Pending)
+            .message(message)
+            .meta(meta),
+    );
     if e.interruptions > quarantine_after {
         let error = format!(
             "quarantined: the process stopped while this task ran {} times in a row; fix the handler, then resubmit the task",
@@ -554,7 +792,11 @@ fn recover(e: &mut TaskEntry, s: &mut Sink, quarantine_after: u32, message: Stri
         s.emit(e, at, row);
         return Ok(finished(e, true));
     }
-    Ok(Applied { ready_at: Some(at), left_running: true, ..Applied::default() })
+    Ok(Applied {
+        ready_at: Some(at),
+        left_running: true,
+        ..Applied::default()
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -568,7 +810,9 @@ fn progress(
     at: UnixMs,
 ) -> Result<Applied, TransitionError> {
     if percent.is_some_and(|p| p > 100) {
-        return Err(TransitionError::Invalid("progress percent must be between 0 and 100".into()));
+        return Err(TransitionError::Invalid(
+            "progress percent must be between 0 and 100".into(),
+        ));
     }
     let attempt = e.task.attempt;
     let mut meta = serde_json::Map::new();
@@ -587,7 +831,9 @@ fn progress(
     if !metadata.is_null() {
         meta.insert("metadata".into(), metadata);
     }
-    let row = Row::new(EventType::Progress).attempt(attempt).meta(Value::Object(meta));
+    let row = Row::new(EventType::Progress)
+        .attempt(attempt)
+        .meta(Value::Object(meta));
     let row = match text {
         Some(t) => row.message(t),
         None => row,

@@ -178,10 +178,7 @@ impl Mapping {
     /// [`Mapping::set_tail`], if any. When no slot is open it is below
     /// [`Mapping::completed`]; while slots are open it may be above it.
     pub fn last_record(&self) -> Option<u64> {
-        self.hot
-            .last_record
-            .load(Ordering::Acquire)
-            .checked_sub(1)
+        self.hot.last_record.load(Ordering::Acquire).checked_sub(1)
     }
 
     /// The whole mapping, mutably. Exclusive access means no slot or reader exists.
@@ -302,9 +299,9 @@ impl Mapping {
             hot.pending_count.fetch_sub(1, Ordering::SeqCst);
             // Only the owner of a slot starting at `done` could move `completed`
             // from `done`, and that slot is the finished one just removed.
-            let moved = hot
-                .completed
-                .compare_exchange(done, end, Ordering::SeqCst, Ordering::Relaxed);
+            let moved =
+                hot.completed
+                    .compare_exchange(done, end, Ordering::SeqCst, Ordering::Relaxed);
             debug_assert!(moved.is_ok(), "completed moved under the pending lock");
         }
     }

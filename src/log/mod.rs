@@ -392,10 +392,10 @@ impl Log {
             storage.track(&s.name, &s.map);
         }
         let last = report.last_lsn;
-        let active = ArcSwap::new(Arc::clone(
-            segs.last()
-                .ok_or_else(|| LogError::InvalidConfig("recovery left no segment".into()))?,
-        ));
+        let active =
+            ArcSwap::new(Arc::clone(segs.last().ok_or_else(|| {
+                LogError::InvalidConfig("recovery left no segment".into())
+            })?));
         let inner = Arc::new(Inner {
             config,
             storage,

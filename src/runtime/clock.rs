@@ -51,14 +51,19 @@ pub struct ManualClock {
 
 impl std::fmt::Debug for ManualClock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ManualClock").field("now_ms", &self.now.load(Ordering::SeqCst)).finish()
+        f.debug_struct("ManualClock")
+            .field("now_ms", &self.now.load(Ordering::SeqCst))
+            .finish()
     }
 }
 
 impl ManualClock {
     /// A clock standing at `start_ms`.
     pub fn new(start_ms: u64) -> Arc<ManualClock> {
-        Arc::new(ManualClock { now: AtomicU64::new(start_ms), listeners: Mutex::new(Vec::new()) })
+        Arc::new(ManualClock {
+            now: AtomicU64::new(start_ms),
+            listeners: Mutex::new(Vec::new()),
+        })
     }
 
     /// Moves the clock forward and wakes the timers that wait on it.

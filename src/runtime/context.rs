@@ -23,7 +23,13 @@ pub(crate) struct AttemptCtl {
 }
 
 impl AttemptCtl {
-    pub(crate) fn new(id: TaskId, attempt: u32, deadline_ms: u64, heartbeat_window_ms: u64, now: u64) -> Self {
+    pub(crate) fn new(
+        id: TaskId,
+        attempt: u32,
+        deadline_ms: u64,
+        heartbeat_window_ms: u64,
+        now: u64,
+    ) -> Self {
         AttemptCtl {
             id,
             attempt,
@@ -44,7 +50,9 @@ impl AttemptCtl {
         let hb = if self.heartbeat_window_ms == 0 {
             u64::MAX
         } else {
-            self.last_heartbeat_ms.load(Ordering::Acquire).saturating_add(self.heartbeat_window_ms)
+            self.last_heartbeat_ms
+                .load(Ordering::Acquire)
+                .saturating_add(self.heartbeat_window_ms)
         };
         hb.min(self.deadline_ms)
     }
@@ -185,7 +193,10 @@ impl TaskContext {
     /// Records that the handler is alive (see `HandlerOptions::heartbeat_window`).
     pub fn heartbeat(&self) {
         let now = self.inner.core.upgrade().map_or(0, |c| c.clock.now_ms());
-        self.inner.ctl.last_heartbeat_ms.fetch_max(now, Ordering::AcqRel);
+        self.inner
+            .ctl
+            .last_heartbeat_ms
+            .fetch_max(now, Ordering::AcqRel);
     }
 
     /// The cooperative timeout check: `Err` once the attempt timed out or was stopped.
@@ -223,7 +234,12 @@ impl TaskContext {
     }
 
     /// Records a `task_checkpoint` audit event with a non-empty `code`.
-    pub fn audit(&self, code: &str, message: Option<&str>, metadata: Option<Value>) -> Result<(), ContextError> {
+    pub fn audit(
+        &self,
+        code: &str,
+        message: Option<&str>,
+        metadata: Option<Value>,
+    ) -> Result<(), ContextError> {
         non_empty("code", Some(code))?;
         non_empty("message", message)?;
         self.heartbeat();
@@ -250,7 +266,9 @@ impl TaskContext {
 
 fn non_empty(field: &str, v: Option<&str>) -> Result<(), ContextError> {
     match v {
-        Some(s) if s.trim().is_empty() => Err(ContextError::Invalid(format!("{field} must not be empty"))),
+        Some(s) if s.trim().is_empty() => {
+            Err(ContextError::Invalid(format!("{field} must not be empty")))
+        }
         _ => Ok(()),
     }
 }

@@ -24,9 +24,9 @@ use arc_swap::ArcSwap;
 use crossbeam::sync::Unparker;
 use crossbeam_skiplist::SkipSet;
 use parking_lot::{Mutex, RwLock};
+use std::cell::{Cell, RefCell};
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::HashMap;
-use std::cell::{Cell, RefCell};
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -111,11 +111,19 @@ impl Dispatcher {
     pub(crate) fn new(pools: Vec<PoolState>, unparkers: Vec<Unparker>) -> Dispatcher {
         let pools: Vec<Arc<PoolState>> = pools.into_iter().map(Arc::new).collect();
         let servers = (0..pools.len()).collect();
-        let default_queue = Arc::new(Queue { set: SkipSet::new(), servers });
+        let default_queue = Arc::new(Queue {
+            set: SkipSet::new(),
+            servers,
+        });
         for p in &pools {
             p.queues.store(Arc::new(vec![default_queue.clone()]));
         }
-        Dispatcher { queues: RwLock::new(HashMap::new()), default_queue, pools, unparkers }
+        Dispatcher {
+            queues: RwLock::new(HashMap::new()),
+            default_queue,
+            pools,
+            unparkers,
+        }
     }
 
     /// The queue for a (sorted, deduplicated) requirement set, created on first use.
@@ -130,8 +138,13 @@ impl Dispatcher {
         if let Some(q) = map.get(requires) {
             return q.clone();
         }
-        let servers: Vec<usize> = (0..self.pools.len()).filter(|&i| self.pools[i].serves(requires)).collect();
-        let q = Arc::new(Queue { set: SkipSet::new(), servers: servers.clone() });
+        let servers: Vec<usize> = (0..self.pools.len())
+            .filter(|&i| self.pools[i].serves(requires))
+            .collect();
+        let q = Arc::new(Queue {
+            set: SkipSet::new(),
+            servers: servers.clone(),
+        });
         for &i in &servers {
             let pool = &self.pools[i];
             let mut list = (**pool.queues.load()).clone();
@@ -154,7 +167,10 @@ impl Dispatcher {
         // Pairs with the fence in `stop_searching`: either this load sees the
         // searcher, or the searcher's re-scan sees the item (Dekker's pattern).
         fence(Ordering::SeqCst);
-        if q.servers.iter().any(|&p| self.pools[p].searching.load(Ordering::SeqCst) > 0) {
+        if q.servers
+            .iter()
+            .any(|&p| self.pools[p].searching.load(Ordering::SeqCst) > 0)
+        {
             return; // a spinning worker of a serving pool will find it
         }
         if DEFER.with(|d| d.depth.get()) > 0 {

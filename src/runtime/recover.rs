@@ -41,10 +41,14 @@ pub struct RecoveryStats {
 impl Core {
     /// Loads the snapshot and replays the log into the shards (no records written).
     pub(crate) fn replay_log(&self, stats: &mut RecoveryStats) -> Result<()> {
-        let Some(log) = &self.store.log else { return Ok(()) };
+        let Some(log) = &self.store.log else {
+            return Ok(());
+        };
         if let Some((_, bytes)) = log.snapshot() {
             let snap = decode_snapshot(&bytes)?;
-            self.store.observe_id(TaskId(snap.counter.saturating_sub(1) << super::store::SHARD_BITS));
+            self.store.observe_id(TaskId(
+                snap.counter.saturating_sub(1) << super::store::SHARD_BITS,
+            ));
             for entry in snap.entries {
                 stats.snapshot_tasks += 1;
                 self.store.observe_id(entry.task.id);
@@ -53,15 +57,17 @@ impl Core {
         }
         let mut replayed = 0u64;
         let mut refused = 0u64;
-        log.replay(|_lsn, bytes| -> std::result::Result<(), codec::DecodeError> {
-            for record in codec::decode(bytes)? {
-                replayed += 1;
-                if !self.store.replay_record(record) {
-                    refused += 1;
+        log.replay(
+            |_lsn, bytes| -> std::result::Result<(), codec::DecodeError> {
+                for record in codec::decode(bytes)? {
+                    replayed += 1;
+                    if !self.store.replay_record(record) {
+                        refused += 1;
+                    }
                 }
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
         .map_err(|e| Error::Recovery(e.to_string()))?;
         stats.records_replayed = replayed;
         stats.records_refused = refused;
@@ -84,20 +90,27 @@ impl Core {
         for i in 0..super::store::SHARDS {
             let _wakes = self.dispatch.defer_wakes();
             let mut shard = self.store.lock_index(i);
-            let ids: Vec<(TaskId, TaskStatus)> = shard.entries().map(|e| (e.task.id, e.task.status)).collect();
+            let ids: Vec<(TaskId, TaskStatus)> = shard
+                .entries()
+                .map(|e| (e.task.id, e.task.status))
+                .collect();
             for (id, status) in ids {
                 match status {
                     TaskStatus::Running => {
                         let record = Record::Recover {
                             id,
                             quarantine_after: self.config.quarantine_after,
-                            message: "interrupted: the process stopped while the attempt ran".into(),
+                            message: "interrupted: the process stopped while the attempt ran"
+                                .into(),
                             at_ms: now,
                         };
                         let (applied, l) = self.store.commit(&mut shard, record)?;
                         lsn = l.or(lsn);
                         stats.recovered += 1;
-                        if shard.get(id).is_some_and(|e| e.task.status == TaskStatus::PermanentlyFailed) {
+                        if shard
+                            .get(id)
+                            .is_some_and(|e| e.task.status == TaskStatus::PermanentlyFailed)
+                        {
                             stats.quarantined += 1;
                         }
                         self.settle(&mut shard, id, applied, &mut lsn);
@@ -127,13 +140,21 @@ impl Core {
     }
 
     /// Delivers outcomes of finished children whose `ChildDone` a crash cut off.
-    fn redeliver(&self, shard: &mut crate::engine::Shard, parent: TaskId, lsn: &mut Option<Lsn>) -> Result<()> {
-        let Some(round) = shard.get(parent).and_then(|e| e.round.clone()) else { return Ok(()) };
+    fn redeliver(
+        &self,
+        shard: &mut crate::engine::Shard,
+        parent: TaskId,
+        lsn: &mut Option<Lsn>,
+    ) -> Result<()> {
+        let Some(round) = shard.get(parent).and_then(|e| e.round.clone()) else {
+            return Ok(());
+        };
         for child in round.children {
             if !round.outcomes.contains_key(&child) {
                 let notice = shard.get(child).and_then(|c| {
                     let status = c.task.status;
-                    (status == TaskStatus::Completed || status == TaskStatus::PermanentlyFailed).then(|| c.task.id)
+                    (status == TaskStatus::Completed || status == TaskStatus::PermanentlyFailed)
+                        .then_some(c.task.id)
                 });
                 if let Some(child) = notice {
                     self.deliver_again(shard, child, lsn);
@@ -143,7 +164,12 @@ impl Core {
         Ok(())
     }
 
-    fn deliver_again(&self, shard: &mut crate::engine::Shard, child: TaskId, lsn: &mut Option<Lsn>) {
+    fn deliver_again(
+        &self,
+        shard: &mut crate::engine::Shard,
+        child: TaskId,
+        lsn: &mut Option<Lsn>,
+    ) {
         let Some(c) = shard.get(child) else { return };
         let t = &c.task;
         let outcome = if t.status == TaskStatus::Completed {
@@ -151,9 +177,16 @@ impl Core {
         } else {
             codec::ChildOutcome::Failed(t.error.clone().unwrap_or_default())
         };
-        let fail_parent = matches!(outcome, codec::ChildOutcome::Failed(_)) && t.on_failure == codec::OnChildFailure::FailParent;
+        let fail_parent = matches!(outcome, codec::ChildOutcome::Failed(_))
+            && t.on_failure == codec::OnChildFailure::FailParent;
         let Some(parent) = t.parent_id else { return };
-        let record = Record::ChildDone { parent, child, outcome, fail_parent, at_ms: self.now() };
+        let record = Record::ChildDone {
+            parent,
+            child,
+            outcome,
+            fail_parent,
+            at_ms: self.now(),
+        };
         if let Ok((applied, l)) = self.store.commit(shard, record) {
             *lsn = l.or(*lsn);
             self.settle(shard, parent, applied, lsn);
@@ -164,9 +197,15 @@ impl Core {
     /// Every shard is locked while the state is copied: appends happen only under a
     /// shard lock, so the copy is exactly the state at the log's last LSN (I1).
     pub(crate) fn snapshot_now(&self) -> Result<()> {
-        let Some(log) = &self.store.log else { return Ok(()) };
-        let guards: Vec<_> = (0..super::store::SHARDS).map(|i| self.store.lock_index(i)).collect();
-        let Some(lsn) = log.stats().last_lsn else { return Ok(()) };
+        let Some(log) = &self.store.log else {
+            return Ok(());
+        };
+        let guards: Vec<_> = (0..super::store::SHARDS)
+            .map(|i| self.store.lock_index(i))
+            .collect();
+        let Some(lsn) = log.stats().last_lsn else {
+            return Ok(());
+        };
         let snap = SnapshotV1 {
             counter: self.store.counter(),
             entries: guards.iter().flat_map(|g| g.entries().cloned()).collect(),
@@ -181,10 +220,11 @@ impl Core {
 
 fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotV1> {
     match bytes.split_first() {
-        Some((&SNAPSHOT_VERSION, body)) => {
-            postcard::from_bytes(body).map_err(|e| Error::Recovery(format!("snapshot does not decode: {e}")))
-        }
-        Some((v, _)) => Err(Error::Recovery(format!("snapshot format version {v} is not supported by this build"))),
+        Some((&SNAPSHOT_VERSION, body)) => postcard::from_bytes(body)
+            .map_err(|e| Error::Recovery(format!("snapshot does not decode: {e}"))),
+        Some((v, _)) => Err(Error::Recovery(format!(
+            "snapshot format version {v} is not supported by this build"
+        ))),
         None => Err(Error::Recovery("snapshot is empty".into())),
     }
 }

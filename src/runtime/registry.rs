@@ -56,12 +56,18 @@ impl Outcome {
 
     /// Spawns `children` without changing the context.
     pub fn spawn(children: Vec<ChildSpec>) -> Outcome {
-        Outcome::Spawn { children, context: None }
+        Outcome::Spawn {
+            children,
+            context: None,
+        }
     }
 
     /// Suspends with `reason` without changing the context.
     pub fn suspend(reason: impl Into<String>) -> Outcome {
-        Outcome::Suspend { reason: reason.into(), context: None }
+        Outcome::Suspend {
+            reason: reason.into(),
+            context: None,
+        }
     }
 }
 
@@ -285,7 +291,9 @@ impl Slots {
     pub(crate) fn try_acquire(&self) -> bool {
         let cap = self.cap.load(Ordering::Relaxed);
         self.running
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < cap).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < cap).then_some(n + 1)
+            })
             .is_ok()
     }
 
@@ -333,11 +341,24 @@ impl Registry {
             let cap = options.max_concurrent_tasks.unwrap_or(usize::MAX);
             let s = slots
                 .entry(name.clone())
-                .or_insert_with(|| Arc::new(Slots { running: AtomicUsize::new(0), cap: AtomicUsize::new(cap) }))
+                .or_insert_with(|| {
+                    Arc::new(Slots {
+                        running: AtomicUsize::new(0),
+                        cap: AtomicUsize::new(cap),
+                    })
+                })
                 .clone();
             s.cap.store(cap, Ordering::Relaxed);
             let name: Arc<str> = Arc::from(name);
-            next.insert(name.clone(), Arc::new(Registered { name, handler, options, slots: s }));
+            next.insert(
+                name.clone(),
+                Arc::new(Registered {
+                    name,
+                    handler,
+                    options,
+                    slots: s,
+                }),
+            );
         }
         self.current.store(Arc::new(next));
     }

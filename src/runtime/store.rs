@@ -73,7 +73,8 @@ impl Store {
 
     /// Makes sure later ids are above `id` (replay and snapshot restore).
     pub(crate) fn observe_id(&self, id: TaskId) {
-        self.counter.fetch_max((id.0 >> SHARD_BITS) + 1, Ordering::Relaxed);
+        self.counter
+            .fetch_max((id.0 >> SHARD_BITS) + 1, Ordering::Relaxed);
     }
 
     /// The id counter, for snapshots.
@@ -82,7 +83,11 @@ impl Store {
     }
 
     /// Checks, applies and logs one record on a locked shard.
-    pub(crate) fn commit(&self, shard: &mut Shard, record: Record) -> Result<(Applied, Option<Lsn>)> {
+    pub(crate) fn commit(
+        &self,
+        shard: &mut Shard,
+        record: Record,
+    ) -> Result<(Applied, Option<Lsn>)> {
         let Some(log) = &self.log else {
             return Ok((shard.apply(record)?, None));
         };
@@ -97,7 +102,11 @@ impl Store {
 
     /// Applies and logs records that must land together (one frame). The first
     /// record is the one that can be refused; the rest (children) are fresh tasks.
-    pub(crate) fn commit_batch(&self, shard: &mut Shard, batch: Vec<Record>) -> Result<(Vec<Applied>, Option<Lsn>)> {
+    pub(crate) fn commit_batch(
+        &self,
+        shard: &mut Shard,
+        batch: Vec<Record>,
+    ) -> Result<(Vec<Applied>, Option<Lsn>)> {
         let bytes = match &self.log {
             Some(_) => Some(codec::encode(&batch)?),
             None => None,

@@ -125,7 +125,9 @@ impl Core {
             Some(expr) => {
                 let s = self.cron(expr)?;
                 let next = s.next_after(now).ok_or_else(|| {
-                    Error::InvalidOption(format!("cron expression `{expr}` has no future occurrence"))
+                    Error::InvalidOption(format!(
+                        "cron expression `{expr}` has no future occurrence"
+                    ))
                 })?;
                 (TaskKind::Cron, next)
             }
@@ -151,7 +153,10 @@ impl Core {
                 .or(reg.options.max_retries)
                 .or(pool_attempts)
                 .unwrap_or(d.max_retries),
-            retry_interval_ms: o.retry_interval.or(reg.options.retry_interval).map_or(d.retry_interval_ms, ms),
+            retry_interval_ms: o
+                .retry_interval
+                .or(reg.options.retry_interval)
+                .map_or(d.retry_interval_ms, ms),
             requires,
             dedup_key: o.dedup_key,
             cron: o.cron,
@@ -170,20 +175,30 @@ impl Core {
             .pools
             .iter()
             .find(|p| {
-                !requires.is_empty() && p.max_attempts.is_some() && requires.iter().all(|r| p.tags.contains(r))
+                !requires.is_empty()
+                    && p.max_attempts.is_some()
+                    && requires.iter().all(|r| p.tags.contains(r))
             })
             .and_then(|p| p.max_attempts)
     }
 
     /// Creates one task; returns its id (or the id holding the dedup key) and the LSN to wait for.
-    pub(crate) fn submit_one(&self, name: &str, payload: Value, o: SubmitOptions) -> Result<(TaskId, Option<Lsn>)> {
+    pub(crate) fn submit_one(
+        &self,
+        name: &str,
+        payload: Value,
+        o: SubmitOptions,
+    ) -> Result<(TaskId, Option<Lsn>)> {
         if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
             return Err(Error::Stopped);
         }
         if name.trim().is_empty() {
             return Err(Error::EmptyName);
         }
-        let reg = self.registry.get(name).ok_or_else(|| Error::NoHandler(name.to_owned()))?;
+        let reg = self
+            .registry
+            .get(name)
+            .ok_or_else(|| Error::NoHandler(name.to_owned()))?;
         let mut new = self.new_task(&reg, payload, o)?;
         let mut dedup = match &new.dedup_key {
             Some(key) => {
@@ -202,7 +217,9 @@ impl Core {
         {
             let _wakes = self.dispatch.defer_wakes();
             let mut shard = self.store.lock(id);
-            let (applied, l) = self.store.commit(&mut shard, Record::Submit(Box::new(new)))?;
+            let (applied, l) = self
+                .store
+                .commit(&mut shard, Record::Submit(Box::new(new)))?;
             lsn = l.or(lsn);
             self.settle(&mut shard, id, applied, &mut lsn);
         }

@@ -135,7 +135,12 @@ impl Core {
         }
         let attempt = e.task.attempt + 1;
         let worker = self.workers[w].name.clone();
-        let record = Record::Claim { id: item.id, attempt, worker: worker.clone(), at_ms: now };
+        let record = Record::Claim {
+            id: item.id,
+            attempt,
+            worker: worker.clone(),
+            at_ms: now,
+        };
         match self.store.commit(&mut shard, record) {
             // A claim is not acknowledged to anyone, so nobody waits for its LSN.
             Ok((applied, mut lsn)) => self.settle(&mut shard, item.id, applied, &mut lsn),
@@ -145,10 +150,23 @@ impl Core {
         Some(self.job(e, reg, worker, now))
     }
 
-    fn job(self: &Arc<Self>, e: &TaskEntry, reg: Arc<Registered>, worker: Arc<str>, now: u64) -> Job {
+    fn job(
+        self: &Arc<Self>,
+        e: &TaskEntry,
+        reg: Arc<Registered>,
+        worker: Arc<str>,
+        now: u64,
+    ) -> Job {
         let t = &e.task;
-        let deadline = if t.timeout_ms == 0 { u64::MAX } else { now.saturating_add(t.timeout_ms) };
-        let hb = reg.options.heartbeat_window.map_or(0, |d| d.as_millis() as u64);
+        let deadline = if t.timeout_ms == 0 {
+            u64::MAX
+        } else {
+            now.saturating_add(t.timeout_ms)
+        };
+        let hb = reg
+            .options
+            .heartbeat_window
+            .map_or(0, |d| d.as_millis() as u64);
         let ctl = Arc::new(AttemptCtl::new(t.id, t.attempt, deadline, hb, now));
         let inner = ContextInner {
             core: Arc::downgrade(self),
@@ -165,7 +183,9 @@ impl Core {
         };
         Job {
             reg,
-            ctx: TaskContext { inner: Arc::new(inner) },
+            ctx: TaskContext {
+                inner: Arc::new(inner),
+            },
             kind: t.kind,
             cron: t.cron.clone(),
             next_run_time: t.next_run_time,
@@ -215,11 +235,22 @@ impl Core {
 
     /// The retry delay for the next retry of `e`, from the handler's strategy, else
     /// the pool's, else the task's fixed interval.
-    fn retry_at(&self, e: &TaskEntry, reg: Option<&Registered>, pool: Option<usize>, now: u64) -> u64 {
+    fn retry_at(
+        &self,
+        e: &TaskEntry,
+        reg: Option<&Registered>,
+        pool: Option<usize>,
+        now: u64,
+    ) -> u64 {
         let strategy = reg
             .and_then(|r| r.options.retry)
-            .or_else(|| pool.and_then(|p| self.config.pools.get(p)).and_then(|p| p.retry))
-            .unwrap_or_else(|| RetryStrategy::fixed(std::time::Duration::from_millis(e.task.retry_interval_ms)));
+            .or_else(|| {
+                pool.and_then(|p| self.config.pools.get(p))
+                    .and_then(|p| p.retry)
+            })
+            .unwrap_or_else(|| {
+                RetryStrategy::fixed(std::time::Duration::from_millis(e.task.retry_interval_ms))
+            });
         let d = strategy.delay(e.task.retry_count, rand::random::<f64>());
         now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
@@ -238,30 +269,68 @@ impl Core {
         let batch = match result {
             Ok(Outcome::Complete(value)) => {
                 let next_run_ms = self.cron_next(job, now);
-                vec![Record::Complete { id, attempt, result: value, next_run_ms, at_ms: now }]
+                vec![Record::Complete {
+                    id,
+                    attempt,
+                    result: value,
+                    next_run_ms,
+                    at_ms: now,
+                }]
             }
-            Ok(Outcome::Spawn { children, context }) => match self.children(&shard, e, children, now) {
-                Ok(subs) => {
-                    let list = subs.iter().map(|c| (c.id, c.name.to_string())).collect();
-                    let mut batch = vec![Record::Spawn { id, attempt, children: list, context, at_ms: now }];
-                    batch.extend(subs.into_iter().map(|c| Record::Submit(Box::new(c))));
-                    batch
+            Ok(Outcome::Spawn { children, context }) => {
+                match self.children(&shard, e, children, now) {
+                    Ok(subs) => {
+                        let list = subs.iter().map(|c| (c.id, c.name.to_string())).collect();
+                        let mut batch = vec![Record::Spawn {
+                            id,
+                            attempt,
+                            children: list,
+                            context,
+                            at_ms: now,
+                        }];
+                        batch.extend(subs.into_iter().map(|c| Record::Submit(Box::new(c))));
+                        batch
+                    }
+                    Err(err) => vec![self.fail_record(
+                        e,
+                        Some(&job.reg),
+                        w,
+                        err.to_string(),
+                        FailKind::Error,
+                        now,
+                    )],
                 }
-                Err(err) => vec![self.fail_record(e, Some(&job.reg), w, err.to_string(), FailKind::Error, now)],
-            },
+            }
             Ok(Outcome::Suspend { reason, context }) if !reason.trim().is_empty() => {
-                vec![Record::Suspend { id, attempt, reason, context, at_ms: now }]
+                vec![Record::Suspend {
+                    id,
+                    attempt,
+                    reason,
+                    context,
+                    at_ms: now,
+                }]
             }
             Ok(Outcome::Suspend { .. }) => {
-                let err = "suspend reason must not be empty: return Outcome::Suspend with a reason".to_owned();
+                let err = "suspend reason must not be empty: return Outcome::Suspend with a reason"
+                    .to_owned();
                 vec![self.fail_record(e, Some(&job.reg), w, err, FailKind::Error, now)]
             }
-            Err(err) => vec![self.fail_record(e, Some(&job.reg), w, err.to_string(), FailKind::Error, now)],
+            Err(err) => {
+                vec![self.fail_record(e, Some(&job.reg), w, err.to_string(), FailKind::Error, now)]
+            }
         };
         self.commit_outcome(&mut shard, batch);
     }
 
-    fn fail_record(&self, e: &TaskEntry, reg: Option<&Registered>, w: usize, error: String, kind: FailKind, now: u64) -> Record {
+    fn fail_record(
+        &self,
+        e: &TaskEntry,
+        reg: Option<&Registered>,
+        w: usize,
+        error: String,
+        kind: FailKind,
+        now: u64,
+    ) -> Record {
         let pool = self.workers.get(w).map(|x| x.pool);
         Record::Fail {
             id: e.task.id,
@@ -293,15 +362,26 @@ impl Core {
 
     /// Builds the children of a spawn: option from the spec, else the child
     /// handler's registration, else the parent.
-    fn children(&self, _shard: &Shard, parent: &TaskEntry, specs: Vec<ChildSpec>, now: u64) -> Result<Vec<NewTask>> {
+    fn children(
+        &self,
+        _shard: &Shard,
+        parent: &TaskEntry,
+        specs: Vec<ChildSpec>,
+        now: u64,
+    ) -> Result<Vec<NewTask>> {
         if specs.is_empty() {
-            return Err(Error::InvalidOption("a spawn needs at least one child".into()));
+            return Err(Error::InvalidOption(
+                "a spawn needs at least one child".into(),
+            ));
         }
         let p = &parent.task;
         specs
             .into_iter()
             .map(|c| {
-                let reg = self.registry.get(&c.name).ok_or_else(|| Error::NoHandler(c.name.clone()))?;
+                let reg = self
+                    .registry
+                    .get(&c.name)
+                    .ok_or_else(|| Error::NoHandler(c.name.clone()))?;
                 let o = &reg.options;
                 let ms = |d: std::time::Duration| d.as_millis() as u64;
                 let requires = match c.requires {
@@ -321,7 +401,10 @@ impl Core {
                     tag: c.tag.or_else(|| p.tag.clone()),
                     timeout_ms: c.timeout.or(o.timeout).map_or(p.timeout_ms, ms),
                     max_retries: c.max_retries.or(o.max_retries).unwrap_or(p.max_retries),
-                    retry_interval_ms: c.retry_interval.or(o.retry_interval).map_or(p.retry_interval_ms, ms),
+                    retry_interval_ms: c
+                        .retry_interval
+                        .or(o.retry_interval)
+                        .map_or(p.retry_interval_ms, ms),
                     requires: normalize_tags(requires)?,
                     dedup_key: None,
                     cron: None,
@@ -338,7 +421,11 @@ impl Core {
     /// The timer found an attempt past its deadline or heartbeat window.
     pub(crate) fn attempt_due(&self, ctl: &AttemptCtl) {
         let now = self.now();
-        let kind = if now >= ctl.deadline_ms { FailKind::TimeoutTotal } else { FailKind::TimeoutHeartbeat };
+        let kind = if now >= ctl.deadline_ms {
+            FailKind::TimeoutTotal
+        } else {
+            FailKind::TimeoutHeartbeat
+        };
         let _wakes = self.dispatch.defer_wakes();
         let mut shard = self.store.lock(ctl.id);
         let Some(e) = shard.get(ctl.id) else { return };
@@ -347,11 +434,17 @@ impl Core {
         }
         let reg = self.registry.get(&e.task.name);
         let error = match kind {
-            FailKind::TimeoutHeartbeat => "Task heartbeat timed out: no heartbeat within the window".to_owned(),
+            FailKind::TimeoutHeartbeat => {
+                "Task heartbeat timed out: no heartbeat within the window".to_owned()
+            }
             _ => "Task execution timed out".to_owned(),
         };
         let worker = e.task.worker.clone();
-        let w = self.workers.iter().position(|x| Some(&x.name) == worker.as_ref()).unwrap_or(usize::MAX);
+        let w = self
+            .workers
+            .iter()
+            .position(|x| Some(&x.name) == worker.as_ref())
+            .unwrap_or(usize::MAX);
         let record = self.fail_record(e, reg.as_deref(), w, error, kind, now);
         self.commit_outcome(&mut shard, vec![record]);
         ctl.cancel(if kind == FailKind::TimeoutTotal { 1 } else { 2 });
