@@ -55,7 +55,8 @@ fn main() {
         .unwrap_or(0x00f1_0c4a);
     println!("workflow crash test: {iters} kills, seed {seed} (FIBFLOW_WF_CRASH_SEED to replay)");
     let started = Instant::now();
-    let strict = std::env::var("FIBFLOW_WF_CRASH_STRICT").is_ok_and(|v| v == "1");
+    // Strict by default since recovery keeps the stage; FIBFLOW_WF_CRASH_STRICT=0 relaxes it.
+    let strict = std::env::var("FIBFLOW_WF_CRASH_STRICT").map_or(true, |v| v != "0");
     match parent(iters, seed, strict) {
         Ok(()) => {
             println!(

@@ -765,9 +765,13 @@ fn recover(
     close_attempt(e, AttemptOutcome::Interrupted, Some(message.clone()), at);
     e.interruptions += 1;
     set_status(e, TaskStatus::Pending, at);
-    e.task.stage = 0;
+    // The stage and the result the run saw are kept: a parent interrupted while
+    // reading its children's entries reruns that stage with the same entries
+    // instead of spawning its children again (issue 4: a workflow killed
+    // mid-flight ends with the same result). For a task at stage 0 this is
+    // SPEC §12's "pending at stage 0".
     e.task.next_run_time = at;
-    let meta = json!({"interruptions": e.interruptions, "attempt": attempt});
+    let meta = json!({"interruptions": e.interruptions, "attempt": attempt, "stage": e.task.stage});
     s.emit(
         e,
         at,
