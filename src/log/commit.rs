@@ -10,18 +10,27 @@
 //! Group commit protocol for `wait_durable(lsn)` in `Sync` mode:
 //!
 //! 1. If `synced > lsn`, return: the record and all before it are durable.
-//! 2. Lock `state`. If a leader is active, wait on the condvar, then go to 1.
+//! 2. Lock `state`. If a leader is active, add `(lsn, this thread)` to the
+//!    wait list, unlock, park until woken, then go to 1.
 //! 3. Otherwise become leader, unlock, wait until `completed > lsn` (every
 //!    earlier append finished copying), read `completed` as the target, sync
-//!    `[synced, target)`, publish `synced = target`, clear the leader flag and
-//!    wake every follower. Followers whose LSN is now covered return at once;
-//!    the others elect the next leader, which syncs everything completed so far
-//!    in one go (one flush for the whole group).
+//!    `[synced, target)`, publish `synced = target`, then under the lock clear
+//!    the leader flag and take out of the wait list every follower now covered
+//!    plus the first uncovered one; wake exactly those. Covered followers
+//!    return; the uncovered one (or any newcomer that gets there first) leads
+//!    the next flush, which syncs everything completed so far in one go (one
+//!    flush for the whole group). Followers that are neither stay parked, so a
+//!    flush costs one wake-up per acknowledged caller, not one per waiter.
 //! 4. A sync error poisons the log: the error is returned to the leader,
 //!    followers see [`LogError::Poisoned`], and the sync is never retried
 //!    (after a failed fsync the page cache state is unknown; see the
 //!    PostgreSQL "fsyncgate" discussion, 2018). A leader that panics poisons
 //!    the log through the drop guard.
+//!
+//! No lost wake-up: a follower joins the list and the leader clears its flag
+//! under the same lock, so a follower either sees no leader (and leads) or is
+//! in the list the leader scans when it releases. Every woken thread re-checks
+//! from step 1, so a wake-up that is not needed costs only a loop.
 //!
 //! Correct because `synced` only moves to a `completed` value that was read
 //! after waiting for `completed > lsn`, and syncs cover `[old synced, target)`
@@ -29,6 +38,8 @@
 //! was copied before the sync started and is on disk (I2).
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::Thread;
 
 use parking_lot::{Condvar, Mutex};
 
@@ -67,12 +78,33 @@ impl Notify {
     }
 }
 
-/// The synced watermark, the leader flag, and the poison flag.
+/// One parked follower: its thread and the flag its waker sets before unparking it.
+#[derive(Debug)]
+struct WaitSlot {
+    woken: AtomicBool,
+    thread: Thread,
+}
+
+thread_local! {
+    // Reused by every wait of this thread (a thread is in at most one wait list at a time).
+    static SLOT: Arc<WaitSlot> = Arc::new(WaitSlot {
+        woken: AtomicBool::new(false),
+        thread: std::thread::current(),
+    });
+}
+
+#[derive(Debug, Default)]
+struct State {
+    leader: bool,
+    // Parked followers with the LSN each waits for, in arrival order.
+    waiters: Vec<(u64, Arc<WaitSlot>)>,
+}
+
+/// The synced watermark, the leader flag with the parked followers, and the poison flag.
 #[derive(Debug)]
 pub(crate) struct GroupCommit {
     synced: AtomicU64,
-    leader: Mutex<bool>,
-    cond: Condvar,
+    state: Mutex<State>,
     poisoned: AtomicBool,
     reason: Mutex<Option<String>>,
 }
@@ -86,8 +118,7 @@ impl Drop for LeaderGuard<'_> {
             self.0
                 .poison("a thread panicked while flushing the log".to_owned());
         }
-        *self.0.leader.lock() = false;
-        self.0.cond.notify_all();
+        self.0.release();
     }
 }
 
@@ -102,13 +133,19 @@ impl Drop for PoisonOnPanic<'_> {
     }
 }
 
+fn wake(slots: Vec<(u64, Arc<WaitSlot>)>) {
+    for (_, s) in slots {
+        s.woken.store(true, Ordering::Release);
+        s.thread.unpark();
+    }
+}
+
 impl GroupCommit {
     /// Starts with everything below `synced` durable.
     pub(crate) fn new(synced: u64) -> GroupCommit {
         GroupCommit {
             synced: AtomicU64::new(synced),
-            leader: Mutex::new(false),
-            cond: Condvar::new(),
+            state: Mutex::new(State::default()),
             poisoned: AtomicBool::new(false),
             reason: Mutex::new(None),
         }
@@ -137,12 +174,40 @@ impl GroupCommit {
             }
         }
         self.poisoned.store(true, Ordering::Release);
-        let _g = self.leader.lock();
-        self.cond.notify_all();
+        let all = std::mem::take(&mut self.state.lock().waiters);
+        wake(all);
+    }
+
+    /// Leader step 4: clears the leader flag; wakes every follower now covered
+    /// by `synced`, and the first uncovered one, which leads the next flush.
+    fn release(&self) {
+        let synced = self.synced();
+        let poisoned = self.poisoned.load(Ordering::Acquire);
+        let woken = {
+            let mut st = self.state.lock();
+            st.leader = false;
+            let mut woken = Vec::new();
+            let mut next_leader = false;
+            st.waiters.retain(|(lsn, slot)| {
+                if poisoned || *lsn < synced {
+                    woken.push((*lsn, Arc::clone(slot)));
+                    false
+                } else if !next_leader {
+                    // Woken first, so the next flush starts while the rest are unparked.
+                    next_leader = true;
+                    woken.insert(0, (*lsn, Arc::clone(slot)));
+                    false
+                } else {
+                    true
+                }
+            });
+            woken
+        };
+        wake(woken);
     }
 
     /// Blocks until `synced > lsn`. At most one caller at a time runs
-    /// `flush(synced) -> new synced`; the others wait and share its result.
+    /// `flush(synced) -> new synced`; the others park and share its result.
     pub(crate) fn wait(
         &self,
         lsn: u64,
@@ -153,17 +218,24 @@ impl GroupCommit {
             if self.synced() > lsn {
                 return Ok(());
             }
-            let mut leader = self.leader.lock();
+            let mut st = self.state.lock();
             if self.synced() > lsn {
                 return Ok(());
             }
-            if *leader {
-                self.cond.wait(&mut leader);
+            self.check()?;
+            if st.leader {
+                // Step 2: park until the leader covers us or hands us the lead.
+                let slot = SLOT.with(Arc::clone);
+                slot.woken.store(false, Ordering::Relaxed);
+                st.waiters.push((lsn, Arc::clone(&slot)));
+                drop(st);
+                while !slot.woken.load(Ordering::Acquire) {
+                    std::thread::park();
+                }
                 continue;
             }
-            self.check()?;
-            *leader = true;
-            drop(leader);
+            st.leader = true;
+            drop(st);
             let guard = LeaderGuard(self);
             match flush(self.synced()) {
                 Ok(to) => {
