@@ -139,11 +139,28 @@ impl<T> Paged<T> {
 }
 
 /// Calls `f` on every entry matching `filter`, shard by shard.
+/// Uses the tag or workflow-root index when the filter names one, so the cost
+/// follows the size of the answer, not of the history.
 pub(crate) fn scan(core: &Core, filter: &TaskFilter, mut f: impl FnMut(&TaskEntry)) {
+    let root = filter.workflow.or(filter.root_id);
     for i in 0..SHARDS {
         let shard = core.store.lock_index(i);
-        for e in shard.entries().filter(|e| filter.matches(e)) {
-            f(e);
+        let mut visit = |e: &TaskEntry| {
+            if filter.matches(e) {
+                f(e);
+            }
+        };
+        if let Some(tag) = &filter.tag {
+            shard.with_tag(tag).for_each(&mut visit);
+        } else if let Some(root) = root {
+            // A workflow lives in one shard (I4), but scanning each shard's index is
+            // as cheap and does not rely on it.
+            if let Some(e) = shard.get(root).filter(|_| filter.workflow.is_some()) {
+                visit(e);
+            }
+            shard.under_root(root).for_each(&mut visit);
+        } else {
+            shard.entries().for_each(&mut visit);
         }
     }
 }
@@ -163,8 +180,24 @@ impl TaskManager {
     }
 
     /// One page of tasks matching `filter`.
+    /// Only the page's tasks are copied: matches are sorted by key first.
     pub fn query_tasks(&self, filter: &TaskFilter, page: Page) -> Paged<Task> {
-        Paged::of(self.list_tasks(filter), page)
+        let mut keys = Vec::new();
+        self.scan(filter, |e| keys.push((e.task.created_at, e.task.id)));
+        keys.sort_unstable();
+        let keys = Paged::of(keys, page);
+        let items = keys
+            .items
+            .iter()
+            .filter_map(|(_, id)| self.get_task(*id))
+            .collect();
+        Paged {
+            items,
+            total: keys.total,
+            limit: keys.limit,
+            offset: keys.offset,
+            has_more: keys.has_more,
+        }
     }
 
     /// Number of tasks per status (every status present, zero included).

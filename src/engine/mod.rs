@@ -17,7 +17,7 @@ pub mod workflow;
 
 use crate::codec::{ChildOutcome, TaskId, UnixMs};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 pub use audit::{Event, EventType};
 pub use task::{Attempt, AttemptOutcome, Task, TaskStatus};
@@ -177,6 +177,47 @@ pub type IdMap<V> = HashMap<TaskId, V, std::hash::BuildHasherDefault<IdHasher>>;
 #[derive(Default, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Shard {
     tasks: IdMap<Box<TaskEntry>>,
+    /// Secondary indexes; derived from `tasks`, changed only at creation and
+    /// deletion, so the hot transitions never touch them.
+    index: Index,
+}
+
+/// Task ids by tag and by workflow root, so filtered queries cost the size of
+/// the answer rather than the size of the history.
+#[derive(Default, Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Index {
+    by_tag: HashMap<String, BTreeSet<TaskId>>,
+    by_root: IdMap<BTreeSet<TaskId>>,
+}
+
+impl Index {
+    fn add(&mut self, t: &Task) {
+        if let Some(tag) = &t.tag {
+            self.by_tag.entry(tag.clone()).or_default().insert(t.id);
+        }
+        if let Some(root) = t.root_id {
+            self.by_root.entry(root).or_default().insert(t.id);
+        }
+    }
+
+    fn remove(&mut self, t: &Task) {
+        if let Some(tag) = &t.tag {
+            if let Some(set) = self.by_tag.get_mut(tag) {
+                set.remove(&t.id);
+                if set.is_empty() {
+                    self.by_tag.remove(tag);
+                }
+            }
+        }
+        if let Some(root) = t.root_id {
+            if let Some(set) = self.by_root.get_mut(&root) {
+                set.remove(&t.id);
+                if set.is_empty() {
+                    self.by_root.remove(&root);
+                }
+            }
+        }
+    }
 }
 
 impl Shard {
@@ -207,12 +248,44 @@ impl Shard {
 
     /// Inserts an entry restored from a snapshot.
     pub fn restore(&mut self, entry: TaskEntry) {
+        self.index.add(&entry.task);
         self.tasks.insert(entry.task.id, Box::new(entry));
     }
 
     /// Applies one record. On error the shard is unchanged.
     pub fn apply(&mut self, record: crate::codec::Record) -> Result<Applied, TransitionError> {
-        transition::apply(&mut self.tasks, record)
+        let created = match &record {
+            crate::codec::Record::Submit(t) => Some(t.id),
+            _ => None,
+        };
+        let applied = transition::apply(&mut self.tasks, record)?;
+        if let Some(t) = created.and_then(|id| self.tasks.get(&id)) {
+            self.index.add(&t.task);
+        }
+        if let Some(t) = &applied.deleted {
+            self.index.remove(t);
+        }
+        Ok(applied)
+    }
+
+    /// Tasks with this tag, in id order (an index lookup).
+    pub fn with_tag(&self, tag: &str) -> impl Iterator<Item = &TaskEntry> {
+        self.index
+            .by_tag
+            .get(tag)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.get(*id))
+    }
+
+    /// Descendants of a workflow root, in id order (an index lookup).
+    pub fn under_root(&self, root: TaskId) -> impl Iterator<Item = &TaskEntry> {
+        self.index
+            .by_root
+            .get(&root)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.get(*id))
     }
 
     /// The entry of a task, mutably: only for the runtime's rebuild after replay.
