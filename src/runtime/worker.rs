@@ -99,7 +99,8 @@ impl Core {
     /// Removes the best runnable entry from the queues this worker's pool serves.
     fn pick(&self, w: usize) -> Option<(Arc<Queue>, ReadyItem, Arc<Registered>)> {
         let pool = &self.dispatch.pools[self.workers[w].pool];
-        let queues = pool.queues.load_full();
+        // A guard, not an Arc clone: workers would otherwise contend on one refcount.
+        let queues = pool.queues.load();
         loop {
             let mut best: Option<(usize, ReadyItem, Arc<Registered>)> = None;
             for (qi, q) in queues.iter().enumerate() {
