@@ -500,3 +500,45 @@ fn catch_up_all_runs_every_missed_occurrence() {
     ));
     assert_eq!(mgr.attempts(id).unwrap().len(), 5);
 }
+
+#[test]
+fn skip_catch_up_moves_a_missed_round_to_the_next_occurrence() {
+    // 2024-01-01T00:00:00Z, a 10-second schedule, submitted before start.
+    let start = 1_704_067_200_000;
+    let (mgr, clock) = utc_manager(start, CatchUp::Skip);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    mgr.register("tick", move |_| {
+        r.fetch_add(1, Ordering::SeqCst);
+        Ok(json!(null).into())
+    })
+    .unwrap();
+    let id = mgr
+        .submit_with(
+            "tick",
+            json!(null),
+            SubmitOptions::new().cron("*/10 * * * * *"),
+        )
+        .unwrap();
+    assert_eq!(mgr.get_task(id).unwrap().next_run_time, start + 10_000);
+    clock.advance(Duration::from_secs(25)); // the 10 s and 20 s occurrences pass unseen
+    mgr.start().unwrap();
+    let t = mgr.get_task(id).unwrap();
+    assert_eq!(
+        t.next_run_time,
+        start + 30_000,
+        "skipped to the next occurrence"
+    );
+    assert_eq!(t.status, TaskStatus::Pending);
+    let last = mgr.events(id).unwrap().pop().unwrap();
+    assert_eq!(last.metadata["reason"], "catch_up");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "the missed rounds did not run"
+    );
+    clock.advance(Duration::from_secs(5));
+    eventually("the next occurrence ran", || {
+        runs.load(Ordering::SeqCst) == 1
+    });
+}

@@ -300,6 +300,8 @@ impl TaskManager {
         let Some(parkers) = self.parkers.lock().take() else {
             return Ok(());
         };
+        let lsn = self.core.catch_up_crons()?;
+        self.core.store.wait(lsn)?;
         self.core.started.store(true, Ordering::Release);
         let mut threads = self.threads.lock();
         *self.core.live.0.lock() = parkers.len();

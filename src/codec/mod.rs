@@ -294,6 +294,16 @@ pub enum Record {
         /// The task.
         id: TaskId,
     },
+    /// A pending cron task's next run moved by the catch-up policy (appended in v1:
+    /// variants are only ever added at the end).
+    Reschedule {
+        /// The task.
+        id: TaskId,
+        /// Its new next run.
+        next_run_ms: UnixMs,
+        /// When.
+        at_ms: UnixMs,
+    },
 }
 
 impl Record {
@@ -313,7 +323,8 @@ impl Record {
             | Record::Recover { id, .. }
             | Record::Progress { id, .. }
             | Record::Checkpoint { id, .. }
-            | Record::Delete { id } => *id,
+            | Record::Delete { id }
+            | Record::Reschedule { id, .. } => *id,
         }
     }
 }

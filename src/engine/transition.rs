@@ -167,6 +167,11 @@ pub(super) fn apply(tasks: &mut Tasks, record: Record) -> Result<Applied, Transi
             s.emit(e, at_ms, row);
             Ok(Applied::default())
         }
+        Record::Reschedule {
+            id,
+            next_run_ms,
+            at_ms,
+        } => reschedule(get(tasks, id)?, s, next_run_ms, at_ms),
         Record::Delete { id } => {
             let entry = tasks.remove(&id).ok_or(TransitionError::NotFound(id))?;
             Ok(Applied {
@@ -853,4 +858,28 @@ fn merge_code(metadata: Value, code: String) -> Value {
         meta.insert("metadata".into(), metadata);
     }
     Value::Object(meta)
+}
+
+/// The catch-up policy moved a pending cron task's next run (SPEC §7).
+fn reschedule(
+    e: &mut TaskEntry,
+    s: &mut Sink,
+    next: UnixMs,
+    at: UnixMs,
+) -> Result<Applied, TransitionError> {
+    if e.task.status != TaskStatus::Pending {
+        return Err(TransitionError::InvalidTransition {
+            id: e.task.id,
+            from: e.task.status,
+            to: TaskStatus::Pending,
+        });
+    }
+    let missed = e.task.next_run_time;
+    e.task.next_run_time = next;
+    let meta = json!({"reason": "catch_up", "missed_run_time": missed, "next_run_time": next});
+    s.emit(e, at, Row::new(EventType::StatusChanged).meta(meta));
+    Ok(Applied {
+        ready_at: Some(next),
+        ..Applied::default()
+    })
 }

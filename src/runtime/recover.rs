@@ -115,7 +115,9 @@ impl Core {
                         }
                         self.settle(&mut shard, id, applied, &mut lsn);
                     }
-                    TaskStatus::Pending => self.ready_after_restart(&shard, id, now),
+                    TaskStatus::Pending => {
+                        self.ready_after_restart(&mut shard, id, now, &mut lsn)?
+                    }
                     TaskStatus::Suspended => self.redeliver(&mut shard, id, &mut lsn)?,
                     _ => {}
                 }
@@ -125,18 +127,76 @@ impl Core {
     }
 
     /// A pending task after restart: due now, later, or (cron) per the catch-up policy.
-    fn ready_after_restart(&self, shard: &crate::engine::Shard, id: TaskId, now: u64) {
-        let Some(e) = shard.get(id) else { return };
-        let t = &e.task;
-        let mut at = t.next_run_time;
-        if t.kind == TaskKind::Cron && at < now {
-            if let Some(s) = t.cron.as_deref().and_then(|c| self.cron(c).ok()) {
-                at = catch_up_next(&s, self.config.catch_up, at, now).unwrap_or(u64::MAX);
+    fn ready_after_restart(
+        &self,
+        shard: &mut crate::engine::Shard,
+        id: TaskId,
+        now: u64,
+        lsn: &mut Option<Lsn>,
+    ) -> Result<()> {
+        if !self.catch_up_one(shard, id, now, lsn)? {
+            if let Some(at) = shard.get(id).map(|e| e.task.next_run_time) {
+                self.make_ready(shard, id, at);
             }
         }
-        if at != u64::MAX {
-            self.make_ready(shard, id, at);
+        Ok(())
+    }
+
+    /// Applies the catch-up policy to a pending cron task whose run time passed
+    /// while the process was down (or before `start`): `Once` and `All` run it
+    /// now, `Skip` moves it to the next occurrence with a `Reschedule` record.
+    /// Returns whether a record was written (its effects already queued the task).
+    fn catch_up_one(
+        &self,
+        shard: &mut crate::engine::Shard,
+        id: TaskId,
+        now: u64,
+        lsn: &mut Option<Lsn>,
+    ) -> Result<bool> {
+        let Some(t) = shard.get(id).map(|e| &e.task) else {
+            return Ok(false);
+        };
+        if t.kind != TaskKind::Cron || t.status != TaskStatus::Pending || t.next_run_time >= now {
+            return Ok(false);
         }
+        let Some(s) = t.cron.as_deref().and_then(|c| self.cron(c).ok()) else {
+            return Ok(false);
+        };
+        let Some(at) = catch_up_next(&s, self.config.catch_up, t.next_run_time, now) else {
+            return Ok(false);
+        };
+        if at <= now {
+            return Ok(false); // runs now: Once (no burst: next_round skips the rest) or All
+        }
+        let record = Record::Reschedule {
+            id,
+            next_run_ms: at,
+            at_ms: now,
+        };
+        let (applied, l) = self.store.commit(shard, record)?;
+        *lsn = l.or(*lsn);
+        self.settle(shard, id, applied, lsn);
+        Ok(true)
+    }
+
+    /// At `start`: occurrences of cron tasks that passed before the manager started
+    /// count as missed, like those of a process that was down.
+    pub(crate) fn catch_up_crons(&self) -> Result<Option<Lsn>> {
+        let now = self.now();
+        let mut lsn = None;
+        for i in 0..super::store::SHARDS {
+            let _wakes = self.dispatch.defer_wakes();
+            let mut shard = self.store.lock_index(i);
+            let ids: Vec<TaskId> = shard
+                .entries()
+                .filter(|e| e.task.kind == TaskKind::Cron && e.task.status == TaskStatus::Pending)
+                .map(|e| e.task.id)
+                .collect();
+            for id in ids {
+                self.catch_up_one(&mut shard, id, now, &mut lsn)?;
+            }
+        }
+        Ok(lsn)
     }
 
     /// Delivers outcomes of finished children whose `ChildDone` a crash cut off.

@@ -319,7 +319,8 @@ pub(crate) struct Registered {
 }
 
 /// Keyed by name with a cheap hasher: every claim looks a name up here.
-type Snapshot = HashMap<Arc<str>, Arc<Registered>, std::hash::BuildHasherDefault<crate::engine::IdHasher>>;
+type Snapshot =
+    HashMap<Arc<str>, Arc<Registered>, std::hash::BuildHasherDefault<crate::engine::IdHasher>>;
 
 /// The registry: readers load the snapshot without locking; writers copy it.
 #[derive(Default)]
