@@ -18,7 +18,12 @@
 //! Run: `cargo bench --bench durable` (about 1–2 minutes, a good part of it
 //! building the 1M-task directory). `FIBFLOW_BENCH_REOPEN_TASKS=N` changes the
 //! size; `FIBFLOW_BENCH_ONLY_REOPEN=1` runs only the reopen measurement.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::many_single_char_names)]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::many_single_char_names
+)]
 
 use std::fs::OpenOptions;
 use std::io::Write;
