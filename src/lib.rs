@@ -50,6 +50,7 @@
 
 pub mod api;
 pub mod codec;
+pub mod crash_test;
 pub mod engine;
 pub mod log;
 pub mod runtime;
