@@ -127,7 +127,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             durability: Durability::Sync,
-            segment_size: 64 << 20,
+            segment_size: 16 << 20,
             recovery: RecoveryMode::StopAtTornTail,
         }
     }
