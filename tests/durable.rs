@@ -251,3 +251,39 @@ fn retention_then_compaction_shrinks_the_directory() {
         "deleted history came back"
     );
 }
+
+#[test]
+fn records_larger_than_the_log_holds_are_refused_before_anything_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mgr = TaskManager::builder()
+        .dir(dir.path())
+        .segment_size(64 << 10)
+        .build()
+        .unwrap();
+    mgr.register_with("big", fibflow::HandlerOptions::new().max_retries(1), |_| {
+        Ok(json!("y".repeat(100_000)).into())
+    })
+    .unwrap();
+    let huge = json!("x".repeat(100_000));
+    match mgr.submit("big", huge) {
+        Err(Error::Log(e)) => assert!(e.to_string().contains("exceeds"), "{e}"),
+        other => panic!("a 100 kB payload in a 64 kB segment was not refused: {other:?}"),
+    }
+    assert!(
+        mgr.list_tasks(&TaskFilter::all()).is_empty(),
+        "the refused submit left a task"
+    );
+    mgr.start().unwrap();
+    let id = mgr.submit("big", json!(null)).unwrap();
+    let t = mgr.wait(id, PATIENCE).unwrap();
+    assert_eq!(t.status, TaskStatus::PermanentlyFailed);
+    assert!(t.error.unwrap().contains("too large to record"));
+    mgr.stop(PATIENCE).unwrap();
+    drop(mgr);
+    let again = open(dir.path());
+    assert_eq!(
+        again.get_task(id).unwrap().status,
+        TaskStatus::PermanentlyFailed,
+        "the log agrees"
+    );
+}

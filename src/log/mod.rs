@@ -490,6 +490,21 @@ impl Log {
     /// (not yet durable: see [`Log::wait_durable`]). Space is reserved with one
     /// atomic add on the active segment's tail; no lock is taken.
     pub fn append(&self, record: &[u8]) -> Result<Lsn, LogError> {
+        self.check_len(record.len())?;
+        self.append_checked(record)
+    }
+
+    /// Refuses a record longer than this log can hold, before anything is written;
+    /// callers that change state before appending check first.
+    pub fn check_len(&self, len: usize) -> Result<(), LogError> {
+        let max = self.inner.max_record;
+        if len > max {
+            return Err(LogError::RecordTooLarge { len, max });
+        }
+        Ok(())
+    }
+
+    fn append_checked(&self, record: &[u8]) -> Result<Lsn, LogError> {
         let inner = &*self.inner;
         if record.len() > inner.max_record {
             return Err(LogError::RecordTooLarge {

@@ -94,6 +94,8 @@ impl Store {
         ENCODE_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             codec::encode_into(std::slice::from_ref(&record), &mut buf)?;
+            // Refuse what the log cannot hold before the state changes (I2).
+            log.check_len(buf.len())?;
             let applied = shard.apply(record)?;
             let lsn = log.append(&buf)?;
             Ok((applied, Some(lsn)))
@@ -108,7 +110,11 @@ impl Store {
         batch: Vec<Record>,
     ) -> Result<(Vec<Applied>, Option<Lsn>)> {
         let bytes = match &self.log {
-            Some(_) => Some(codec::encode(&batch)?),
+            Some(log) => {
+                let b = codec::encode(&batch)?;
+                log.check_len(b.len())?;
+                Some(b)
+            }
             None => None,
         };
         let mut applied = Vec::with_capacity(batch.len());

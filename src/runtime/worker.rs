@@ -345,10 +345,29 @@ impl Core {
 
     fn commit_outcome(&self, shard: &mut Shard, batch: Vec<Record>) {
         let ids: Vec<TaskId> = batch.iter().map(Record::task_id).collect();
-        if let Ok((applied, mut lsn)) = self.store.commit_batch(shard, batch) {
-            for (a, id) in applied.into_iter().zip(ids) {
-                self.settle(shard, id, a, &mut lsn);
+        match self.store.commit_batch(shard, batch) {
+            Ok((applied, mut lsn)) => {
+                for (a, id) in applied.into_iter().zip(ids) {
+                    self.settle(shard, id, a, &mut lsn);
+                }
             }
+            // The outcome does not fit in one log record (a huge result or a spawn
+            // of very many children): nothing changed, so fail the attempt instead.
+            Err(Error::Log(e @ crate::log::LogError::RecordTooLarge { .. })) => {
+                let Some(e_task) = ids.first().and_then(|id| shard.get(*id)) else {
+                    return;
+                };
+                let error = format!(
+                    "the handler's outcome is too large to record ({e}); return a smaller result or spawn children in several rounds"
+                );
+                let id = e_task.task.id;
+                let record =
+                    self.fail_record(e_task, None, usize::MAX, error, FailKind::Error, self.now());
+                if let Ok((a, mut lsn)) = self.store.commit(shard, record) {
+                    self.settle(shard, id, a, &mut lsn);
+                }
+            }
+            Err(_) => {} // the log is poisoned: every later write reports it
         }
     }
 
