@@ -44,13 +44,15 @@ impl Core {
         let Some(log) = &self.store.log else {
             return Ok(());
         };
+        let mut names = std::collections::HashSet::new();
         if let Some((_, bytes)) = log.snapshot() {
             let snap = decode_snapshot(&bytes)?;
             self.store.observe_id(TaskId(
                 snap.counter.saturating_sub(1) << super::store::SHARD_BITS,
             ));
-            for entry in snap.entries {
+            for mut entry in snap.entries {
                 stats.snapshot_tasks += 1;
+                super::store::intern_entry(&mut names, &mut entry);
                 self.store.observe_id(entry.task.id);
                 self.store.lock(entry.task.id).restore(entry);
             }
@@ -61,7 +63,7 @@ impl Core {
             |_lsn, bytes| -> std::result::Result<(), codec::DecodeError> {
                 for record in codec::decode(bytes)? {
                     replayed += 1;
-                    if !self.store.replay_record(record) {
+                    if !self.store.replay_record(record, &mut names) {
                         refused += 1;
                     }
                 }

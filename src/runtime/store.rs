@@ -17,8 +17,9 @@ use crate::engine::{Applied, Shard};
 use crate::log::{Log, Lsn};
 use parking_lot::{Mutex, MutexGuard};
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use super::error::{Error, Result};
 
@@ -143,11 +144,39 @@ impl Store {
     }
 
     /// Applies a replayed record (no logging).
-    pub(crate) fn replay_record(&self, record: Record) -> bool {
+    ///
+    /// Handler and worker names are interned: live operation shares one `Arc<str>`
+    /// per name, and replay must not give every task and attempt its own copy.
+    pub(crate) fn replay_record(&self, mut record: Record, names: &mut HashSet<Arc<str>>) -> bool {
         let id = record.task_id();
-        if let Record::Submit(t) = &record {
-            self.observe_id(t.id);
+        match &mut record {
+            Record::Submit(t) => {
+                self.observe_id(t.id);
+                t.name = intern(names, &t.name);
+            }
+            Record::Claim { worker, .. } => *worker = intern(names, worker),
+            _ => {}
         }
         self.lock(id).apply(record).is_ok()
     }
+}
+
+/// Interns the names a snapshot entry holds (see [`Store::replay_record`]).
+pub(crate) fn intern_entry(names: &mut HashSet<Arc<str>>, entry: &mut crate::engine::TaskEntry) {
+    entry.task.name = intern(names, &entry.task.name);
+    if let Some(w) = &entry.task.worker {
+        entry.task.worker = Some(intern(names, w));
+    }
+    for a in &mut entry.attempts {
+        a.worker = intern(names, &a.worker);
+    }
+}
+
+/// The shared copy of `name`.
+fn intern(names: &mut HashSet<Arc<str>>, name: &Arc<str>) -> Arc<str> {
+    if let Some(n) = names.get(name) {
+        return n.clone();
+    }
+    names.insert(name.clone());
+    name.clone()
 }
