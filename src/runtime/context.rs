@@ -74,8 +74,10 @@ pub enum Interrupted {
     /// No heartbeat arrived within the window.
     #[error("task timed out: no heartbeat within the heartbeat window")]
     HeartbeatTimeout,
-    /// The attempt no longer owns the task (paused, or the manager stopped).
-    #[error("the attempt was stopped (the task was paused or the manager is stopping)")]
+    /// The manager stopped before the attempt finished; the attempt was recorded
+    /// as interrupted and its result will be discarded. (Pausing a task does not
+    /// interrupt its handler: SPEC §6 only discards the late result.)
+    #[error("the attempt was stopped: the manager shut down before it finished; return now, its result is discarded")]
     Stopped,
 }
 
