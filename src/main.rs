@@ -48,7 +48,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Kills `fibflow demo` with SIGKILL at seeded random points and checks recovery.
+    /// Kills the demo pipeline with SIGKILL at seeded random points and checks recovery.
     CrashTest(cli::crash::CrashArgs),
 }
 

@@ -1,47 +1,39 @@
-//! `fibflow crash-test`: kill `fibflow demo` with SIGKILL at seeded random points,
-//! reopen its directory after every kill, and check that nothing acknowledged was
-//! lost and no acknowledged completion ran again.
+//! `fibflow crash-test`: the demo pipeline under the library's SIGKILL harness,
+//! [`fibflow::crash_test::CrashTest`].
 //!
-//! Protocol (the child is this binary, `demo --trace`; see `demo.rs`):
-//! 1. Round `r` of `kills` runs the child on the first `M·(r+1)/(kills+1)` tasks, so
-//!    every round has new work and every round after the first resumes old work.
-//!    The parent reads the child's stdout (`ack <i>`: submission of task `i` is
-//!    durable; `done <i>`: its completion is) and after a seeded random number of
-//!    lines calls `Child::kill` (SIGKILL). Lines already in the pipe were printed
-//!    before the kill, so they are read to EOF and count as acknowledged too.
-//! 2. Handlers append `ran <i>` to `ran.log` (`O_APPEND`, one write per line) at
-//!    their start, so after the child is gone, `ran.log` holds every execution of
-//!    that round. A *re-run completion* is a `ran <i>` line of round `r` for a task
-//!    whose completion was acknowledged in a round before `r`.
-//! 3. After every kill the parent opens the directory itself (measuring the time
-//!    to open = lock + snapshot + replay), and counts as *lost* every acknowledged
-//!    submission that is missing and every acknowledged completion whose task is
-//!    not `completed`.
-//! 4. A last child runs all `M` tasks to the end; then every task must be
-//!    completed, exactly `M` tasks must exist (dedup keys mean none was submitted
-//!    twice), and the interrupted attempts are counted.
+//! The harness re-executes this binary with the same arguments and an environment
+//! variable set, so the child parses `crash-test ...` again and reaches
+//! [`CrashTest::run`] from here too; there, `run` opens the log, registers the demo
+//! handlers ([`demo::register`]), runs [`workload`] and exits. Nothing before
+//! `run` may print or touch the directory, since it runs in every child as well.
 //!
-//! Correct because: a line reaches the pipe only after the API acknowledged the
-//! fact it states, SIGKILL cannot unwrite a line already in the pipe, and a
-//! `ran` line is in the file before its handler returns, so no run is missed.
+//! The workload of round `r` (1, 2, …) submits the first `M·r/(N+1)` demo tasks
+//! (at least 1, at most `M`) with dedup keys `demo-<i>`, acknowledging each
+//! submission and each completion through [`Ack`]; so every round has new work and
+//! every round after the first resumes old work. The final run (round ≥ `N+1`)
+//! submits all `M`. The kill point is drawn from `1..=2M` acknowledgement lines
+//! (one per submission, one per completion); a round that prints fewer finishes
+//! first, is checked all the same, and does not count as a kill. Loss, re-run
+//! completions (attempts an acknowledged completion gained) and recovery times are
+//! the harness's; this command adds one last open of the kept directory to check
+//! that exactly `M` tasks exist and all `M` completed.
 
-use super::demo::DurabilityArg;
+use super::demo::{self, DurabilityArg};
 use super::out::{print_json, round, CliResult};
 use clap::Args;
-use fibflow::{AttemptOutcome, TaskFilter, TaskManager, TaskStatus};
-use rand::{Rng, SeedableRng};
+use fibflow::crash_test::{Ack, CrashReport, CrashTest, CrashTestError, ENV_KILLS};
+use fibflow::{TaskFilter, TaskManager, TaskStatus};
 use serde_json::json;
-use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
-use std::time::Instant;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
 /// Arguments of `fibflow crash-test`.
 #[derive(Args, Debug, Clone)]
 pub struct CrashArgs {
-    /// Working directory: the log goes to DIR/data, the run trace to DIR/ran.log
-    /// (both are wiped first). Default: a fresh directory under the system temp dir.
+    /// Working directory (created if missing; it must be empty), kept afterwards;
+    /// the log is DIR/log. Default: a fresh directory under the system temp dir,
+    /// removed after a passing run.
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Number of SIGKILLs.
@@ -53,7 +45,7 @@ pub struct CrashArgs {
     /// Tasks of the demo workload.
     #[arg(long, default_value_t = 5000)]
     pub tasks: u64,
-    /// Durability of the child's directory.
+    /// Durability of the log.
     #[arg(long, value_enum, default_value_t = DurabilityArg::Sync)]
     pub durability: DurabilityArg,
     /// One JSON object on the last stdout line.
@@ -61,41 +53,80 @@ pub struct CrashArgs {
     pub json: bool,
 }
 
-/// What the parent learnt from the children.
-#[derive(Default)]
-struct Ledger {
-    acked_submit: BTreeSet<u64>,
-    acked_done: BTreeSet<u64>,
-    ran_offset: u64,
-    rerun: u64,
-    rerun_keys: BTreeSet<u64>,
-    lost_submit: u64,
-    lost_done: u64,
-    recovery_ms: Vec<f64>,
-    replayed: Vec<u64>,
-    kills: u32,
+/// How long the workload waits for one task.
+const PATIENCE: Duration = Duration::from_hours(1);
+
+/// Kills the harness will deliver: `--kills`, unless `FIBFLOW_CRASH_ITERS`
+/// overrides it (the harness reads the same variable, in parent and child alike).
+fn effective_kills(a: &CrashArgs) -> u32 {
+    std::env::var(ENV_KILLS)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(a.kills)
 }
 
-struct Paths {
-    root: PathBuf,
-    data: PathBuf,
-    ran: PathBuf,
+/// Tasks of round `r`: the first `M·r/(kills+1)`, at least 1, at most `M`. The final
+/// run's round is at least `kills + 1`, so it runs all `M`.
+fn tasks_of_round(tasks: u64, kills: u32, r: u32) -> u64 {
+    let m = u128::from(tasks) * u128::from(r) / (u128::from(kills) + 1);
+    u64::try_from(m).unwrap_or(u64::MAX).clamp(1, tasks)
 }
 
-fn prepare(a: &CrashArgs) -> std::io::Result<Paths> {
-    let root = a.dir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("fibflow-crash-{}-{}", std::process::id(), a.seed))
-    });
-    let data = root.join("data");
-    let ran = root.join("ran.log");
-    if data.exists() {
-        std::fs::remove_dir_all(&data)?;
-    }
-    if ran.exists() {
-        std::fs::remove_file(&ran)?;
-    }
-    std::fs::create_dir_all(&root)?;
-    Ok(Paths { root, data, ran })
+/// The child: submits this round's tasks in batches while the workers run, and
+/// acknowledges each completion as `wait` returns it, in submission order.
+fn workload(mgr: &TaskManager, ack: &Ack, a: &CrashArgs) -> fibflow::Result<()> {
+    let n = tasks_of_round(a.tasks, effective_kills(a), ack.round());
+    mgr.start()?;
+    std::thread::scope(|s| -> fibflow::Result<()> {
+        let (tx, rx) = crossbeam::channel::unbounded();
+        let waiter = s.spawn(move || -> fibflow::Result<()> {
+            for id in rx {
+                ack.wait(mgr, id, PATIENCE)?;
+            }
+            Ok(())
+        });
+        let mut from = 0;
+        let submitted = (|| -> fibflow::Result<()> {
+            while from < n {
+                let to = (from + demo::BATCH).min(n);
+                let got = mgr.submit_batch(demo::batch(from, to, a.seed))?;
+                ack.submitted_all(&got);
+                for id in got {
+                    let _ = tx.send(id);
+                }
+                from = to;
+            }
+            Ok(())
+        })();
+        drop(tx);
+        let waited = match waiter.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        submitted.and(waited)
+    })
+}
+
+/// What the last open of the kept directory found: demo tasks `completed`, and
+/// all tasks.
+fn count_final(dir: &std::path::Path, a: &CrashArgs) -> fibflow::Result<(u64, u64)> {
+    let mgr = demo::configure(TaskManager::builder())
+        .durability(a.durability.to_lib())
+        .dir(dir)
+        .build()?;
+    let completed = mgr
+        .list_tasks(&TaskFilter::all())
+        .iter()
+        .filter(|t| {
+            t.status == TaskStatus::Completed
+                && t.dedup_key
+                    .as_deref()
+                    .and_then(|k| k.strip_prefix("demo-")?.parse::<u64>().ok())
+                    .is_some_and(|i| i < a.tasks)
+        })
+        .count() as u64;
+    let total = mgr.count_by_status().values().sum();
+    Ok((completed, total))
 }
 
 fn durability_flag(d: DurabilityArg) -> &'static str {
@@ -106,228 +137,122 @@ fn durability_flag(d: DurabilityArg) -> &'static str {
     }
 }
 
-/// This binary. On Linux, when it was replaced on disk while running (a rebuild),
-/// `current_exe` ends in " (deleted)"; the new file at the old path is the same
-/// program, so use that.
-fn child_exe() -> std::io::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let text = exe.to_string_lossy();
-    Ok(match text.strip_suffix(" (deleted)") {
-        Some(path) => PathBuf::from(path),
-        None => exe,
-    })
-}
-
-/// Runs one child on `tasks` tasks; kills it after `kill_after` stdout lines (if it
-/// gets that far). Returns whether it was killed and its last line.
-fn run_child(
-    a: &CrashArgs,
-    p: &Paths,
-    tasks: u64,
-    kill_after: Option<u64>,
-    l: &mut Ledger,
-) -> std::io::Result<(bool, String)> {
-    let exe = child_exe()?;
-    let mut child = Command::new(&exe)
-        .args(["demo", "--dir"])
-        .arg(&p.data)
-        .args(["--tasks", &tasks.to_string(), "--seed", &a.seed.to_string()])
-        .args(["--durability", durability_flag(a.durability), "--trace"])
-        .arg(&p.ran)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot start the demo child {}: {e}", exe.display()),
-            )
-        })?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| std::io::Error::other("child has no stdout"))?;
-    let mut killed = false;
-    let mut lines = 0u64;
-    let mut last = String::new();
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
-        lines += 1;
-        if let Some(i) = line.strip_prefix("ack ").and_then(|s| s.parse().ok()) {
-            l.acked_submit.insert(i);
-        } else if let Some(i) = line.strip_prefix("done ").and_then(|s| s.parse().ok()) {
-            l.acked_done.insert(i);
-        }
-        last = line;
-        if !killed && kill_after == Some(lines) {
-            child.kill()?;
-            killed = true;
-        }
-    }
-    let status = child.wait()?;
-    if !killed && !status.success() {
-        return Err(std::io::Error::other(format!(
-            "the demo child failed: {status}"
-        )));
-    }
-    Ok((killed, last))
-}
-
-/// Reads the `ran` lines appended since the last call; counts the re-runs of
-/// completions acknowledged before this round (`done_before`).
-fn read_ran(p: &Paths, done_before: &BTreeSet<u64>, l: &mut Ledger) -> std::io::Result<()> {
-    let Ok(mut f) = std::fs::File::open(&p.ran) else {
-        return Ok(());
-    };
-    f.seek(SeekFrom::Start(l.ran_offset))?;
-    let mut text = String::new();
-    f.read_to_string(&mut text)?;
-    l.ran_offset += text.len() as u64;
-    for i in text
-        .lines()
-        .filter_map(|s| s.strip_prefix("ran ")?.parse::<u64>().ok())
-    {
-        if done_before.contains(&i) {
-            l.rerun += 1;
-            l.rerun_keys.insert(i);
-        }
-    }
-    Ok(())
-}
-
-/// Status and id of every demo task, by task number.
-type ByKey = HashMap<u64, (TaskStatus, fibflow::TaskId)>;
-
-/// Opens the directory (timed) and returns the state of every demo task by number.
-fn reopen(data: &Path, l: &mut Ledger) -> fibflow::Result<(TaskManager, ByKey)> {
-    let t0 = Instant::now();
-    let mgr = TaskManager::builder().dir(data).build()?;
-    l.recovery_ms
-        .push(round(t0.elapsed().as_secs_f64() * 1e3, 3));
-    l.replayed.push(mgr.recovery_stats().records_replayed);
-    let mut by_key = HashMap::new();
-    for t in mgr.list_tasks(&TaskFilter::all()) {
-        if let Some(i) = t
-            .dedup_key
-            .as_deref()
-            .and_then(|k| k.strip_prefix("demo-")?.parse().ok())
-        {
-            by_key.insert(i, (t.status, t.id));
-        }
-    }
-    Ok((mgr, by_key))
-}
-
-fn check_acked(by_key: &ByKey, l: &mut Ledger) {
-    l.lost_submit += l
-        .acked_submit
-        .iter()
-        .filter(|i| !by_key.contains_key(i))
-        .count() as u64;
-    l.lost_done += l
-        .acked_done
-        .iter()
-        .filter(|i| {
-            by_key
-                .get(i)
-                .is_none_or(|(s, _)| *s != TaskStatus::Completed)
-        })
-        .count() as u64;
-}
-
-/// Runs `fibflow crash-test`.
+/// Runs `fibflow crash-test`; in the harness's child, runs the workload and exits.
 pub fn run(a: &CrashArgs) -> CliResult {
     if a.tasks == 0 {
         return Err("--tasks must be at least 1".into());
     }
-    let p = prepare(a)?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
-    let mut l = Ledger::default();
-    for r in 0..u64::from(a.kills) {
-        let m = (a.tasks * (r + 1) / (u64::from(a.kills) + 1)).max(1);
-        let kill_after = rng.random_range(1..=2 * m);
-        let done_before = l.acked_done.clone();
-        let (killed, _) = run_child(a, &p, m, Some(kill_after), &mut l)?;
-        l.kills += u32::from(killed);
-        read_ran(&p, &done_before, &mut l)?;
-        let (mgr, by_key) = reopen(&p.data, &mut l)?;
-        check_acked(&by_key, &mut l);
-        drop(mgr);
-        if !a.json {
-            println!(
-                "round {r}: {} after {kill_after} lines of {m} tasks; acked {} submissions, {} completions; reopened in {} ms",
-                if killed { "killed" } else { "finished" },
-                l.acked_submit.len(),
-                l.acked_done.len(),
-                l.recovery_ms.last().copied().unwrap_or(0.0)
-            );
+    let durability = a.durability.to_lib();
+    let mut test = CrashTest::new()
+        .name("fibflow crash-test")
+        .kills(a.kills)
+        .seed(a.seed)
+        .durability(durability)
+        .configure(demo::configure)
+        // One line per submission and one per completion.
+        .kill_window(a.tasks.saturating_mul(2))
+        // Kept so the last open below can count the tasks; removed after a pass.
+        .keep_dir(true)
+        .verbose(!a.json);
+    if let Some(dir) = &a.dir {
+        test = test.dir(dir);
+    }
+    let mut report = match test.run(demo::register, |mgr, ack| workload(mgr, ack, a)) {
+        Ok(report) => report,
+        Err(CrashTestError::DirNotEmpty { path }) => {
+            return Err(format!(
+                "--dir {} is not empty: remove it, or pass a missing or empty directory",
+                path.display()
+            )
+            .into())
         }
-    }
-    let done_before = l.acked_done.clone();
-    let (_, last) = run_child(a, &p, a.tasks, None, &mut l)?;
-    read_ran(&p, &done_before, &mut l)?;
-    let (mgr, by_key) = reopen(&p.data, &mut l)?;
-    check_acked(&by_key, &mut l);
-    let completed = by_key
-        .values()
-        .filter(|(s, _)| *s == TaskStatus::Completed)
-        .count() as u64;
-    let total_tasks: u64 = mgr.count_by_status().values().sum();
-    let mut interrupted = 0u64;
-    for (_, id) in by_key.values() {
-        interrupted += mgr
-            .attempts(*id)?
-            .iter()
-            .filter(|t| t.outcome == Some(AttemptOutcome::Interrupted))
-            .count() as u64;
-    }
-    drop(mgr);
-    let lost = l.lost_submit + l.lost_done;
-    let ok = lost == 0 && l.rerun == 0 && completed == a.tasks && total_tasks == a.tasks;
-    let v = json!({
-        "kills": l.kills,
-        "rounds": a.kills,
-        "tasks": a.tasks,
-        "seed": a.seed,
-        "durability": durability_flag(a.durability),
-        "dir": p.data.display().to_string(),
-        "acked_submissions": l.acked_submit.len(),
-        "acked_completions": l.acked_done.len(),
-        "lost": lost,
-        "lost_submissions": l.lost_submit,
-        "lost_completions": l.lost_done,
-        "rerun_completions": l.rerun,
-        "rerun_tasks": l.rerun_keys.iter().take(20).collect::<Vec<_>>(),
-        "interrupted_attempts": interrupted,
-        "completed": completed,
-        "tasks_in_dir": total_tasks,
-        "recovery_ms": l.recovery_ms,
-        "records_replayed": l.replayed,
-        "ok": ok,
-    });
-    if a.json {
-        print_json(&v)?;
-    } else {
-        println!("final run: {last}");
-        println!(
-            "crash-test: {} kills, lost {lost} (submissions {}, completions {}), re-run completions {}, interrupted attempts {interrupted}",
-            l.kills, l.lost_submit, l.lost_done, l.rerun
-        );
-        println!(
-            "  completed {completed} of {} ({} tasks in the directory)",
-            a.tasks, total_tasks
-        );
-        println!("  reopen times (ms): {:?}", l.recovery_ms);
-        println!("{}", if ok { "PASS" } else { "FAIL" });
-    }
+        Err(e) => return Err(e.into()),
+    };
+    let root = report.dir.take();
+    let log = root.as_ref().map(|r| r.join("log"));
+    let (completed, tasks_in_dir) = match &log {
+        Some(log) => count_final(log, a)?,
+        None => (0, 0),
+    };
+    let ok = report.is_clean() && completed == a.tasks && tasks_in_dir == a.tasks;
     if ok && a.dir.is_none() {
         // Our own temp directory: keep it only when there is something to look at.
-        let _ = std::fs::remove_dir_all(&p.root);
+        if let Some(root) = &root {
+            let _ = std::fs::remove_dir_all(root);
+        }
+    } else {
+        report.dir = root;
     }
+    let kept = log.filter(|_| report.dir.is_some());
+    print_report(a, &report, completed, tasks_in_dir, kept, ok)?;
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn print_report(
+    a: &CrashArgs,
+    r: &CrashReport,
+    completed: u64,
+    tasks_in_dir: u64,
+    dir: Option<PathBuf>,
+    ok: bool,
+) -> std::io::Result<()> {
+    let recovery_ms: Vec<f64> = r
+        .recovery
+        .iter()
+        .map(|d| round(d.as_secs_f64() * 1e3, 3))
+        .collect();
+    if a.json {
+        return print_json(&json!({
+            "kills": r.kills,
+            "rounds": r.rounds,
+            "tasks": a.tasks,
+            "seed": r.seed,
+            "durability": durability_flag(a.durability),
+            "dir": dir.map(|d| d.display().to_string()),
+            "acked_submissions": r.acknowledged,
+            "acked_completions": r.acknowledged_completions,
+            "lost": r.lost,
+            "rerun_completions": r.rerun_completions,
+            "left_running": r.stuck_running,
+            "unfinished": r.unfinished,
+            "ended_not_completed": r.ended_not_completed,
+            "interrupted_attempts": r.interrupted_attempts,
+            "completed": completed,
+            "tasks_in_dir": tasks_in_dir,
+            "recovery_ms": recovery_ms,
+            "records_replayed": r.records_replayed,
+            "problems": r.problems,
+            "ok": ok,
+        }));
+    }
+    println!("{r}");
+    println!(
+        "crash-test: {} kills, lost {}, re-run completions {}, interrupted attempts {}",
+        r.kills, r.lost, r.rerun_completions, r.interrupted_attempts
+    );
+    println!(
+        "  completed {completed} of {} ({tasks_in_dir} tasks in the directory)",
+        a.tasks
+    );
+    println!("  reopen times (ms): {recovery_ms:?}");
+    println!("{}", if ok { "PASS" } else { "FAIL" });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tasks_of_round;
+
+    #[test]
+    fn rounds_grow_to_all_tasks() {
+        assert_eq!(tasks_of_round(5000, 10, 1), 454);
+        assert_eq!(tasks_of_round(5000, 10, 11), 5000);
+        assert_eq!(tasks_of_round(5000, 10, 40), 5000);
+        assert_eq!(tasks_of_round(3, 10, 1), 1);
+        assert_eq!(tasks_of_round(7, 0, 1), 7);
+    }
 }

@@ -9,31 +9,25 @@
 //! state (`count_by_status`, then every task id), never from in-process counters,
 //! so a resumed run reports the tasks the previous process finished too.
 //!
-//! The hidden `--trace FILE` flag is the child protocol of `fibflow crash-test`:
-//! each handler execution appends `ran <i>` to FILE (opened with `O_APPEND`, one
-//! `write` per line), and stdout gets `ack <i>` once the submission of task `i` is
-//! acknowledged and `done <i>` once its completion is (`TaskManager::wait` returns
-//! after the final record is durable).
+//! `fibflow crash-test` (`crash.rs`) runs this same pipeline under the library's
+//! SIGKILL harness: it reuses [`configure`], [`register`] and [`batch`].
 
 use super::out::{cores, print_json, round, stdout_is_tty, CliResult};
 use clap::{Args, ValueEnum};
 use fibflow::{
-    Durability, HandlerOptions, Pool, SubmitOptions, Task, TaskContext, TaskId, TaskManager,
-    TaskStatus,
+    Builder, Durability, HandlerOptions, Pool, SubmitOptions, Task, TaskContext, TaskId,
+    TaskManager, TaskStatus,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The directory `demo` uses when neither `--memory` nor `--dir` is given.
 pub const DEFAULT_DIR: &str = "fibflow-data";
 /// Tasks per `submit_batch` call: one durable wait per batch.
-const BATCH: u64 = 1000;
+pub(crate) const BATCH: u64 = 1000;
 
 /// Arguments of `fibflow demo`.
 #[derive(Args, Debug, Clone)]
@@ -56,10 +50,6 @@ pub struct DemoArgs {
     /// When a write is acknowledged, for a directory.
     #[arg(long, value_enum, default_value_t = DurabilityArg::Sync)]
     pub durability: DurabilityArg,
-    /// Child protocol of `crash-test`: append `ran <i>` lines to this file and print
-    /// `ack <i>` / `done <i>` lines.
-    #[arg(long, hide = true)]
-    pub trace: Option<PathBuf>,
 }
 
 /// `--durability` values.
@@ -74,7 +64,7 @@ pub enum DurabilityArg {
 }
 
 impl DurabilityArg {
-    fn to_lib(self) -> Durability {
+    pub(crate) fn to_lib(self) -> Durability {
         match self {
             DurabilityArg::Sync => Durability::Sync,
             DurabilityArg::Os => Durability::Os,
@@ -121,13 +111,16 @@ pub fn storage_dir(a: &DemoArgs) -> Option<PathBuf> {
     }
 }
 
-/// Opens the manager of a demo run: a default pool of `cores` workers and a `gpu`
-/// pool of 2.
-fn open(a: &DemoArgs) -> fibflow::Result<TaskManager> {
-    let b = TaskManager::builder()
-        .max_concurrent_tasks(cores().max(2))
+/// The demo's pools on `b`: a default pool of `cores` workers and a `gpu` pool of 2.
+pub(crate) fn configure(b: Builder) -> Builder {
+    b.max_concurrent_tasks(cores().max(2))
         .retry_interval(Duration::ZERO)
-        .pool(Pool::new("gpu").tags(["gpu"]).concurrency(2));
+        .pool(Pool::new("gpu").tags(["gpu"]).concurrency(2))
+}
+
+/// Opens the manager of a demo run.
+fn open(a: &DemoArgs) -> fibflow::Result<TaskManager> {
+    let b = configure(TaskManager::builder());
     match storage_dir(a) {
         None => b.memory().build(),
         Some(d) => b.dir(d).durability(a.durability.to_lib()).build(),
@@ -138,38 +131,21 @@ fn task_number(ctx: &TaskContext) -> u64 {
     ctx.payload()["i"].as_u64().unwrap_or(u64::MAX)
 }
 
-/// Appends `ran <i>` with one `write` on an `O_APPEND` file (atomic for a short line).
-fn trace_ran(trace: Option<&File>, i: u64) {
-    if let Some(mut f) = trace {
-        let line = format!("ran {i}\n");
-        let _ = f.write_all(line.as_bytes());
-    }
-}
-
-fn register(mgr: &TaskManager, trace: Option<&Arc<File>>) -> fibflow::Result<()> {
-    let t = trace.cloned();
-    mgr.register("demo.cpu", move |ctx| {
+/// Registers the three demo handlers.
+pub(crate) fn register(mgr: &TaskManager) -> fibflow::Result<()> {
+    mgr.register("demo.cpu", |ctx| {
         let i = task_number(ctx);
-        trace_ran(t.as_deref(), i);
         Ok(json!({ "i": i, "square": i.wrapping_mul(i) }).into())
     })?;
-    let t = trace.cloned();
-    mgr.register_with(
-        "demo.gpu",
-        HandlerOptions::new().requires(["gpu"]),
-        move |ctx| {
-            let i = task_number(ctx);
-            trace_ran(t.as_deref(), i);
-            Ok(json!({ "i": i, "worker": ctx.worker() }).into())
-        },
-    )?;
-    let t = trace.cloned();
+    mgr.register_with("demo.gpu", HandlerOptions::new().requires(["gpu"]), |ctx| {
+        let i = task_number(ctx);
+        Ok(json!({ "i": i, "worker": ctx.worker() }).into())
+    })?;
     let flaky = HandlerOptions::new()
         .max_retries(3)
         .retry_interval(Duration::ZERO);
-    mgr.register_with("demo.flaky", flaky, move |ctx| {
+    mgr.register_with("demo.flaky", flaky, |ctx| {
         let i = task_number(ctx);
-        trace_ran(t.as_deref(), i);
         if ctx.retry_count() == 0 {
             return Err(format!("demo task {i} fails its first execution on purpose").into());
         }
@@ -178,7 +154,8 @@ fn register(mgr: &TaskManager, trace: Option<&Arc<File>>) -> fibflow::Result<()>
     Ok(())
 }
 
-fn batch(from: u64, to: u64, seed: u64) -> Vec<(String, Value, SubmitOptions)> {
+/// Tasks `from..to` of the pipeline, with their handlers and dedup keys `demo-<i>`.
+pub(crate) fn batch(from: u64, to: u64, seed: u64) -> Vec<(String, Value, SubmitOptions)> {
     (from..to)
         .map(|i| {
             let o = SubmitOptions::new().dedup_key(format!("demo-{i}"));
@@ -233,13 +210,11 @@ impl Progress {
     }
 }
 
-/// Submits tasks `0..n` in batches; in trace mode hands each batch's ids to the
-/// `done` printer and prints the `ack` lines.
+/// Submits tasks `0..n` in batches.
 fn submit_all(
     mgr: &TaskManager,
     a: &DemoArgs,
     progress: &Progress,
-    acked: Option<&crossbeam::channel::Sender<(u64, TaskId)>>,
 ) -> fibflow::Result<Vec<TaskId>> {
     let mut ids = Vec::with_capacity(usize::try_from(a.tasks).unwrap_or(0));
     let mut last_update = Instant::now();
@@ -247,13 +222,6 @@ fn submit_all(
     while from < a.tasks {
         let to = (from + BATCH).min(a.tasks);
         let got = mgr.submit_batch(batch(from, to, a.seed))?;
-        if let Some(tx) = acked {
-            let mut out = std::io::stdout().lock();
-            for (k, id) in got.iter().enumerate() {
-                let _ = writeln!(out, "ack {}", from + k as u64);
-                let _ = tx.send((from + k as u64, *id));
-            }
-        }
         ids.extend(got);
         from = to;
         if progress.bar.is_some() && last_update.elapsed() > Duration::from_millis(100) {
@@ -262,17 +230,6 @@ fn submit_all(
         }
     }
     Ok(ids)
-}
-
-/// Prints `done <i>` for each acknowledged completion, in submission order.
-fn print_done(mgr: &TaskManager, rx: &crossbeam::channel::Receiver<(u64, TaskId)>) {
-    for (i, id) in rx {
-        if let Ok(t) = mgr.wait(id, Duration::from_hours(1)) {
-            if t.status == TaskStatus::Completed {
-                println!("done {i}");
-            }
-        }
-    }
 }
 
 /// Exact outcome of this run's N tasks, read task by task from the manager.
@@ -314,40 +271,20 @@ fn durability_name(a: &DemoArgs) -> &'static str {
     }
 }
 
-fn open_trace(path: &Path) -> std::io::Result<Arc<File>> {
-    Ok(Arc::new(
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?,
-    ))
-}
-
 /// Runs `fibflow demo`.
 pub fn run(a: &DemoArgs) -> CliResult {
-    let trace = a.trace.as_deref().map(open_trace).transpose()?;
     let opened = Instant::now();
     let mgr = open(a)?;
     let open_ms = opened.elapsed().as_secs_f64() * 1e3;
-    register(&mgr, trace.as_ref())?;
+    register(&mgr)?;
     mgr.start()?;
     let preexisting: u64 = mgr.count_by_status().values().sum();
-    let progress = Progress::new(a.tasks, stdout_is_tty() && !a.json && trace.is_none());
+    let progress = Progress::new(a.tasks, stdout_is_tty() && !a.json);
     let started = Instant::now();
-    let ids = std::thread::scope(|s| -> fibflow::Result<Vec<TaskId>> {
-        if trace.is_some() {
-            let (tx, rx) = crossbeam::channel::unbounded();
-            let mgr = &mgr;
-            s.spawn(move || print_done(mgr, &rx));
-            submit_all(mgr, a, &progress, Some(&tx))
-        } else {
-            let ids = submit_all(&mgr, a, &progress, None)?;
-            while progress.update(&mgr, a.tasks) < a.tasks {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Ok(ids)
-        }
-    })?;
+    let ids = submit_all(&mgr, a, &progress)?;
+    while progress.update(&mgr, a.tasks) < a.tasks {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let outcome = settle(&mgr, &ids)?;
     let elapsed = started.elapsed();
     progress.finish();
@@ -397,7 +334,7 @@ fn report(
             .collect();
         println!("  by status: {}", parts.join(", "));
     }
-    if a.json || a.trace.is_some() {
+    if a.json {
         print_json(&json!({
             "submitted": a.tasks,
             "completed": o.completed,
