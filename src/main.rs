@@ -36,6 +36,9 @@ enum Command {
         /// Prints one task: the task, its events and its attempts.
         #[arg(long)]
         task: Option<u64>,
+        /// Prints one workflow: its tree of tasks with statuses, and its summary.
+        #[arg(long, conflicts_with = "task")]
+        workflow: Option<u64>,
         /// One JSON object on the last stdout line.
         #[arg(long)]
         json: bool,
@@ -57,7 +60,12 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Demo(a) => cli::demo::run(&a),
         Command::Bench(a) => cli::bench::run(&a),
-        Command::Inspect { dir, task, json } => cli::inspect::inspect(&dir, task, json),
+        Command::Inspect {
+            dir,
+            task,
+            workflow,
+            json,
+        } => cli::inspect::inspect(&dir, task, workflow, json),
         Command::Verify { dir, json } => cli::inspect::verify(&dir, json),
         Command::CrashTest(a) => cli::crash::run(&a),
     };

@@ -29,6 +29,13 @@ fn plain_success_has_exactly_four_events() {
     );
     assert_eq!(as_json["result"], json!({"x": 1}));
     assert_eq!(
+        as_json["status"], "completed",
+        "enums serialize by their SPEC names"
+    );
+    assert_eq!(as_json["kind"], "async");
+    let ev = serde_json::to_value(mgr.events(id).unwrap()).unwrap();
+    assert_eq!(ev[0]["event_type"], "task_created");
+    assert_eq!(
         event_names(&mgr, id),
         [
             "task_created",

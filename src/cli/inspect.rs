@@ -32,11 +32,14 @@ fn time(ms: u64) -> String {
         )
 }
 
-/// Runs `fibflow inspect DIR [--task ID]`.
-pub fn inspect(dir: &Path, task: Option<u64>, json_out: bool) -> CliResult {
+/// Runs `fibflow inspect DIR [--task ID | --workflow ID]`.
+pub fn inspect(dir: &Path, task: Option<u64>, workflow: Option<u64>, json_out: bool) -> CliResult {
     let mgr = open_existing(dir)?;
     if let Some(id) = task {
         return inspect_task(&mgr, TaskId(id), json_out);
+    }
+    if let Some(id) = workflow {
+        return inspect_workflow(&mgr, TaskId(id), json_out);
     }
     let counts = mgr.count_by_status();
     let stats = mgr.log_stats();
@@ -170,6 +173,105 @@ fn inspect_task(mgr: &TaskManager, id: TaskId, json_out: bool) -> CliResult {
             a.number,
             a.worker,
             time(a.started_at)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--workflow ID`: the tree of tasks under a root with their statuses, then the
+/// workflow summary (status and outcome counts, timing, critical path, ...).
+fn inspect_workflow(mgr: &TaskManager, root: TaskId, json_out: bool) -> CliResult {
+    let tasks = mgr.list_tasks(&fibflow::TaskFilter::all().workflow(root));
+    if tasks.is_empty() {
+        return Err(fibflow::Error::NotFound(root).into());
+    }
+    let summary = mgr.workflow_summary(root)?;
+    let mut children: std::collections::BTreeMap<Option<TaskId>, Vec<&Task>> =
+        std::collections::BTreeMap::new();
+    for t in &tasks {
+        let parent = if t.id == root { None } else { t.parent_id };
+        children.entry(parent).or_default().push(t);
+    }
+    let mut rows = Vec::new();
+    let mut stack: Vec<(&Task, usize)> = children
+        .get(&None)
+        .into_iter()
+        .flatten()
+        .map(|t| (*t, 0))
+        .collect();
+    while let Some((t, depth)) = stack.pop() {
+        rows.push((t, depth));
+        if let Some(kids) = children.get(&Some(t.id)) {
+            stack.extend(kids.iter().rev().map(|k| (*k, depth + 1)));
+        }
+    }
+    if json_out {
+        let tree: Vec<Value> = rows
+            .iter()
+            .map(|(t, depth)| {
+                json!({"id": t.id, "name": &*t.name, "status": t.status.as_str(), "stage": t.stage,
+                       "parent_id": t.parent_id, "depth": depth, "error": t.error})
+            })
+            .collect();
+        print_json(
+            &json!({"root": root, "tree": tree, "summary": serde_json::to_value(&summary)?}),
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("workflow {root}: {} tasks", tasks.len());
+    for (t, depth) in &rows {
+        let err = t
+            .error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        println!(
+            "  {}{} `{}` {} (stage {}){err}",
+            "  ".repeat(*depth),
+            t.id,
+            t.name,
+            t.status.as_str(),
+            t.stage
+        );
+    }
+    let counts: Vec<String> = summary
+        .status_counts
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    println!("statuses: {}", counts.join(", "));
+    let outcomes: Vec<String> = summary
+        .attempt_outcomes
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    println!("attempts: {}", outcomes.join(", "));
+    println!("workers: {}", summary.workers.join(", "));
+    if let Some(d) = summary.timing.duration_ms {
+        println!("duration: {d} ms");
+    }
+    let path: Vec<String> = summary
+        .critical_path
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    println!("critical path: {}", path.join(" -> "));
+    for a in &summary.slowest_attempts {
+        println!(
+            "slow: task {} attempt {} on {}: {} ms",
+            a.task_id,
+            a.number,
+            a.worker,
+            a.duration_ms().unwrap_or(0)
+        );
+    }
+    for f in &summary.failed_tasks {
+        println!(
+            "failed: {} `{}` {}: {}",
+            f.id,
+            f.name,
+            f.status.as_str(),
+            f.error.as_deref().unwrap_or("")
         );
     }
     Ok(ExitCode::SUCCESS)

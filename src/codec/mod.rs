@@ -45,6 +45,7 @@ pub type UnixMs = u64;
 
 /// The kind of a task: a one-shot task or a recurring cron task.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TaskKind {
     /// Runs until it completes or fails for good.
     Async,
@@ -54,6 +55,7 @@ pub enum TaskKind {
 
 /// What a parent does when one of its children fails for good.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OnChildFailure {
     /// The parent resumes and sees the error entry (fib-flow's runtime behaviour).
     #[default]

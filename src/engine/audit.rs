@@ -16,6 +16,7 @@ macro_rules! event_types {
         pub enum EventType {
             $(
                 #[doc = concat!("`", $name, "`")]
+                #[serde(rename = $name)]
                 $variant,
             )*
         }

@@ -11,6 +11,7 @@ use super::audit::EventType;
 
 /// The status of a task (SPEC §2).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     /// Waiting to be claimed (possibly until `next_run_time`).
     Pending,
@@ -105,6 +106,7 @@ impl FromStr for TaskStatus {
 
 /// How an attempt ended (SPEC §1).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AttemptOutcome {
     /// The handler returned a result.
     Completed,
