@@ -10,7 +10,7 @@
 use super::demo::by_status_json;
 use super::out::{print_json, CliResult};
 use chrono::{DateTime, Utc};
-use fibflow::{Attempt, Event, Task, TaskId, TaskManager};
+use fibflow::{Task, TaskId, TaskManager};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::ExitCode;
@@ -80,40 +80,17 @@ pub fn inspect(dir: &Path, task: Option<u64>, workflow: Option<u64>, json_out: b
     Ok(ExitCode::SUCCESS)
 }
 
-/// The task as JSON with its payload and result as JSON values (the types'
-/// `Serialize` writes them as strings, the form the record codec needs).
-fn task_json(t: &Task) -> Result<Value, serde_json::Error> {
-    let mut v = serde_json::to_value(t)?;
-    v["payload"] = t.payload.clone();
-    v["result"] = t.result.clone().unwrap_or(Value::Null);
-    v["status"] = json!(t.status.as_str());
-    Ok(v)
-}
-
-fn event_json(e: &Event) -> Result<Value, serde_json::Error> {
-    let mut v = serde_json::to_value(e)?;
-    v["metadata"] = e.metadata.clone();
-    v["event_type"] = json!(e.event_type.as_str());
-    v["from_status"] = json!(e.from_status.map(fibflow::TaskStatus::as_str));
-    v["to_status"] = json!(e.to_status.map(fibflow::TaskStatus::as_str));
-    Ok(v)
-}
-
-fn attempt_json(a: &Attempt) -> Result<Value, serde_json::Error> {
-    let mut v = serde_json::to_value(a)?;
-    v["outcome"] = json!(a.outcome.map(fibflow::AttemptOutcome::as_str));
-    Ok(v)
-}
-
 fn inspect_task(mgr: &TaskManager, id: TaskId, json_out: bool) -> CliResult {
     let task = mgr.get_task(id).ok_or(fibflow::Error::NotFound(id))?;
     let events = mgr.events(id)?;
     let attempts = mgr.attempts(id)?;
     if json_out {
         print_json(&json!({
-            "task": task_json(&task)?,
-            "events": events.iter().map(event_json).collect::<Result<Vec<_>, _>>()?,
-            "attempts": attempts.iter().map(attempt_json).collect::<Result<Vec<_>, _>>()?,
+            // The snapshot types serialize to natural JSON (payloads as values,
+            // statuses and event types by their SPEC names).
+            "task": serde_json::to_value(&task)?,
+            "events": serde_json::to_value(&events)?,
+            "attempts": serde_json::to_value(&attempts)?,
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
