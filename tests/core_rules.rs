@@ -610,3 +610,18 @@ fn queries_filter_and_page() {
     sorted.sort();
     assert_eq!(ids, sorted, "ascending by (created_at, id)");
 }
+
+/// A program using tokio itself may build, use and drop a manager inside an async
+/// context; dropping the manager's own runtime there must not panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manager_can_be_used_and_dropped_inside_an_async_context() {
+    let mgr = TaskManager::builder().memory().build().unwrap();
+    mgr.register_async("a", |ctx| async move { Ok(ctx.payload().clone().into()) })
+        .unwrap();
+    mgr.start().unwrap();
+    let id = mgr.submit("a", json!(5)).unwrap();
+    let t = tokio::task::block_in_place(|| mgr.wait(id, PATIENCE)).unwrap();
+    assert_eq!(t.result, Some(json!(5)));
+    tokio::task::block_in_place(|| mgr.stop(PATIENCE)).unwrap();
+    drop(mgr);
+}

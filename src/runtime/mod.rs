@@ -129,7 +129,8 @@ pub(crate) struct Core {
     pub(crate) stopping: AtomicBool,
     pub(crate) started: AtomicBool,
     crons: Mutex<HashMap<String, Arc<CronSchedule>>>,
-    pub(crate) tokio: tokio::runtime::Runtime,
+    /// Drives async handlers; `None` only while the core is being dropped.
+    tokio: Option<tokio::runtime::Runtime>,
     /// Workers still running their loop.
     pub(crate) live: (Mutex<usize>, Condvar),
 }
@@ -173,9 +174,14 @@ impl Core {
             stopping: AtomicBool::new(false),
             started: AtomicBool::new(false),
             crons: Mutex::new(HashMap::new()),
-            tokio,
+            tokio: Some(tokio),
             live: (Mutex::new(0), Condvar::new()),
         })
+    }
+
+    /// Runs an async handler's future to completion on the calling worker thread.
+    pub(crate) fn block_on<F: std::future::Future>(&self, fut: F) -> Option<F::Output> {
+        self.tokio.as_ref().map(|rt| rt.block_on(fut))
     }
 
     pub(crate) fn now(&self) -> UnixMs {
@@ -354,5 +360,16 @@ impl Core {
     ) {
         self.registry.register(items);
         self.dispatch.wake_each_pool();
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        // Dropping a tokio runtime blocks, which panics inside an async context
+        // (a program that drops its manager from `async fn main`); shut it down
+        // in the background instead.
+        if let Some(rt) = self.tokio.take() {
+            rt.shutdown_background();
+        }
     }
 }

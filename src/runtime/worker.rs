@@ -215,12 +215,13 @@ impl Core {
                 let ctl = job.ctx.inner.ctl.clone();
                 let fut = f(job.ctx.clone());
                 catch_unwind(AssertUnwindSafe(|| {
-                    self.tokio.block_on(async move {
+                    self.block_on(async move {
                         tokio::select! {
                             r = fut => r,
-                            () = ctl.notify.notified() => Err("the attempt was cancelled at an await point (timeout or pause)".into()),
+                            () = ctl.notify.notified() => Err("the attempt was cancelled at an await point (timeout or stop)".into()),
                         }
                     })
+                    .unwrap_or_else(|| Err("the task manager is shutting down".into()))
                 }))
             }
         };
