@@ -14,15 +14,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 const T0: u64 = 1_700_000_000_000;
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(24)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(ProptestConfig::with_cases(common::proptest_cases(24)))]
 
     #[test]
     fn one_worker_runs_tasks_in_priority_then_ready_time_then_id_order(

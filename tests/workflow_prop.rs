@@ -226,15 +226,8 @@ fn check(
     }
 }
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(24)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: common::proptest_cases(24), max_shrink_iters: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn random_workflow_trees_deliver_every_outcome_exactly_once(root in node_strategy()) {

@@ -44,3 +44,11 @@ pub fn event_names(mgr: &TaskManager, id: TaskId) -> Vec<&'static str> {
 pub fn has_event(mgr: &TaskManager, id: TaskId, ty: EventType) -> bool {
     mgr.events(id).unwrap().iter().any(|e| e.event_type == ty)
 }
+
+/// Proptest case count: CI-sized by default, `PROPTEST_CASES` for long runs.
+pub fn proptest_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
