@@ -287,3 +287,88 @@ fn records_larger_than_the_log_holds_are_refused_before_anything_changes() {
         "the log agrees"
     );
 }
+
+/// Runs one attempt of a blocking handler, stops the manager before it ends (the
+/// attempt is recorded `interrupted`, as after a crash), and reopens.
+fn interrupt_once(
+    dir: &Path,
+    id: Option<fibflow::TaskId>,
+    quarantine_after: u32,
+) -> fibflow::TaskId {
+    let mgr = TaskManager::builder()
+        .dir(dir)
+        .segment_size(1 << 20)
+        .quarantine_after(quarantine_after)
+        .build()
+        .unwrap();
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let started_tx = std::sync::Mutex::new(started_tx);
+    let release_rx = std::sync::Mutex::new(release_rx);
+    mgr.register("stuck", move |_| {
+        started_tx.lock().unwrap().send(()).unwrap();
+        let _ = release_rx.lock().unwrap().recv();
+        Ok(json!("too late").into())
+    })
+    .unwrap();
+    let id = id.unwrap_or_else(|| mgr.submit("stuck", json!(null)).unwrap());
+    mgr.start().unwrap();
+    started_rx.recv_timeout(PATIENCE).unwrap();
+    let report = mgr.stop(Duration::ZERO).unwrap();
+    assert_eq!(report.interrupted, vec![id]);
+    release_tx.send(()).unwrap();
+    drop(mgr);
+    id
+}
+
+#[test]
+fn an_interrupted_attempt_is_recovered_without_using_a_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = interrupt_once(dir.path(), None, 3);
+    let mgr = open(dir.path());
+    let t = mgr.get_task(id).unwrap();
+    assert_eq!(t.status, TaskStatus::Pending);
+    assert_eq!(t.retry_count, 0, "an interruption does not use a retry");
+    assert_eq!(t.result, None, "the late result was discarded");
+    let names: Vec<_> = mgr
+        .events(id)
+        .unwrap()
+        .iter()
+        .map(|e| e.event_type.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "task_created",
+            "task_claimed",
+            "task_started",
+            "task_recovered"
+        ]
+    );
+    let attempts = mgr.attempts(id).unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(
+        attempts[0].outcome,
+        Some(fibflow::AttemptOutcome::Interrupted)
+    );
+    assert!(attempts[0].error.as_deref().unwrap().contains("stopped"));
+}
+
+#[test]
+fn a_task_interrupted_too_often_in_a_row_is_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = interrupt_once(dir.path(), None, 1);
+    interrupt_once(dir.path(), Some(id), 1);
+    let mgr = open(dir.path());
+    let t = mgr.get_task(id).unwrap();
+    assert_eq!(t.status, TaskStatus::PermanentlyFailed);
+    assert!(t.error.unwrap().contains("quarantined"));
+    let names: Vec<_> = mgr
+        .events(id)
+        .unwrap()
+        .iter()
+        .map(|e| e.event_type.as_str())
+        .collect();
+    assert_eq!(names.last(), Some(&"task_permanently_failed"));
+    assert_eq!(names.iter().filter(|n| **n == "task_recovered").count(), 2);
+}

@@ -370,9 +370,9 @@ impl TaskManager {
                 let _ = h.join();
             }
         }
-        if let Some(log) = &self.core.store.log {
-            log.flush()?;
-        }
+        // Closing releases the directory lock once the last user lets go, even if
+        // a handler past the deadline is still running (its result is discarded).
+        self.core.store.close()?;
         Ok(StopReport { interrupted })
     }
 
@@ -438,7 +438,7 @@ impl TaskManager {
         };
         w.count.fetch_sub(1, Ordering::AcqRel);
         let task = result?;
-        if let Some(log) = &self.core.store.log {
+        if let Some(log) = self.core.store.log() {
             if let Some(last) = log.stats().last_lsn {
                 log.wait_durable(last)?;
             }
@@ -498,7 +498,7 @@ impl TaskManager {
 
     /// Log statistics, for a directory.
     pub fn log_stats(&self) -> Option<LogStats> {
-        self.core.store.log.as_ref().map(Log::stats)
+        self.core.store.log().map(|l| l.stats())
     }
 
     /// Number of currently running attempts.

@@ -343,7 +343,7 @@ impl Core {
 
     /// Takes a snapshot when the log has grown past the configured size.
     pub(crate) fn maybe_compact(&self) {
-        let Some(log) = &self.store.log else { return };
+        let Some(log) = self.store.log() else { return };
         let st = log.stats();
         // LSNs are byte positions, so their difference is the log grown since the snapshot.
         let last = st.last_lsn.map_or(0, |l| l.0);

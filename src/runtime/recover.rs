@@ -41,7 +41,7 @@ pub struct RecoveryStats {
 impl Core {
     /// Loads the snapshot and replays the log into the shards (no records written).
     pub(crate) fn replay_log(&self, stats: &mut RecoveryStats) -> Result<()> {
-        let Some(log) = &self.store.log else {
+        let Some(log) = self.store.log() else {
             return Ok(());
         };
         let mut names = std::collections::HashSet::new();
@@ -259,7 +259,7 @@ impl Core {
     /// Every shard is locked while the state is copied: appends happen only under a
     /// shard lock, so the copy is exactly the state at the log's last LSN (I1).
     pub(crate) fn snapshot_now(&self) -> Result<()> {
-        let Some(log) = &self.store.log else {
+        let Some(log) = self.store.log() else {
             return Ok(());
         };
         let guards: Vec<_> = (0..super::store::SHARDS)

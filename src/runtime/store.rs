@@ -15,10 +15,11 @@
 use crate::codec::{self, Record, TaskId};
 use crate::engine::{Applied, Shard};
 use crate::log::{Log, Lsn};
+use arc_swap::ArcSwapOption;
 use parking_lot::{Mutex, MutexGuard};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::error::{Error, Result};
@@ -34,7 +35,11 @@ thread_local! {
 
 pub(crate) struct Store {
     shards: Box<[Mutex<Shard>]>,
-    pub(crate) log: Option<Log>,
+    /// The log of a durable manager; taken out by [`Store::close`] so that `stop`
+    /// releases the directory even while a handler past the deadline still runs.
+    log: ArcSwapOption<Log>,
+    /// Set by `close`: every later write is refused.
+    closed: AtomicBool,
     counter: AtomicU64,
     /// Dedup keys of live tasks.
     pub(crate) dedup: Mutex<HashMap<String, TaskId>>,
@@ -49,10 +54,26 @@ impl Store {
     pub(crate) fn new(log: Option<Log>) -> Store {
         Store {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect(),
-            log,
+            log: ArcSwapOption::new(log.map(Arc::new)),
+            closed: AtomicBool::new(false),
             counter: AtomicU64::new(1),
             dedup: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The log, for a durable manager that is not closed.
+    pub(crate) fn log(&self) -> Option<Arc<Log>> {
+        self.log.load_full()
+    }
+
+    /// Flushes and closes the log (the directory lock goes with the last user)
+    /// and refuses every later write.
+    pub(crate) fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        if let Some(log) = self.log.swap(None) {
+            log.flush()?;
+        }
+        Ok(())
     }
 
     /// Locks the shard of `id`.
@@ -89,7 +110,11 @@ impl Store {
         shard: &mut Shard,
         record: Record,
     ) -> Result<(Applied, Option<Lsn>)> {
-        let Some(log) = &self.log else {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Stopped);
+        }
+        let guard = self.log.load();
+        let Some(log) = guard.as_deref() else {
             return Ok((shard.apply(record)?, None));
         };
         ENCODE_BUF.with(|buf| {
@@ -110,7 +135,11 @@ impl Store {
         shard: &mut Shard,
         batch: Vec<Record>,
     ) -> Result<(Vec<Applied>, Option<Lsn>)> {
-        let bytes = match &self.log {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Stopped);
+        }
+        let guard = self.log.load();
+        let bytes = match guard.as_deref() {
             Some(log) => {
                 let b = codec::encode(&batch)?;
                 log.check_len(b.len())?;
@@ -128,7 +157,7 @@ impl Store {
                 Err(_) => {}
             }
         }
-        let lsn = match (&self.log, bytes) {
+        let lsn = match (guard.as_deref(), bytes) {
             (Some(log), Some(b)) => Some(log.append(&b)?),
             _ => None,
         };
@@ -137,7 +166,7 @@ impl Store {
 
     /// Waits until `lsn` is durable at the configured level.
     pub(crate) fn wait(&self, lsn: Option<Lsn>) -> Result<()> {
-        match (&self.log, lsn) {
+        match (self.log.load().as_deref(), lsn) {
             (Some(log), Some(lsn)) => log.wait_durable(lsn).map_err(Error::from),
             _ => Ok(()),
         }
