@@ -70,7 +70,10 @@ impl Pool {
         self.retry = Some(s);
         self
     }
-    /// Maximum attempts for tasks whose handler and submission set none.
+    /// Maximum attempts (the seed's `retryStrategy.maxAttempts`) for tasks that
+    /// require capabilities this pool has, when neither their submission nor their
+    /// handler sets `max_retries`. The first such pool in configuration order wins;
+    /// tasks without requirements use the manager default.
     pub fn max_attempts(mut self, n: u32) -> Pool {
         self.max_attempts = Some(n);
         self
