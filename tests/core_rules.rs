@@ -625,3 +625,59 @@ async fn manager_can_be_used_and_dropped_inside_an_async_context() {
     tokio::task::block_in_place(|| mgr.stop(PATIENCE)).unwrap();
     drop(mgr);
 }
+
+#[test]
+fn a_pools_retry_strategy_and_max_attempts_apply_to_the_tasks_it_serves() {
+    let clock = fibflow::ManualClock::new(1_700_000_000_000);
+    let strategy = fibflow::RetryStrategy {
+        backoff: fibflow::Backoff::Exponential,
+        base: Duration::from_secs(1),
+        cap: Some(Duration::from_secs(10)),
+        jitter: 0.0,
+    };
+    let mgr = TaskManager::builder()
+        .memory()
+        .clock(clock.clone())
+        .pool(
+            Pool::new("gpu")
+                .tags(["gpu"])
+                .concurrency(1)
+                .retry_strategy(strategy)
+                .max_attempts(3),
+        )
+        .build()
+        .unwrap();
+    mgr.register_with("render", HandlerOptions::new().requires(["gpu"]), |_| {
+        Err("no".into())
+    })
+    .unwrap();
+    mgr.start().unwrap();
+    let id = mgr.submit("render", json!(null)).unwrap();
+    assert_eq!(
+        mgr.get_task(id).unwrap().max_retries,
+        3,
+        "the pool's max attempts"
+    );
+    let t0 = fibflow::Clock::now_ms(&*clock);
+    eventually("first retry scheduled", || {
+        mgr.get_task(id).unwrap().retry_count == 1
+    });
+    assert_eq!(
+        mgr.get_task(id).unwrap().next_run_time,
+        t0 + 1_000,
+        "base delay"
+    );
+    clock.advance(Duration::from_secs(1));
+    eventually("second retry scheduled", || {
+        mgr.get_task(id).unwrap().retry_count == 2
+    });
+    assert_eq!(
+        mgr.get_task(id).unwrap().next_run_time,
+        t0 + 1_000 + 2_000,
+        "doubled"
+    );
+    clock.advance(Duration::from_secs(2));
+    let t = mgr.wait(id, PATIENCE).unwrap();
+    assert_eq!(t.status, TaskStatus::PermanentlyFailed);
+    assert_eq!(mgr.attempts(id).unwrap().len(), 3);
+}
