@@ -300,8 +300,9 @@ fn exhausted_retries_pause_a_cron_task_with_retry_exhausted_metadata() {
         .submit_with("c", json!(null), cron("*/1 * * * * *"))
         .unwrap();
     clock.advance(SEC);
-    eventually("retry scheduled", || {
-        mgr.get_task(id).unwrap().retry_count == 1
+    // SPEC §4: failed until the retry is due, then pending with retry_count 1.
+    eventually("first failure", || {
+        mgr.get_task(id).unwrap().status == TaskStatus::Failed
     });
     assert_eq!(
         mgr.get_task(id).unwrap().next_run_time,

@@ -282,12 +282,18 @@ fn resume_from_paused_goes_back_to_stage_zero_and_runs_now() {
     .unwrap();
     mgr.start().unwrap();
     let id = mgr.submit("t", json!(null)).unwrap();
-    eventually("retry scheduled", || {
-        mgr.get_task(id).unwrap().retry_count == 1
+    // SPEC §4: failed until the retry is due; gate claims so that the retry,
+    // once due, waits in pending with retry_count 1.
+    eventually("first failure", || {
+        mgr.get_task(id).unwrap().status == TaskStatus::Failed
     });
-    let t = mgr.get_task(id).unwrap();
-    assert_eq!(t.status, TaskStatus::Pending);
-    assert!(t.next_run_time > clock.now_ms());
+    assert!(mgr.get_task(id).unwrap().next_run_time > clock.now_ms());
+    mgr.pause();
+    clock.advance(Duration::from_mins(10));
+    eventually("retry due", || {
+        let t = mgr.get_task(id).unwrap();
+        t.status == TaskStatus::Pending && t.retry_count == 1
+    });
 
     // pending -> paused -> pending: stage 0, retry_count 0, due now.
     mgr.pause_task(id).unwrap();
@@ -304,6 +310,7 @@ fn resume_from_paused_goes_back_to_stage_zero_and_runs_now() {
         TaskStatus::Paused,
         "wait returns at paused"
     );
+    mgr.resume();
     mgr.resume_task(id, None).unwrap();
     let ev = last_event(&mgr, id, EventType::StatusChanged);
     assert_eq!(
@@ -311,13 +318,17 @@ fn resume_from_paused_goes_back_to_stage_zero_and_runs_now() {
         (Some(TaskStatus::Paused), Some(TaskStatus::Pending))
     );
     assert!(!event_names(&mgr, id).contains(&"task_resumed"));
-    // It ran at once with retry_count 0 (so it failed again and scheduled a new retry).
+    // It ran at once with retry_count 0 (so it failed again and a new retry waits).
     eventually("ran again", || {
-        mgr.attempts(id).unwrap().len() == 2 && mgr.get_task(id).unwrap().retry_count == 1
+        mgr.attempts(id).unwrap().len() == 2
+            && mgr.get_task(id).unwrap().status == TaskStatus::Failed
     });
     assert_eq!(seen.lock().unwrap()[1], (0, 0, None));
     let t = mgr.get_task(id).unwrap();
-    assert_eq!((t.status, t.stage), (TaskStatus::Pending, 0));
+    assert_eq!(
+        (t.status, t.stage, t.retry_count),
+        (TaskStatus::Failed, 0, 0)
+    );
     clock.advance(Duration::from_mins(10));
     eventually("suspended", || {
         mgr.get_task(id).unwrap().status == TaskStatus::Suspended

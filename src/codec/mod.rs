@@ -306,6 +306,14 @@ pub enum Record {
         /// When.
         at_ms: UnixMs,
     },
+    /// The retry of a failed or timed-out task is due: it becomes pending again
+    /// (`task_retry_scheduled`).
+    Retry {
+        /// The task.
+        id: TaskId,
+        /// When.
+        at_ms: UnixMs,
+    },
 }
 
 impl Record {
@@ -326,7 +334,8 @@ impl Record {
             | Record::Progress { id, .. }
             | Record::Checkpoint { id, .. }
             | Record::Delete { id }
-            | Record::Reschedule { id, .. } => *id,
+            | Record::Reschedule { id, .. }
+            | Record::Retry { id, .. } => *id,
         }
     }
 }

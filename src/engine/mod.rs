@@ -125,6 +125,8 @@ impl TaskEntry {
 pub struct Applied {
     /// The task became `pending`, eligible at this time.
     pub ready_at: Option<UnixMs>,
+    /// The task failed with a retry left: a `Retry` record is due at this time.
+    pub retry_at: Option<UnixMs>,
     /// The task left `running` (a worker slot is free, timers are stale).
     pub left_running: bool,
     /// The task reached a status `wait` returns at.

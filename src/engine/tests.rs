@@ -25,6 +25,7 @@ enum Op {
     Progress(usize, u8),
     Delete(usize),
     StaleComplete(usize),
+    Retry(usize),
 }
 
 fn arb_op() -> impl Strategy<Value = Op> {
@@ -42,7 +43,8 @@ fn arb_op() -> impl Strategy<Value = Op> {
         1 => i.clone().prop_map(Op::Recover),
         1 => (i.clone(), 0u8..120).prop_map(|(a, p)| Op::Progress(a, p)),
         1 => i.clone().prop_map(Op::Delete),
-        1 => i.prop_map(Op::StaleComplete),
+        1 => i.clone().prop_map(Op::StaleComplete),
+        2 => i.prop_map(Op::Retry),
     ]
 }
 
@@ -271,6 +273,10 @@ impl Driver {
                 }
             }
             Op::Delete(i) => Record::Delete { id: self.id(i)? },
+            Op::Retry(i) => Record::Retry {
+                id: self.id(i)?,
+                at_ms: now,
+            },
         };
         Some(vec![r])
     }

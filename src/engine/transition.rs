@@ -172,6 +172,7 @@ pub(super) fn apply(tasks: &mut Tasks, record: Record) -> Result<Applied, Transi
             next_run_ms,
             at_ms,
         } => reschedule(get(tasks, id)?, s, next_run_ms, at_ms),
+        Record::Retry { id, at_ms } => retry(get(tasks, id)?, s, at_ms),
         Record::Delete { id } => {
             let entry = tasks.remove(&id).ok_or(TransitionError::NotFound(id))?;
             Ok(Applied {
@@ -467,24 +468,11 @@ fn fail(
             .meta(meta),
     );
     if e.task.retry_left() {
-        let from = set_status(e, TaskStatus::Pending, at);
-        let t = &mut e.task;
-        t.retry_count += 1;
-        t.stage = 0;
-        t.result = None;
-        t.context = None;
-        t.next_run_time = retry_at;
-        let meta = json!({"retry_count": t.retry_count, "next_run_time": retry_at});
-        s.emit(
-            e,
-            at,
-            Row::new(EventType::RetryScheduled)
-                .change(from, TaskStatus::Pending)
-                .attempt(attempt)
-                .meta(meta),
-        );
+        // SPEC §4: the task stays failed/timeout until `retry_at`, when a `Retry`
+        // record makes it pending (fib-flow's model); exhaustion does not wait.
+        e.task.next_run_time = retry_at;
         return Ok(Applied {
-            ready_at: Some(retry_at),
+            retry_at: Some(retry_at),
             left_running: true,
             ..Applied::default()
         });
@@ -880,6 +868,40 @@ fn reschedule(
     s.emit(e, at, Row::new(EventType::StatusChanged).meta(meta));
     Ok(Applied {
         ready_at: Some(next),
+        ..Applied::default()
+    })
+}
+
+/// The retry of a failed or timed-out task is due (SPEC §4): pending again, with
+/// retry_count + 1, stage 0, result and context cleared, the last error kept.
+fn retry(e: &mut TaskEntry, s: &mut Sink, at: UnixMs) -> Result<Applied, TransitionError> {
+    let from = e.task.status;
+    if !matches!(from, TaskStatus::Failed | TaskStatus::Timeout) || !e.task.retry_left() {
+        return Err(TransitionError::InvalidTransition {
+            id: e.task.id,
+            from,
+            to: TaskStatus::Pending,
+        });
+    }
+    set_status(e, TaskStatus::Pending, at);
+    let t = &mut e.task;
+    t.retry_count += 1;
+    t.stage = 0;
+    t.result = None;
+    t.context = None;
+    t.next_run_time = at;
+    let meta = json!({"retry_count": t.retry_count, "previous_status": from.as_str()});
+    let attempt = t.attempt;
+    s.emit(
+        e,
+        at,
+        Row::new(EventType::RetryScheduled)
+            .change(from, TaskStatus::Pending)
+            .attempt(attempt)
+            .meta(meta),
+    );
+    Ok(Applied {
+        ready_at: Some(at),
         ..Applied::default()
     })
 }

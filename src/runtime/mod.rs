@@ -211,6 +211,9 @@ impl Core {
         if let Some(at) = applied.ready_at {
             self.make_ready(shard, id, at);
         }
+        if let Some(at) = applied.retry_at {
+            self.retry_when_due(shard, id, at, lsn);
+        }
         if applied.terminal {
             self.waiters.notify();
         }
@@ -253,11 +256,40 @@ impl Core {
 
     /// A timer entry fired: queue the task if it is still pending and due.
     pub(crate) fn due_task(&self, at: UnixMs, id: TaskId) {
+        use crate::engine::TaskStatus as S;
         let _wakes = self.dispatch.defer_wakes();
-        let shard = self.store.lock(id);
+        let mut shard = self.store.lock(id);
         let Some(e) = shard.get(id) else { return };
-        if e.task.status == crate::engine::TaskStatus::Pending && e.task.next_run_time <= at {
-            self.make_ready(&shard, id, at);
+        if e.task.next_run_time > at {
+            return; // a stale entry: the task was rescheduled since
+        }
+        match e.task.status {
+            S::Pending => self.make_ready(&shard, id, at),
+            S::Failed | S::Timeout => {
+                let mut lsn = None;
+                self.retry_when_due(&mut shard, id, at, &mut lsn);
+            }
+            _ => {}
+        }
+    }
+
+    /// A failed or timed-out task's retry: now if due (a `Retry` record, in the
+    /// same lock hold as the failure when the interval is zero), else on the timer.
+    pub(crate) fn retry_when_due(
+        &self,
+        shard: &mut Shard,
+        id: TaskId,
+        at: UnixMs,
+        lsn: &mut Option<Lsn>,
+    ) {
+        let now = self.now();
+        if at > now {
+            self.timer.schedule(at, id);
+            return;
+        }
+        if let Ok((applied, l)) = self.store.commit(shard, Record::Retry { id, at_ms: now }) {
+            *lsn = l.or(*lsn);
+            self.settle(shard, id, applied, lsn);
         }
     }
 

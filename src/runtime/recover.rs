@@ -121,6 +121,10 @@ impl Core {
                         self.ready_after_restart(&mut shard, id, now, &mut lsn)?
                     }
                     TaskStatus::Suspended => self.redeliver(&mut shard, id, &mut lsn)?,
+                    TaskStatus::Failed | TaskStatus::Timeout => {
+                        let at = shard.get(id).map_or(now, |e| e.task.next_run_time);
+                        self.retry_when_due(&mut shard, id, at, &mut lsn);
+                    }
                     _ => {}
                 }
             }
