@@ -73,8 +73,9 @@ pub struct TaskEntry {
     pub events: Vec<audit::EventRow>,
     /// Its attempts, in order.
     pub attempts: Vec<Attempt>,
-    /// The child round the task waits on, if suspended for children.
-    pub round: Option<Round>,
+    /// The child round the task waits on, if suspended for children (boxed: most
+    /// tasks never have one, and an empty slot then costs 8 bytes, not 48).
+    pub round: Option<Box<Round>>,
     /// The reason of the latest explicit suspension.
     pub suspend_reason: Option<String>,
     /// Attempts interrupted by a stop in a row (reset by any other outcome).

@@ -534,7 +534,9 @@ fn spawn(
             .attempt(attempt)
             .meta(meta),
     );
-    e.round = Some(Round::new(children.into_iter().map(|c| c.0).collect()));
+    e.round = Some(Box::new(Round::new(
+        children.into_iter().map(|c| c.0).collect(),
+    )));
     Ok(Applied {
         left_running: true,
         ..Applied::default()
