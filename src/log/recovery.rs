@@ -14,7 +14,7 @@
 //! 3. No evidence: `p` was never acknowledged as durable, and any later frames
 //!    were written concurrently with it. This is a torn tail: cut at `p`.
 //! 4. Evidence: acknowledged bytes were damaged. With
-//!    [`RecoveryMode::StopAtTornTail`] this is a [`RecoveryError`]; with
+//!    [`RecoveryMode::StopAtTornTail`] this is a [`super::LogError::Corrupt`]; with
 //!    [`RecoveryMode::SkipCorrupt`] the region up to the next valid frame is
 //!    overwritten with pad frames and the scan resumes there.
 //!

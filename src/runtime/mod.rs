@@ -1,6 +1,6 @@
 //! Everything non-deterministic: threads, time, handlers.
 //!
-//! [`Core`] ties together the sharded store (engine + log), the handler registry,
+//! `Core` ties together the sharded store (engine + log), the handler registry,
 //! the dispatcher (ready queues and idle workers), the timer and the worker threads.
 //! The public facade in `api` is a thin layer over it.
 
