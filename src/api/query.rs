@@ -202,12 +202,14 @@ impl TaskManager {
 
     /// Number of tasks per status (every status present, zero included).
     pub fn count_by_status(&self) -> BTreeMap<TaskStatus, u64> {
-        let mut counts: BTreeMap<TaskStatus, u64> =
-            TaskStatus::ALL.iter().map(|s| (*s, 0)).collect();
-        self.scan(&TaskFilter::default(), |e| {
-            *counts.entry(e.task.status).or_default() += 1
-        });
-        counts
+        let mut total = [0u64; 8];
+        for i in 0..SHARDS {
+            let c = self.core.store.lock_index(i).status_counts();
+            for (t, n) in total.iter_mut().zip(c) {
+                *t += n;
+            }
+        }
+        TaskStatus::ALL.iter().copied().zip(total).collect()
     }
 
     /// Counts grouped by (tag, name, status), optionally for one status.

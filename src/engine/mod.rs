@@ -183,6 +183,9 @@ pub struct Shard {
     /// Secondary indexes; derived from `tasks`, changed only at creation and
     /// deletion, so the hot transitions never touch them.
     index: Index,
+    /// Tasks per status (indexed like `TaskStatus::ALL`), so counting by status
+    /// costs 8 numbers per shard instead of a scan that holds the shard lock.
+    counts: [u64; 8],
 }
 
 /// Task ids by tag and by workflow root, so filtered queries cost the size of
@@ -252,23 +255,40 @@ impl Shard {
     /// Inserts an entry restored from a snapshot.
     pub fn restore(&mut self, entry: TaskEntry) {
         self.index.add(&entry.task);
+        self.counts[entry.task.status as usize] += 1;
+        if let Some(old) = self.tasks.get(&entry.task.id) {
+            self.counts[old.task.status as usize] -= 1;
+        }
         self.tasks.insert(entry.task.id, Box::new(entry));
     }
 
     /// Applies one record. On error the shard is unchanged.
     pub fn apply(&mut self, record: crate::codec::Record) -> Result<Applied, TransitionError> {
-        let created = match &record {
-            crate::codec::Record::Submit(t) => Some(t.id),
-            _ => None,
-        };
+        let id = record.task_id();
+        let created = matches!(record, crate::codec::Record::Submit(_));
+        let before = self.tasks.get(&id).map(|e| e.task.status);
         let applied = transition::apply(&mut self.tasks, record)?;
-        if let Some(t) = created.and_then(|id| self.tasks.get(&id)) {
+        let after = self.tasks.get(&id).map(|e| e.task.status);
+        if before != after {
+            if let Some(s) = before {
+                self.counts[s as usize] -= 1;
+            }
+            if let Some(s) = after {
+                self.counts[s as usize] += 1;
+            }
+        }
+        if let Some(t) = self.tasks.get(&id).filter(|_| created) {
             self.index.add(&t.task);
         }
         if let Some(t) = &applied.deleted {
             self.index.remove(t);
         }
         Ok(applied)
+    }
+
+    /// Tasks per status in this shard, in the order of `TaskStatus::ALL`.
+    pub fn status_counts(&self) -> [u64; 8] {
+        self.counts
     }
 
     /// Tasks with this tag, in id order (an index lookup).

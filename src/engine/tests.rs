@@ -299,6 +299,18 @@ fn replay(log: &[Vec<u8>]) -> Vec<Shard> {
 /// Status changes recorded in events obey SPEC §2, except the two documented
 /// engine-made exceptions (quarantine, fail_parent on a cron parent).
 fn check_table(shard: &Shard) {
+    let mut counts = [0u64; 8];
+    for e in shard.entries() {
+        counts[e.task.status as usize] += 1;
+    }
+    assert_eq!(
+        shard.status_counts(),
+        counts,
+        "status counters agree with the tasks"
+    );
+    for (i, s) in TaskStatus::ALL.iter().enumerate() {
+        assert_eq!(*s as usize, i, "TaskStatus::ALL is in declaration order");
+    }
     for e in shard.entries() {
         for ev in &e.event_list() {
             if let (Some(from), Some(to)) = (ev.from_status, ev.to_status) {
