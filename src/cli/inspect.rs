@@ -35,11 +35,25 @@ fn time(ms: u64) -> String {
 /// Runs `fibflow inspect DIR [--task ID | --workflow ID]`.
 pub fn inspect(dir: &Path, task: Option<u64>, workflow: Option<u64>, json_out: bool) -> CliResult {
     let mgr = open_existing(dir)?;
+    let result = inspect_open(&mgr, dir, task, workflow, json_out);
+    // Opening already made recovery durable and nothing else was written; the
+    // process exits next, so skip freeing a large table task by task.
+    std::mem::forget(mgr);
+    result
+}
+
+fn inspect_open(
+    mgr: &TaskManager,
+    dir: &Path,
+    task: Option<u64>,
+    workflow: Option<u64>,
+    json_out: bool,
+) -> CliResult {
     if let Some(id) = task {
-        return inspect_task(&mgr, TaskId(id), json_out);
+        return inspect_task(mgr, TaskId(id), json_out);
     }
     if let Some(id) = workflow {
-        return inspect_workflow(&mgr, TaskId(id), json_out);
+        return inspect_workflow(mgr, TaskId(id), json_out);
     }
     let counts = mgr.count_by_status();
     let stats = mgr.log_stats();
