@@ -680,3 +680,39 @@ fn a_pools_retry_strategy_and_max_attempts_apply_to_the_tasks_it_serves() {
     assert_eq!(t.status, TaskStatus::PermanentlyFailed);
     assert_eq!(mgr.attempts(id).unwrap().len(), 3);
 }
+
+#[test]
+fn a_task_waiting_for_its_retry_can_be_paused_and_resumed() {
+    let (mgr, clock) = manual(1);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    mgr.register_with(
+        "flaky",
+        HandlerOptions::new().retry_interval(Duration::from_secs(60)),
+        move |_| {
+            if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                Err("first".into())
+            } else {
+                Ok(json!("ok").into())
+            }
+        },
+    )
+    .unwrap();
+    mgr.start().unwrap();
+    let id = mgr.submit("flaky", json!(null)).unwrap();
+    eventually("failed, retry pending", || {
+        mgr.get_task(id).unwrap().status == TaskStatus::Failed
+    });
+    mgr.pause_task(id).unwrap();
+    assert_eq!(mgr.get_task(id).unwrap().status, TaskStatus::Paused);
+    clock.advance(Duration::from_secs(120));
+    assert_eq!(
+        mgr.get_task(id).unwrap().status,
+        TaskStatus::Paused,
+        "the due retry does not wake a paused task"
+    );
+    mgr.resume_task(id, None).unwrap();
+    let t = mgr.wait(id, PATIENCE).unwrap();
+    assert_eq!(t.status, TaskStatus::Completed);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

@@ -536,7 +536,14 @@ fn suspend(
 
 fn pause(e: &mut TaskEntry, s: &mut Sink, at: UnixMs) -> Result<Applied, TransitionError> {
     let from = e.task.status;
-    if !matches!(from, TaskStatus::Running | TaskStatus::Pending) {
+    // Running or pending (SPEC §6), and also failed/timeout: a task waiting for
+    // its retry is pending in spirit, and the SPEC §2 table (like fib-flow's
+    // pauseTask) allows those transitions.
+    let pausable = matches!(
+        from,
+        TaskStatus::Running | TaskStatus::Pending | TaskStatus::Failed | TaskStatus::Timeout
+    );
+    if !pausable {
         return Err(TransitionError::InvalidTransition {
             id: e.task.id,
             from,
