@@ -716,3 +716,45 @@ fn a_task_waiting_for_its_retry_can_be_paused_and_resumed() {
     assert_eq!(t.status, TaskStatus::Completed);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+#[test]
+fn a_task_waiting_for_its_retry_can_be_resumed_now_or_cancelled() {
+    let (mgr, _clock) = manual(1);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    mgr.register_with(
+        "flaky",
+        HandlerOptions::new().retry_interval(Duration::from_secs(600)),
+        move |ctx| {
+            c.fetch_add(1, Ordering::SeqCst);
+            if ctx.payload()["fail_once"] == true && ctx.retry_count() == 0 && ctx.attempt() == 1 {
+                Err("first".into())
+            } else if ctx.payload()["always"] == true {
+                Err("always".into())
+            } else {
+                Ok(json!("ok").into())
+            }
+        },
+    )
+    .unwrap();
+    mgr.start().unwrap();
+    let a = mgr.submit("flaky", json!({"fail_once": true})).unwrap();
+    let b = mgr.submit("flaky", json!({"always": true})).unwrap();
+    for id in [a, b] {
+        eventually("failed, waiting for the retry", || {
+            mgr.get_task(id).unwrap().status == TaskStatus::Failed
+        });
+    }
+    mgr.resume_task(a, None).unwrap();
+    let t = mgr.wait(a, PATIENCE).unwrap();
+    assert_eq!(
+        t.status,
+        TaskStatus::Completed,
+        "resumed at once, not after 10 minutes"
+    );
+    assert_eq!(t.retry_count, 0);
+    mgr.cancel_task(b, Some("gave up")).unwrap();
+    let t = mgr.wait(b, PATIENCE).unwrap();
+    assert_eq!(t.status, TaskStatus::PermanentlyFailed);
+    assert_eq!(t.error.as_deref(), Some("gave up"));
+}

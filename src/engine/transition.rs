@@ -579,7 +579,8 @@ fn resume(
             let reason = reason.unwrap_or_else(|| "manual".to_owned());
             Row::new(EventType::Resumed).meta(json!({"resume_reason": reason}))
         }
-        TaskStatus::Paused => {
+        // A task waiting for its retry can be resumed at once, as fib-flow allows.
+        TaskStatus::Paused | TaskStatus::Failed | TaskStatus::Timeout => {
             e.task.stage = 0;
             let mut meta = json!({"resume_reason": "manual"});
             if let Some(r) = reason {
@@ -613,7 +614,12 @@ fn cancel(
     at: UnixMs,
 ) -> Result<Applied, TransitionError> {
     let from = e.task.status;
-    if from != TaskStatus::Suspended {
+    // Suspended (SPEC §6), or waiting for a retry: fib-flow's cancelTask follows
+    // the SPEC §2 table, which allows failed/timeout -> permanently_failed too.
+    if !matches!(
+        from,
+        TaskStatus::Suspended | TaskStatus::Failed | TaskStatus::Timeout
+    ) {
         return Err(TransitionError::InvalidTransition {
             id: e.task.id,
             from,
