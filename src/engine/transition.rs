@@ -663,7 +663,7 @@ fn recover(
     // mid-flight ends with the same result). For a task at stage 0 this is
     // SPEC §12's "pending at stage 0".
     e.task.next_run_time = at;
-    let meta = json!({"interruptions": e.interruptions, "attempt": attempt, "stage": e.task.stage});
+    let meta = json!({"recovery_reason": "process_stopped", "interruptions": e.interruptions, "attempt": attempt, "stage": e.task.stage});
     s.emit(
         e,
         at,
