@@ -422,6 +422,9 @@ pub struct CrashReport {
     pub recovery: Vec<Duration>,
     /// Records replayed at each reopen.
     pub records_replayed: Vec<u64>,
+    /// Logged records the engine refused when replaying them, over all reopens:
+    /// the log and the state machine disagree, which is always a bug.
+    pub refused_records: u64,
     /// The seed (replay with `FIBFLOW_CRASH_SEED`).
     pub seed: u64,
     /// The first problems found, in words.
@@ -445,6 +448,7 @@ impl CrashReport {
             && self.rerun_completions == 0
             && self.stuck_running == 0
             && self.unfinished == 0
+            && self.refused_records == 0
     }
 
     fn problem(&mut self, text: String) {
@@ -470,13 +474,14 @@ impl fmt::Display for CrashReport {
         )?;
         write!(
             f,
-            "  lost {}, re-run completions {}, left running {}, unfinished {}, interrupted attempts {}, ended not completed {}",
+            "  lost {}, re-run completions {}, left running {}, unfinished {}, interrupted attempts {}, ended not completed {}, refused records {}",
             self.lost,
             self.rerun_completions,
             self.stuck_running,
             self.unfinished,
             self.interrupted_attempts,
-            self.ended_not_completed
+            self.ended_not_completed,
+            self.refused_records
         )?;
         if !self.recovery.is_empty() {
             let mut sorted = self.recovery.clone();
@@ -1093,9 +1098,16 @@ impl CrashTest {
                 source,
             })?;
         l.report.recovery.push(t0.elapsed());
-        l.report
-            .records_replayed
-            .push(mgr.recovery_stats().records_replayed);
+        let stats = mgr.recovery_stats();
+        l.report.records_replayed.push(stats.records_replayed);
+        if stats.records_refused > 0 {
+            l.report.refused_records += stats.records_refused;
+            let text = format!(
+                "round {round}: replay refused {} logged records (the log and the engine disagree)",
+                stats.records_refused
+            );
+            l.report.problem(text);
+        }
         setup(&mgr)
             .into_step_result()
             .map_err(CrashTestError::Setup)?;

@@ -225,6 +225,7 @@ fn print_report(
             "tasks_in_dir": tasks_in_dir,
             "recovery_ms": recovery_ms,
             "records_replayed": r.records_replayed,
+            "refused_records": r.refused_records,
             "problems": r.problems,
             "ok": ok,
         }));
