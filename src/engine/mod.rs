@@ -174,6 +174,32 @@ impl std::hash::Hasher for IdHasher {
 /// A map keyed by task id.
 pub type IdMap<V> = HashMap<TaskId, V, std::hash::BuildHasherDefault<IdHasher>>;
 
+impl ParentNotice {
+    /// The notice a child owes its parent: `Some` for a child that completed or
+    /// failed for good. Used when the child finishes, and again at reopen for a
+    /// delivery a crash cut off.
+    pub fn of(child: &Task) -> Option<ParentNotice> {
+        let parent = child.parent_id?;
+        let outcome = match child.status {
+            TaskStatus::Completed => {
+                ChildOutcome::Completed(child.result.clone().unwrap_or(serde_json::Value::Null))
+            }
+            TaskStatus::PermanentlyFailed => {
+                ChildOutcome::Failed(child.error.clone().unwrap_or_default())
+            }
+            _ => return None,
+        };
+        let fail_parent = matches!(outcome, ChildOutcome::Failed(_))
+            && child.on_failure == crate::codec::OnChildFailure::FailParent;
+        Some(ParentNotice {
+            parent,
+            child: child.id,
+            outcome,
+            fail_parent,
+        })
+    }
+}
+
 /// The task table of one shard. Entries are boxed: a hash table keeps spare
 /// slots (up to half of them right after it grows), and a spare slot of a boxed
 /// entry costs 8 bytes instead of the entry's full size.
@@ -266,9 +292,15 @@ impl Shard {
     pub fn apply(&mut self, record: crate::codec::Record) -> Result<Applied, TransitionError> {
         let id = record.task_id();
         let created = matches!(record, crate::codec::Record::Submit(_));
-        let before = self.tasks.get(&id).map(|e| e.task.status);
+        // A new task has no status before; everyone else's is looked up once.
+        let before = if created {
+            None
+        } else {
+            self.tasks.get(&id).map(|e| e.task.status)
+        };
         let applied = transition::apply(&mut self.tasks, record)?;
-        let after = self.tasks.get(&id).map(|e| e.task.status);
+        let entry = self.tasks.get(&id);
+        let after = entry.map(|e| e.task.status);
         if before != after {
             if let Some(s) = before {
                 self.counts[s as usize] -= 1;
@@ -277,8 +309,8 @@ impl Shard {
                 self.counts[s as usize] += 1;
             }
         }
-        if let Some(t) = self.tasks.get(&id).filter(|_| created) {
-            self.index.add(&t.task);
+        if let Some(e) = entry.filter(|_| created) {
+            self.index.add(&e.task);
         }
         if let Some(t) = &applied.deleted {
             self.index.remove(t);

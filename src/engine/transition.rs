@@ -6,9 +6,7 @@
 use super::audit::{EventExtra, EventRow, EventType};
 use super::task::{Attempt, AttemptOutcome, Task, TaskStatus};
 use super::{Applied, ParentNotice, TaskEntry, TransitionError};
-use crate::codec::{
-    ChildOutcome, FailKind, NewTask, OnChildFailure, Record, TaskId, TaskKind, UnixMs,
-};
+use crate::codec::{FailKind, NewTask, Record, TaskId, TaskKind, UnixMs};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -17,10 +15,6 @@ mod fanout;
 use fanout::{child_done, spawn};
 
 type Tasks = super::IdMap<Box<TaskEntry>>;
-
-/// Appends events numbered per task: event `id` is the event's index in its task's
-/// history, so replay numbers them exactly as live operation did.
-struct Sink;
 
 /// One status change or other audit row to record.
 struct Row {
@@ -59,48 +53,45 @@ impl Row {
     }
 }
 
-impl Sink {
-    #[allow(clippy::unused_self)]
-    fn emit(&mut self, entry: &mut TaskEntry, at: UnixMs, row: Row) {
-        let t = &mut entry.task;
-        t.last_event_time = Some(at);
-        t.last_event_type = Some(row.ty);
-        let extra = (row.message.is_some() || !row.metadata.is_null()).then(|| {
-            Box::new(EventExtra {
-                message: row.message,
-                metadata: row.metadata,
-            })
-        });
-        entry.events.push(EventRow {
-            time: at,
-            attempt: row.attempt.unwrap_or(0),
-            stage: t.stage,
-            ty: row.ty,
-            from: row.change.map(|c| c.0),
-            to: row.change.map(|c| c.1),
-            extra,
-        });
-    }
+/// Appends an audit row to the task's history. Events are numbered by their index
+/// in that history, so replay numbers them exactly as live operation did.
+fn emit(entry: &mut TaskEntry, at: UnixMs, row: Row) {
+    let t = &mut entry.task;
+    t.last_event_time = Some(at);
+    t.last_event_type = Some(row.ty);
+    let extra = (row.message.is_some() || !row.metadata.is_null()).then(|| {
+        Box::new(EventExtra {
+            message: row.message,
+            metadata: row.metadata,
+        })
+    });
+    entry.events.push(EventRow {
+        time: at,
+        attempt: row.attempt.unwrap_or(0),
+        stage: t.stage,
+        ty: row.ty,
+        from: row.change.map(|c| c.0),
+        to: row.change.map(|c| c.1),
+        extra,
+    });
 }
 
 pub(super) fn apply(tasks: &mut Tasks, record: Record) -> Result<Applied, TransitionError> {
-    let mut sink = Sink;
-    let s = &mut sink;
     match record {
-        Record::Submit(new) => submit(tasks, s, *new),
+        Record::Submit(new) => submit(tasks, *new),
         Record::Claim {
             id,
             attempt,
             worker,
             at_ms,
-        } => claim(get(tasks, id)?, s, attempt, worker, at_ms),
+        } => claim(get(tasks, id)?, attempt, worker, at_ms),
         Record::Complete {
             id,
             attempt,
             result,
             next_run_ms,
             at_ms,
-        } => complete(get(tasks, id)?, s, attempt, result, next_run_ms, at_ms),
+        } => complete(get(tasks, id)?, attempt, result, next_run_ms, at_ms),
         Record::Fail {
             id,
             attempt,
@@ -108,37 +99,37 @@ pub(super) fn apply(tasks: &mut Tasks, record: Record) -> Result<Applied, Transi
             kind,
             retry_at_ms,
             at_ms,
-        } => fail(get(tasks, id)?, s, attempt, error, kind, retry_at_ms, at_ms),
+        } => fail(get(tasks, id)?, attempt, error, kind, retry_at_ms, at_ms),
         Record::Spawn {
             id,
             attempt,
             children,
             context,
             at_ms,
-        } => spawn(get(tasks, id)?, s, attempt, children, context, at_ms),
+        } => spawn(get(tasks, id)?, attempt, children, context, at_ms),
         Record::Suspend {
             id,
             attempt,
             reason,
             context,
             at_ms,
-        } => suspend(get(tasks, id)?, s, attempt, reason, context, at_ms),
+        } => suspend(get(tasks, id)?, attempt, reason, context, at_ms),
         Record::ChildDone {
             parent,
             child,
             outcome,
             fail_parent,
             at_ms,
-        } => child_done(get(tasks, parent)?, s, child, outcome, fail_parent, at_ms),
-        Record::Pause { id, at_ms } => pause(get(tasks, id)?, s, at_ms),
-        Record::Resume { id, reason, at_ms } => resume(get(tasks, id)?, s, reason, at_ms),
-        Record::Cancel { id, reason, at_ms } => cancel(get(tasks, id)?, s, reason, at_ms),
+        } => child_done(get(tasks, parent)?, child, outcome, fail_parent, at_ms),
+        Record::Pause { id, at_ms } => pause(get(tasks, id)?, at_ms),
+        Record::Resume { id, reason, at_ms } => resume(get(tasks, id)?, reason, at_ms),
+        Record::Cancel { id, reason, at_ms } => cancel(get(tasks, id)?, reason, at_ms),
         Record::Recover {
             id,
             quarantine_after,
             message,
             at_ms,
-        } => recover(get(tasks, id)?, s, quarantine_after, message, at_ms),
+        } => recover(get(tasks, id)?, quarantine_after, message, at_ms),
         Record::Progress {
             id,
             attempt,
@@ -150,7 +141,7 @@ pub(super) fn apply(tasks: &mut Tasks, record: Record) -> Result<Applied, Transi
         } => {
             let e = get(tasks, id)?;
             own(e, attempt)?;
-            progress(e, s, stage_name, text, percent, metadata, at_ms)
+            progress(e, stage_name, text, percent, metadata, at_ms)
         }
         Record::Checkpoint {
             id,
@@ -167,15 +158,15 @@ pub(super) fn apply(tasks: &mut Tasks, record: Record) -> Result<Applied, Transi
                 .meta(metadata);
             row.message = message;
             row.metadata = merge_code(row.metadata, code);
-            s.emit(e, at_ms, row);
+            emit(e, at_ms, row);
             Ok(Applied::default())
         }
         Record::Reschedule {
             id,
             next_run_ms,
             at_ms,
-        } => reschedule(get(tasks, id)?, s, next_run_ms, at_ms),
-        Record::Retry { id, at_ms } => retry(get(tasks, id)?, s, at_ms),
+        } => reschedule(get(tasks, id)?, next_run_ms, at_ms),
+        Record::Retry { id, at_ms } => retry(get(tasks, id)?, at_ms),
         Record::Delete { id } => {
             let entry = tasks.remove(&id).ok_or(TransitionError::NotFound(id))?;
             Ok(Applied {
@@ -243,7 +234,7 @@ fn close_attempt(
     }
 }
 
-fn submit(tasks: &mut Tasks, s: &mut Sink, new: NewTask) -> Result<Applied, TransitionError> {
+fn submit(tasks: &mut Tasks, new: NewTask) -> Result<Applied, TransitionError> {
     if tasks.contains_key(&new.id) {
         return Err(TransitionError::Duplicate(new.id));
     }
@@ -296,7 +287,7 @@ fn submit(tasks: &mut Tasks, s: &mut Sink, new: NewTask) -> Result<Applied, Tran
         suspend_reason: None,
         interruptions: 0,
     };
-    s.emit(
+    emit(
         &mut entry,
         at,
         Row::new(EventType::Created).change(TaskStatus::Pending, TaskStatus::Pending),
@@ -310,7 +301,6 @@ fn submit(tasks: &mut Tasks, s: &mut Sink, new: NewTask) -> Result<Applied, Tran
 
 fn claim(
     e: &mut TaskEntry,
-    s: &mut Sink,
     attempt: u32,
     worker: Arc<str>,
     at: UnixMs,
@@ -336,17 +326,17 @@ fn claim(
         error: None,
         timed_out: false,
     });
-    s.emit(
+    emit(
         e,
         at,
         Row::new(EventType::Claimed)
             .change(from, TaskStatus::Running)
             .attempt(attempt),
     );
-    s.emit(e, at, Row::new(EventType::Started).attempt(attempt));
+    emit(e, at, Row::new(EventType::Started).attempt(attempt));
     if e.task.retry_count > 0 {
         let meta = json!({"retry_count": e.task.retry_count});
-        s.emit(
+        emit(
             e,
             at,
             Row::new(EventType::RetryStarted)
@@ -359,7 +349,6 @@ fn claim(
 
 fn complete(
     e: &mut TaskEntry,
-    s: &mut Sink,
     attempt: u32,
     result: Value,
     next_run_ms: Option<UnixMs>,
@@ -375,7 +364,7 @@ fn complete(
         e.task.stage = 0;
         e.task.next_run_time = next;
         let meta = json!({"reason": "cron_round_completed", "next_run_time": next});
-        s.emit(
+        emit(
             e,
             at,
             Row::new(EventType::StatusChanged)
@@ -390,7 +379,7 @@ fn complete(
         });
     }
     let from = set_status(e, TaskStatus::Completed, at);
-    s.emit(
+    emit(
         e,
         at,
         Row::new(EventType::Completed)
@@ -402,30 +391,10 @@ fn complete(
 
 /// The effects of a task that left `running` into a final or paused status.
 fn finished(e: &TaskEntry, left_running: bool) -> Applied {
-    let t = &e.task;
-    let notify_parent = t.parent_id.and_then(|parent| {
-        let outcome = match t.status {
-            TaskStatus::Completed => {
-                ChildOutcome::Completed(t.result.clone().unwrap_or(Value::Null))
-            }
-            TaskStatus::PermanentlyFailed => {
-                ChildOutcome::Failed(t.error.clone().unwrap_or_default())
-            }
-            _ => return None,
-        };
-        let fail_parent = matches!(outcome, ChildOutcome::Failed(_))
-            && t.on_failure == OnChildFailure::FailParent;
-        Some(ParentNotice {
-            parent,
-            child: t.id,
-            outcome,
-            fail_parent,
-        })
-    });
     Applied {
         left_running,
         terminal: true,
-        notify_parent,
+        notify_parent: ParentNotice::of(&e.task),
         ..Applied::default()
     }
 }
@@ -433,7 +402,6 @@ fn finished(e: &TaskEntry, left_running: bool) -> Applied {
 #[allow(clippy::too_many_arguments)]
 fn fail(
     e: &mut TaskEntry,
-    s: &mut Sink,
     attempt: u32,
     error: String,
     kind: FailKind,
@@ -461,7 +429,7 @@ fn fail(
         FailKind::TimeoutTotal => json!({"timeout_type": "total"}),
         FailKind::TimeoutHeartbeat => json!({"timeout_type": "heartbeat"}),
     };
-    s.emit(
+    emit(
         e,
         at,
         Row::new(ty)
@@ -480,12 +448,12 @@ fn fail(
             ..Applied::default()
         });
     }
-    exhaust(e, s, Some(attempt), at);
+    exhaust(e, Some(attempt), at);
     Ok(finished(e, true))
 }
 
 /// Retries are used up: an async task fails for good, a cron task pauses.
-fn exhaust(e: &mut TaskEntry, s: &mut Sink, attempt: Option<u32>, at: UnixMs) {
+fn exhaust(e: &mut TaskEntry, attempt: Option<u32>, at: UnixMs) {
     let (to, ty) = match e.task.kind {
         TaskKind::Async => (TaskStatus::PermanentlyFailed, EventType::PermanentlyFailed),
         TaskKind::Cron => (TaskStatus::Paused, EventType::Paused),
@@ -494,12 +462,11 @@ fn exhaust(e: &mut TaskEntry, s: &mut Sink, attempt: Option<u32>, at: UnixMs) {
     let meta = json!({"reason": "retry_exhausted", "retry_exhausted": true, "retry_count": e.task.retry_count});
     let mut row = Row::new(ty).change(from, to).meta(meta);
     row.attempt = attempt;
-    s.emit(e, at, row);
+    emit(e, at, row);
 }
 
 fn suspend(
     e: &mut TaskEntry,
-    s: &mut Sink,
     attempt: u32,
     reason: String,
     context: Option<Vec<u8>>,
@@ -520,7 +487,7 @@ fn suspend(
     e.round = None;
     let meta = json!({"suspend_reason": reason});
     e.suspend_reason = Some(reason);
-    s.emit(
+    emit(
         e,
         at,
         Row::new(EventType::Suspended)
@@ -534,7 +501,7 @@ fn suspend(
     })
 }
 
-fn pause(e: &mut TaskEntry, s: &mut Sink, at: UnixMs) -> Result<Applied, TransitionError> {
+fn pause(e: &mut TaskEntry, at: UnixMs) -> Result<Applied, TransitionError> {
     let from = e.task.status;
     // Running or pending (SPEC §6), and also failed/timeout: a task waiting for
     // its retry is pending in spirit, and the SPEC §2 table (like fib-flow's
@@ -557,7 +524,7 @@ fn pause(e: &mut TaskEntry, s: &mut Sink, at: UnixMs) -> Result<Applied, Transit
     set_status(e, TaskStatus::Paused, at);
     let mut row = Row::new(EventType::Paused).change(from, TaskStatus::Paused);
     row.attempt = running.then_some(e.task.attempt);
-    s.emit(e, at, row);
+    emit(e, at, row);
     Ok(Applied {
         left_running: running,
         terminal: true,
@@ -567,7 +534,6 @@ fn pause(e: &mut TaskEntry, s: &mut Sink, at: UnixMs) -> Result<Applied, Transit
 
 fn resume(
     e: &mut TaskEntry,
-    s: &mut Sink,
     reason: Option<String>,
     at: UnixMs,
 ) -> Result<Applied, TransitionError> {
@@ -600,7 +566,7 @@ fn resume(
     e.round = None;
     e.task.retry_count = 0;
     e.task.next_run_time = at;
-    s.emit(e, at, row.change(from, TaskStatus::Pending));
+    emit(e, at, row.change(from, TaskStatus::Pending));
     Ok(Applied {
         ready_at: Some(at),
         ..Applied::default()
@@ -609,7 +575,6 @@ fn resume(
 
 fn cancel(
     e: &mut TaskEntry,
-    s: &mut Sink,
     reason: Option<String>,
     at: UnixMs,
 ) -> Result<Applied, TransitionError> {
@@ -634,13 +599,12 @@ fn cancel(
         .change(from, TaskStatus::PermanentlyFailed)
         .message(reason.clone())
         .meta(json!({"reason": "cancelled", "cancel_reason": reason}));
-    s.emit(e, at, row);
+    emit(e, at, row);
     Ok(finished(e, false))
 }
 
 fn recover(
     e: &mut TaskEntry,
-    s: &mut Sink,
     quarantine_after: u32,
     message: String,
     at: UnixMs,
@@ -664,7 +628,7 @@ fn recover(
     // SPEC §12's "pending at stage 0".
     e.task.next_run_time = at;
     let meta = json!({"recovery_reason": "process_stopped", "interruptions": e.interruptions, "attempt": attempt, "stage": e.task.stage});
-    s.emit(
+    emit(
         e,
         at,
         Row::new(EventType::Recovered)
@@ -685,7 +649,7 @@ fn recover(
             .change(TaskStatus::Pending, TaskStatus::PermanentlyFailed)
             .message(error)
             .meta(json!({"reason": "quarantined"}));
-        s.emit(e, at, row);
+        emit(e, at, row);
         return Ok(finished(e, true));
     }
     Ok(Applied {
@@ -698,7 +662,6 @@ fn recover(
 #[allow(clippy::too_many_arguments)]
 fn progress(
     e: &mut TaskEntry,
-    s: &mut Sink,
     stage_name: Option<String>,
     text: Option<String>,
     percent: Option<u8>,
@@ -734,7 +697,7 @@ fn progress(
         Some(t) => row.message(t),
         None => row,
     };
-    s.emit(e, at, row);
+    emit(e, at, row);
     Ok(Applied::default())
 }
 
@@ -748,12 +711,7 @@ fn merge_code(metadata: Value, code: String) -> Value {
 }
 
 /// The catch-up policy moved a pending cron task's next run (SPEC §7).
-fn reschedule(
-    e: &mut TaskEntry,
-    s: &mut Sink,
-    next: UnixMs,
-    at: UnixMs,
-) -> Result<Applied, TransitionError> {
+fn reschedule(e: &mut TaskEntry, next: UnixMs, at: UnixMs) -> Result<Applied, TransitionError> {
     if e.task.status != TaskStatus::Pending {
         return Err(TransitionError::InvalidTransition {
             id: e.task.id,
@@ -764,7 +722,7 @@ fn reschedule(
     let missed = e.task.next_run_time;
     e.task.next_run_time = next;
     let meta = json!({"reason": "catch_up", "missed_run_time": missed, "next_run_time": next});
-    s.emit(e, at, Row::new(EventType::StatusChanged).meta(meta));
+    emit(e, at, Row::new(EventType::StatusChanged).meta(meta));
     Ok(Applied {
         ready_at: Some(next),
         ..Applied::default()
@@ -773,7 +731,7 @@ fn reschedule(
 
 /// The retry of a failed or timed-out task is due (SPEC §4): pending again, with
 /// retry_count + 1, stage 0, result and context cleared, the last error kept.
-fn retry(e: &mut TaskEntry, s: &mut Sink, at: UnixMs) -> Result<Applied, TransitionError> {
+fn retry(e: &mut TaskEntry, at: UnixMs) -> Result<Applied, TransitionError> {
     let from = e.task.status;
     if !matches!(from, TaskStatus::Failed | TaskStatus::Timeout) || !e.task.retry_left() {
         return Err(TransitionError::InvalidTransition {
@@ -791,7 +749,7 @@ fn retry(e: &mut TaskEntry, s: &mut Sink, at: UnixMs) -> Result<Applied, Transit
     t.next_run_time = at;
     let meta = json!({"retry_count": t.retry_count, "previous_status": from.as_str()});
     let attempt = t.attempt;
-    s.emit(
+    emit(
         e,
         at,
         Row::new(EventType::RetryScheduled)

@@ -356,21 +356,38 @@ impl Core {
             let owns = shard.get(ctl.id).is_some_and(|e| {
                 e.task.status == crate::engine::TaskStatus::Running && e.task.attempt == ctl.attempt
             });
-            if owns {
-                let record = Record::Recover {
-                    id: ctl.id,
-                    quarantine_after: self.config.quarantine_after,
-                    message: "interrupted: the manager stopped before the attempt finished".into(),
-                    at_ms: self.now(),
-                };
-                if let Ok((applied, mut lsn)) = self.store.commit(&mut shard, record) {
-                    self.settle(&mut shard, ctl.id, applied, &mut lsn);
-                    out.push(ctl.id);
-                }
+            let message = "interrupted: the manager stopped before the attempt finished";
+            if owns
+                && self
+                    .interrupt(&mut shard, ctl.id, message, &mut None)
+                    .is_ok()
+            {
+                out.push(ctl.id);
             }
             ctl.cancel(3);
         }
         out
+    }
+
+    /// Closes a running task's attempt as `interrupted` and returns it to pending
+    /// (or quarantines it): after a crash, or at a stop past its deadline.
+    pub(crate) fn interrupt(
+        &self,
+        shard: &mut Shard,
+        id: TaskId,
+        message: &str,
+        lsn: &mut Option<Lsn>,
+    ) -> Result<()> {
+        let record = Record::Recover {
+            id,
+            quarantine_after: self.config.quarantine_after,
+            message: message.to_owned(),
+            at_ms: self.now(),
+        };
+        let (applied, l) = self.store.commit(shard, record)?;
+        *lsn = l.or(*lsn);
+        self.settle(shard, id, applied, lsn);
+        Ok(())
     }
 
     /// Takes a snapshot when the log has grown past the configured size.

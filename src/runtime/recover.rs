@@ -7,7 +7,7 @@ use super::error::{Error, Result};
 use super::Core;
 use crate::codec::{self, Record, TaskId, TaskKind};
 use crate::engine::schedule::catch_up_next;
-use crate::engine::{TaskEntry, TaskStatus};
+use crate::engine::{Applied, ParentNotice, TaskEntry, TaskStatus};
 use crate::log::Lsn;
 use serde::{Deserialize, Serialize};
 
@@ -99,15 +99,8 @@ impl Core {
             for (id, status) in ids {
                 match status {
                     TaskStatus::Running => {
-                        let record = Record::Recover {
-                            id,
-                            quarantine_after: self.config.quarantine_after,
-                            message: "interrupted: the process stopped while the attempt ran"
-                                .into(),
-                            at_ms: now,
-                        };
-                        let (applied, l) = self.store.commit(&mut shard, record)?;
-                        lsn = l.or(lsn);
+                        let message = "interrupted: the process stopped while the attempt ran";
+                        self.interrupt(&mut shard, id, message, &mut lsn)?;
                         stats.recovered += 1;
                         if shard
                             .get(id)
@@ -115,7 +108,6 @@ impl Core {
                         {
                             stats.quarantined += 1;
                         }
-                        self.settle(&mut shard, id, applied, &mut lsn);
                     }
                     TaskStatus::Pending => {
                         self.ready_after_restart(&mut shard, id, now, &mut lsn)?
@@ -216,47 +208,20 @@ impl Core {
             return Ok(());
         };
         for child in round.children {
-            if !round.outcomes.contains_key(&child) {
-                let notice = shard.get(child).and_then(|c| {
-                    let status = c.task.status;
-                    (status == TaskStatus::Completed || status == TaskStatus::PermanentlyFailed)
-                        .then_some(c.task.id)
-                });
-                if let Some(child) = notice {
-                    self.deliver_again(shard, child, lsn);
-                }
+            if round.outcomes.contains_key(&child) {
+                continue;
+            }
+            // `settle` appends the `ChildDone` a finished child owes its parent.
+            let notice = shard.get(child).and_then(|c| ParentNotice::of(&c.task));
+            if let Some(n) = notice {
+                let applied = Applied {
+                    notify_parent: Some(n),
+                    ..Applied::default()
+                };
+                self.settle(shard, child, applied, lsn);
             }
         }
         Ok(())
-    }
-
-    fn deliver_again(
-        &self,
-        shard: &mut crate::engine::Shard,
-        child: TaskId,
-        lsn: &mut Option<Lsn>,
-    ) {
-        let Some(c) = shard.get(child) else { return };
-        let t = &c.task;
-        let outcome = if t.status == TaskStatus::Completed {
-            codec::ChildOutcome::Completed(t.result.clone().unwrap_or(serde_json::Value::Null))
-        } else {
-            codec::ChildOutcome::Failed(t.error.clone().unwrap_or_default())
-        };
-        let fail_parent = matches!(outcome, codec::ChildOutcome::Failed(_))
-            && t.on_failure == codec::OnChildFailure::FailParent;
-        let Some(parent) = t.parent_id else { return };
-        let record = Record::ChildDone {
-            parent,
-            child,
-            outcome,
-            fail_parent,
-            at_ms: self.now(),
-        };
-        if let Ok((applied, l)) = self.store.commit(shard, record) {
-            *lsn = l.or(*lsn);
-            self.settle(shard, parent, applied, lsn);
-        }
     }
 
     /// Writes a snapshot of every task and compacts the log below it.

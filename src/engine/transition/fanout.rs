@@ -1,7 +1,7 @@
 //! Fan-out and fan-in transitions (SPEC §5): a parent suspends while its
 //! children are created, and each child's final outcome reaches it once.
 
-use super::{close_attempt, finished, own, set_status, Row, Sink};
+use super::{close_attempt, emit, finished, own, set_status, Row};
 use crate::codec::{ChildOutcome, TaskId, TaskKind, UnixMs};
 use crate::engine::audit::EventType;
 use crate::engine::task::{AttemptOutcome, TaskStatus};
@@ -11,7 +11,6 @@ use serde_json::json;
 
 pub(super) fn spawn(
     e: &mut TaskEntry,
-    s: &mut Sink,
     attempt: u32,
     children: Vec<(TaskId, String)>,
     context: Option<Vec<u8>>,
@@ -33,7 +32,7 @@ pub(super) fn spawn(
     let ids: Vec<u64> = children.iter().map(|c| c.0 .0).collect();
     let names: Vec<&str> = children.iter().map(|c| c.1.as_str()).collect();
     let meta = json!({"child_ids": ids, "child_names": names, "count": children.len()});
-    s.emit(
+    emit(
         e,
         at,
         Row::new(EventType::SubtasksCreated)
@@ -41,7 +40,7 @@ pub(super) fn spawn(
             .meta(meta),
     );
     let meta = json!({"suspend_reason": "awaiting_subtasks"});
-    s.emit(
+    emit(
         e,
         at,
         Row::new(EventType::StatusChanged)
@@ -60,7 +59,6 @@ pub(super) fn spawn(
 
 pub(super) fn child_done(
     e: &mut TaskEntry,
-    s: &mut Sink,
     child: TaskId,
     outcome: ChildOutcome,
     fail_parent: bool,
@@ -84,7 +82,7 @@ pub(super) fn child_done(
     if let Some(err) = failed {
         e.round = None;
         e.task.error = Some(format!("Child task {child} failed: {err}"));
-        return Ok(fail_parent_now(e, s, child, at));
+        return Ok(fail_parent_now(e, child, at));
     }
     if !round.is_done() {
         return Ok(Applied::default());
@@ -96,7 +94,7 @@ pub(super) fn child_done(
     e.task.result = Some(entries);
     e.task.next_run_time = at;
     let meta = json!({"resume_reason": "children_completed"});
-    s.emit(
+    emit(
         e,
         at,
         Row::new(EventType::StatusChanged)
@@ -110,12 +108,7 @@ pub(super) fn child_done(
 }
 
 /// A child with `on_failure = fail_parent` failed: the parent fails (async) or pauses (cron).
-pub(super) fn fail_parent_now(
-    e: &mut TaskEntry,
-    s: &mut Sink,
-    child: TaskId,
-    at: UnixMs,
-) -> Applied {
+pub(super) fn fail_parent_now(e: &mut TaskEntry, child: TaskId, at: UnixMs) -> Applied {
     let (to, ty) = match e.task.kind {
         TaskKind::Async => (TaskStatus::PermanentlyFailed, EventType::PermanentlyFailed),
         TaskKind::Cron => (TaskStatus::Paused, EventType::Paused),
@@ -129,6 +122,6 @@ pub(super) fn fail_parent_now(
         .change(TaskStatus::Suspended, to)
         .message(e.task.error.clone().unwrap_or_default())
         .meta(meta);
-    s.emit(e, at, row);
+    emit(e, at, row);
     finished(e, false)
 }
