@@ -264,7 +264,7 @@ impl TaskManager {
                 workflow: Some(root),
                 ..TaskFilter::default()
             },
-            |e| v.push(e.clone()),
+            |s| v.extend(s.entry().map(std::borrow::Cow::into_owned)),
         );
         if !v.iter().any(|e| e.task.id == root) {
             return Err(Error::NotFound(root));
@@ -385,11 +385,15 @@ pub(crate) fn retention_batch(
         .now()
         .saturating_sub(policy.expire_after.as_millis() as u64);
     let mut victims = Vec::new();
-    super::query::scan(core, &TaskFilter::default(), |e| {
-        let t = &e.task;
-        if victims.len() < max && policy.statuses.contains(&t.status) && t.last_active_time < cutoff
+    super::query::scan(core, &TaskFilter::default(), |s| {
+        if victims.len() < max
+            && policy.statuses.contains(&s.status())
+            && s.last_active_time() < cutoff
         {
-            victims.push((t.id, e.events.len() as u64, e.attempts.len() as u64));
+            let (events, attempts) = s
+                .entry()
+                .map_or((0, 0), |e| (e.events.len() as u64, e.attempts.len() as u64));
+            victims.push((s.id(), events, attempts));
         }
     });
     let mut report = RetentionReport::default();

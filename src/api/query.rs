@@ -2,7 +2,7 @@
 
 use super::TaskManager;
 use crate::codec::{Record, TaskId, TaskKind};
-use crate::engine::{Attempt, Event, Task, TaskEntry, TaskStatus};
+use crate::engine::{Attempt, Event, SlotRef, Task, TaskEntry, TaskStatus};
 use crate::runtime::error::{Error, Result};
 use crate::runtime::store::SHARDS;
 use crate::runtime::Core;
@@ -61,6 +61,25 @@ impl TaskFilter {
     pub fn workflow(mut self, root: TaskId) -> Self {
         self.workflow = Some(root);
         self
+    }
+
+    /// Whether a task found through the tag index matches on status alone.
+    fn covered_by_tag(&self) -> bool {
+        self.only_status_and(self.workflow.is_none() && self.root_id.is_none())
+    }
+
+    /// Whether a task found through the root index (or, with no tag and no root,
+    /// the whole table) matches on status alone.
+    fn covered_by_root(&self) -> bool {
+        self.only_status_and(self.workflow.is_none() || self.root_id.is_none())
+    }
+
+    fn only_status_and(&self, rest: bool) -> bool {
+        rest && self.name.is_none()
+            && self.kind.is_none()
+            && self.worker.is_none()
+            && self.parent_id.is_none()
+            && self.suspend_reason.is_none()
     }
 
     pub(crate) fn matches(&self, e: &TaskEntry) -> bool {
@@ -138,16 +157,25 @@ impl<T> Paged<T> {
     }
 }
 
-/// Calls `f` on every entry matching `filter`, shard by shard.
+/// Calls `f` on every task matching `filter`, shard by shard.
 /// Uses the tag or workflow-root index when the filter names one, so the cost
-/// follows the size of the answer, not of the history.
-pub(crate) fn scan(core: &Core, filter: &TaskFilter, mut f: impl FnMut(&TaskEntry)) {
+/// follows the size of the answer, not of the history; finished tasks are decoded
+/// only when the filter reads more than their status (see `TaskFilter::cheap`).
+pub(crate) fn scan(core: &Core, filter: &TaskFilter, mut f: impl FnMut(SlotRef<'_>)) {
     let root = filter.workflow.or(filter.root_id);
     for i in 0..SHARDS {
         let shard = core.store.lock_index(i);
-        let mut visit = |e: &TaskEntry| {
-            if filter.matches(e) {
-                f(e);
+        let mut visit = |s: SlotRef<'_>| {
+            if filter.status.is_some_and(|st| st != s.status()) {
+                return;
+            }
+            let covered = if filter.tag.is_some() {
+                filter.covered_by_tag()
+            } else {
+                filter.covered_by_root()
+            };
+            if covered || s.entry().is_some_and(|e| filter.matches(&e)) {
+                f(s);
             }
         };
         if let Some(tag) = &filter.tag {
@@ -155,26 +183,28 @@ pub(crate) fn scan(core: &Core, filter: &TaskFilter, mut f: impl FnMut(&TaskEntr
         } else if let Some(root) = root {
             // A workflow lives in one shard (I4), but scanning each shard's index is
             // as cheap and does not rely on it.
-            if let Some(e) = shard.get(root).filter(|_| filter.workflow.is_some()) {
-                visit(e);
+            if let Some(s) = shard.slot(root).filter(|_| filter.workflow.is_some()) {
+                visit(s);
             }
             shard.under_root(root).for_each(&mut visit);
         } else {
-            shard.entries().for_each(&mut visit);
+            shard.slots().for_each(&mut visit);
         }
     }
 }
 
 impl TaskManager {
-    /// Calls `f` on every entry matching `filter`, shard by shard.
-    pub(crate) fn scan(&self, filter: &TaskFilter, f: impl FnMut(&TaskEntry)) {
+    /// Calls `f` on every task matching `filter`, shard by shard.
+    pub(crate) fn scan(&self, filter: &TaskFilter, f: impl FnMut(SlotRef<'_>)) {
         scan(&self.core, filter, f);
     }
 
     /// Tasks matching `filter`, sorted by (created_at, id).
     pub fn list_tasks(&self, filter: &TaskFilter) -> Vec<Task> {
         let mut out = Vec::new();
-        self.scan(filter, |e| out.push(e.task.clone()));
+        self.scan(filter, |s| {
+            out.extend(s.entry().map(|e| e.into_owned().task))
+        });
         out.sort_by_key(|t| (t.created_at, t.id));
         out
     }
@@ -183,7 +213,7 @@ impl TaskManager {
     /// Only the page's tasks are copied: matches are sorted by key first.
     pub fn query_tasks(&self, filter: &TaskFilter, page: Page) -> Paged<Task> {
         let mut keys = Vec::new();
-        self.scan(filter, |e| keys.push((e.task.created_at, e.task.id)));
+        self.scan(filter, |s| keys.push((s.created_at(), s.id())));
         keys.sort_unstable();
         let keys = Paged::of(keys, page);
         let items = keys
@@ -222,9 +252,11 @@ impl TaskManager {
             ..TaskFilter::default()
         };
         let mut out = BTreeMap::new();
-        self.scan(&filter, |e| {
-            *out.entry((e.task.tag.clone(), e.task.name.to_string(), e.task.status))
-                .or_default() += 1;
+        self.scan(&filter, |s| {
+            if let Some(e) = s.entry() {
+                *out.entry((e.task.tag.clone(), e.task.name.to_string(), e.task.status))
+                    .or_default() += 1;
+            }
         });
         out
     }
@@ -234,7 +266,7 @@ impl TaskManager {
             .store
             .lock(id)
             .get(id)
-            .map(f)
+            .map(|e| f(&e))
             .ok_or(Error::NotFound(id))
     }
 
@@ -252,7 +284,7 @@ impl TaskManager {
     /// how many. Running tasks are deleted too; their late results are dropped.
     pub fn delete_tasks(&self, filter: &TaskFilter) -> Result<u64> {
         let mut ids = Vec::new();
-        self.scan(filter, |e| ids.push(e.task.id));
+        self.scan(filter, |s| ids.push(s.id()));
         let mut n = 0;
         for id in ids {
             match self.core.control(Record::Delete { id }) {

@@ -403,8 +403,18 @@ pub(crate) mod json_value {
         if s.is_human_readable() {
             return value.serialize(s);
         }
-        let text = serde_json::to_string(value).map_err(serde::ser::Error::custom)?;
-        s.serialize_str(&text)
+        // `Value`'s Display is its compact JSON text: written without an
+        // intermediate String.
+        s.collect_str(value)
+    }
+
+    /// A value that serializes as its JSON text.
+    pub(crate) struct Text<'a>(pub(crate) &'a Value);
+
+    impl Serialize for Text<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_str(self.0)
+        }
     }
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
@@ -425,11 +435,7 @@ pub(crate) mod opt_json_value {
         if s.is_human_readable() {
             return value.serialize(s);
         }
-        let text = match value {
-            Some(v) => Some(serde_json::to_string(v).map_err(serde::ser::Error::custom)?),
-            None => None,
-        };
-        text.serialize(s)
+        value.as_ref().map(super::json_value::Text).serialize(s)
     }
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {

@@ -11,12 +11,15 @@
 
 pub mod audit;
 pub mod schedule;
+mod slot;
 pub mod task;
 mod transition;
 pub mod workflow;
 
 use crate::codec::{ChildOutcome, TaskId, UnixMs};
 use serde::{Deserialize, Serialize};
+use slot::Slot;
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 
 pub use audit::{Event, EventType};
@@ -200,23 +203,47 @@ impl ParentNotice {
     }
 }
 
-/// The task table of one shard. Entries are boxed: a hash table keeps spare
-/// slots (up to half of them right after it grows), and a spare slot of a boxed
-/// entry costs 8 bytes instead of the entry's full size.
-#[derive(Default, Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The task table of one shard. Live entries are boxed: a hash table keeps spare
+/// slots (up to half of them right after it grows), and a spare slot then costs
+/// the size of a [`Slot`], not the entry's full size. Finished tasks are frozen
+/// (see the `slot` module).
+#[derive(Default, Debug, Clone)]
 pub struct Shard {
-    tasks: IdMap<Box<TaskEntry>>,
+    tasks: IdMap<Slot>,
     /// Secondary indexes; derived from `tasks`, changed only at creation and
     /// deletion, so the hot transitions never touch them.
     index: Index,
     /// Tasks per status (indexed like `TaskStatus::ALL`), so counting by status
     /// costs 8 numbers per shard instead of a scan that holds the shard lock.
     counts: [u64; 8],
+    /// Reused encoding buffer for freezing.
+    scratch: Vec<u8>,
+    /// Boxes of frozen entries, reused by the next submits: freeing them on a
+    /// worker thread after the submitter allocated them costs glibc's allocator
+    /// a contended cross-thread free each.
+    #[allow(clippy::vec_box)] // the boxes are what is reused
+    spare: Vec<Box<TaskEntry>>,
+}
+
+/// At most this many spare entry boxes are kept per shard.
+const SPARE_ENTRIES: usize = 128;
+
+impl PartialEq for Shard {
+    /// The same tasks with the same histories; frozen or live does not matter.
+    fn eq(&self, other: &Shard) -> bool {
+        self.counts == other.counts
+            && self.index == other.index
+            && self.tasks.len() == other.tasks.len()
+            && self
+                .tasks
+                .iter()
+                .all(|(id, s)| other.tasks.get(id).is_some_and(|o| o == s))
+    }
 }
 
 /// Task ids by tag and by workflow root, so filtered queries cost the size of
 /// the answer rather than the size of the history.
-#[derive(Default, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Default, Debug, Clone, PartialEq)]
 struct Index {
     by_tag: HashMap<String, BTreeSet<TaskId>>,
     by_root: IdMap<BTreeSet<TaskId>>,
@@ -252,20 +279,86 @@ impl Index {
     }
 }
 
+/// A task in a scan: its id, status and creation time without decoding, the
+/// whole entry on demand.
+#[derive(Clone, Copy)]
+pub struct SlotRef<'a> {
+    id: TaskId,
+    slot: &'a Slot,
+}
+
+impl<'a> SlotRef<'a> {
+    /// The task id.
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+    /// The task's status.
+    pub fn status(&self) -> TaskStatus {
+        self.slot.status()
+    }
+    /// The task's creation time.
+    pub fn created_at(&self) -> UnixMs {
+        self.slot.created_at()
+    }
+    /// The time of the task's last status change.
+    pub fn last_active_time(&self) -> UnixMs {
+        self.slot.last_active()
+    }
+    /// The entry (decoded if the task is frozen; `None` if that failed).
+    pub fn entry(&self) -> Option<Cow<'a, TaskEntry>> {
+        self.slot.entry()
+    }
+}
+
 impl Shard {
     /// An empty shard.
     pub fn new() -> Shard {
         Shard::default()
     }
 
-    /// The entry of a task.
-    pub fn get(&self, id: TaskId) -> Option<&TaskEntry> {
-        self.tasks.get(&id).map(|b| &**b)
+    /// The entry of a task (decoded if the task is finished and frozen).
+    pub fn get(&self, id: TaskId) -> Option<Cow<'_, TaskEntry>> {
+        self.tasks.get(&id).and_then(Slot::entry)
     }
 
-    /// Every entry, in no particular order.
-    pub fn entries(&self) -> impl Iterator<Item = &TaskEntry> {
-        self.tasks.values().map(|b| &**b)
+    /// The entry of a task that is not finished (`None` for a finished one):
+    /// for the paths that act on pending, running or waiting tasks.
+    pub fn live(&self, id: TaskId) -> Option<&TaskEntry> {
+        self.tasks.get(&id).and_then(Slot::live)
+    }
+
+    /// The status of a task, without decoding it.
+    pub fn status(&self, id: TaskId) -> Option<TaskStatus> {
+        self.tasks.get(&id).map(Slot::status)
+    }
+
+    /// Every task, in no particular order.
+    pub fn slots(&self) -> impl Iterator<Item = SlotRef<'_>> {
+        self.tasks
+            .iter()
+            .map(|(id, slot)| SlotRef { id: *id, slot })
+    }
+
+    /// Every task that is not finished (finished ones are never pending,
+    /// running or suspended, so recovery and catch-up look only here).
+    pub fn live_entries(&self) -> impl Iterator<Item = &TaskEntry> {
+        self.tasks.values().filter_map(Slot::live)
+    }
+
+    /// Every entry, in no particular order (finished ones decoded).
+    pub fn entries(&self) -> impl Iterator<Item = Cow<'_, TaskEntry>> {
+        self.tasks.values().filter_map(Slot::entry)
+    }
+
+    /// Dedup keys held, with their tasks (decodes only tasks that hold one).
+    pub fn dedup_keys(&self) -> impl Iterator<Item = (String, TaskId)> + '_ {
+        self.tasks
+            .values()
+            .filter(|s| s.may_have_dedup())
+            .filter_map(|s| {
+                let e = s.entry()?;
+                e.task.dedup_key.clone().map(|k| (k, e.task.id))
+            })
     }
 
     /// Number of tasks.
@@ -280,27 +373,27 @@ impl Shard {
 
     /// Inserts an entry restored from a snapshot.
     pub fn restore(&mut self, entry: TaskEntry) {
+        let id = entry.task.id;
         self.index.add(&entry.task);
         self.counts[entry.task.status as usize] += 1;
-        if let Some(old) = self.tasks.get(&entry.task.id) {
-            self.counts[old.task.status as usize] -= 1;
+        if let Some(old) = self.tasks.get(&id) {
+            self.counts[old.status() as usize] -= 1;
         }
-        self.tasks.insert(entry.task.id, Box::new(entry));
+        self.tasks.insert(id, Slot::Live(Box::new(entry)));
+        self.freeze(id);
     }
 
-    /// Applies one record. On error the shard is unchanged.
+    /// Applies one record. On error the shard's state is unchanged.
     pub fn apply(&mut self, record: crate::codec::Record) -> Result<Applied, TransitionError> {
         let id = record.task_id();
         let created = matches!(record, crate::codec::Record::Submit(_));
         // A new task has no status before; everyone else's is looked up once.
-        let before = if created {
-            None
-        } else {
-            self.tasks.get(&id).map(|e| e.task.status)
-        };
-        let applied = transition::apply(&mut self.tasks, record)?;
-        let entry = self.tasks.get(&id);
-        let after = entry.map(|e| e.task.status);
+        let before = if created { None } else { self.status(id) };
+        let result = transition::apply(&mut self.tasks, &mut self.spare, record);
+        // A task that just finished is frozen; so is one that a refused record
+        // thawed (freezing a frozen or unfinished task does nothing).
+        let after = self.freeze(id);
+        let applied = result?;
         if before != after {
             if let Some(s) = before {
                 self.counts[s as usize] -= 1;
@@ -309,13 +402,27 @@ impl Shard {
                 self.counts[s as usize] += 1;
             }
         }
-        if let Some(e) = entry.filter(|_| created) {
-            self.index.add(&e.task);
+        if created {
+            if let Some(e) = self.tasks.get(&id).and_then(Slot::live) {
+                self.index.add(&e.task);
+            }
         }
         if let Some(t) = &applied.deleted {
             self.index.remove(t);
         }
         Ok(applied)
+    }
+
+    /// Freezes the task if it is finished and still live, keeping its box for the
+    /// next submit; returns its status.
+    fn freeze(&mut self, id: TaskId) -> Option<TaskStatus> {
+        let slot = self.tasks.get_mut(&id)?;
+        if let Some(old) = slot.freeze(&mut self.scratch) {
+            if self.spare.len() < SPARE_ENTRIES {
+                self.spare.push(old);
+            }
+        }
+        Some(slot.status())
     }
 
     /// Tasks per status in this shard, in the order of `TaskStatus::ALL`.
@@ -324,28 +431,28 @@ impl Shard {
     }
 
     /// Tasks with this tag, in id order (an index lookup).
-    pub fn with_tag(&self, tag: &str) -> impl Iterator<Item = &TaskEntry> {
+    pub fn with_tag(&self, tag: &str) -> impl Iterator<Item = SlotRef<'_>> {
         self.index
             .by_tag
             .get(tag)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.get(*id))
+            .filter_map(|id| self.slot(*id))
     }
 
     /// Descendants of a workflow root, in id order (an index lookup).
-    pub fn under_root(&self, root: TaskId) -> impl Iterator<Item = &TaskEntry> {
+    pub fn under_root(&self, root: TaskId) -> impl Iterator<Item = SlotRef<'_>> {
         self.index
             .by_root
             .get(&root)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.get(*id))
+            .filter_map(|id| self.slot(*id))
     }
 
-    /// The entry of a task, mutably: only for the runtime's rebuild after replay.
-    pub fn get_mut(&mut self, id: TaskId) -> Option<&mut TaskEntry> {
-        self.tasks.get_mut(&id).map(|b| &mut **b)
+    /// One task for a scan.
+    pub fn slot(&self, id: TaskId) -> Option<SlotRef<'_>> {
+        self.tasks.get(&id).map(|slot| SlotRef { id, slot })
     }
 }
 

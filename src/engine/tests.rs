@@ -74,10 +74,10 @@ impl Driver {
         (!self.ids.is_empty()).then(|| self.ids[i % self.ids.len()])
     }
 
-    fn task(&self, i: usize) -> Option<&Task> {
+    fn task(&self, i: usize) -> Option<Task> {
         self.id(i)
             .and_then(|id| self.shard.get(id))
-            .map(|e| &e.task)
+            .map(|e| e.into_owned().task)
     }
 
     fn new_task(
@@ -391,7 +391,7 @@ fn fan_in_sorts_entries_and_verbatim_errors() {
         };
         assert!(d.commit(vec![r]));
     }
-    let t = &d.shard.get(parent).unwrap().task;
+    let t = d.shard.get(parent).unwrap().into_owned().task;
     assert_eq!(t.status, TaskStatus::Pending);
     assert_eq!(t.stage, 1);
     assert_eq!(t.completed_children, 2);

@@ -14,7 +14,7 @@ mod fanout;
 
 use fanout::{child_done, spawn};
 
-type Tasks = super::IdMap<Box<TaskEntry>>;
+type Tasks = super::IdMap<super::Slot>;
 
 /// One status change or other audit row to record.
 struct Row {
@@ -76,9 +76,14 @@ fn emit(entry: &mut TaskEntry, at: UnixMs, row: Row) {
     });
 }
 
-pub(super) fn apply(tasks: &mut Tasks, record: Record) -> Result<Applied, TransitionError> {
+#[allow(clippy::vec_box)] // spare entries are reused boxes
+pub(super) fn apply(
+    tasks: &mut Tasks,
+    spare: &mut Vec<Box<TaskEntry>>,
+    record: Record,
+) -> Result<Applied, TransitionError> {
     match record {
-        Record::Submit(new) => submit(tasks, *new),
+        Record::Submit(new) => submit(tasks, spare, *new),
         Record::Claim {
             id,
             attempt,
@@ -170,7 +175,7 @@ pub(super) fn apply(tasks: &mut Tasks, record: Record) -> Result<Applied, Transi
         Record::Delete { id } => {
             let entry = tasks.remove(&id).ok_or(TransitionError::NotFound(id))?;
             Ok(Applied {
-                deleted: Some(Box::new(entry.task)),
+                deleted: entry.into_entry().map(|e| Box::new(e.task)),
                 ..Applied::default()
             })
         }
@@ -180,8 +185,9 @@ pub(super) fn apply(tasks: &mut Tasks, record: Record) -> Result<Applied, Transi
 fn get(tasks: &mut Tasks, id: TaskId) -> Result<&mut TaskEntry, TransitionError> {
     tasks
         .get_mut(&id)
-        .map(|b| &mut **b)
-        .ok_or(TransitionError::NotFound(id))
+        .ok_or(TransitionError::NotFound(id))?
+        .live_mut()
+        .ok_or_else(|| TransitionError::Invalid(format!("task {id} is stored frozen and no longer decodes; this is a fibflow bug, please report it")))
 }
 
 /// The write must come from the attempt that owns the running task.
@@ -234,7 +240,12 @@ fn close_attempt(
     }
 }
 
-fn submit(tasks: &mut Tasks, new: NewTask) -> Result<Applied, TransitionError> {
+#[allow(clippy::vec_box)] // spare entries are reused boxes
+fn submit(
+    tasks: &mut Tasks,
+    spare: &mut Vec<Box<TaskEntry>>,
+    new: NewTask,
+) -> Result<Applied, TransitionError> {
     if tasks.contains_key(&new.id) {
         return Err(TransitionError::Duplicate(new.id));
     }
@@ -279,20 +290,41 @@ fn submit(tasks: &mut Tasks, new: NewTask) -> Result<Applied, TransitionError> {
         last_event_time: None,
         last_event_type: None,
     };
-    let mut entry = TaskEntry {
-        task,
-        events: Vec::with_capacity(4),
-        attempts: Vec::with_capacity(1),
-        round: None,
-        suspend_reason: None,
-        interruptions: 0,
+    // A recycled entry (see `Shard::freeze_finished`) keeps its allocations, so a
+    // steady stream of tasks does not allocate one entry and two vectors each.
+    let mut entry = match spare.pop() {
+        Some(mut b) => {
+            let (mut events, mut attempts) = (
+                std::mem::take(&mut b.events),
+                std::mem::take(&mut b.attempts),
+            );
+            events.clear();
+            attempts.clear();
+            *b = TaskEntry {
+                task,
+                events,
+                attempts,
+                round: None,
+                suspend_reason: None,
+                interruptions: 0,
+            };
+            b
+        }
+        None => Box::new(TaskEntry {
+            task,
+            events: Vec::with_capacity(4),
+            attempts: Vec::with_capacity(1),
+            round: None,
+            suspend_reason: None,
+            interruptions: 0,
+        }),
     };
     emit(
         &mut entry,
         at,
         Row::new(EventType::Created).change(TaskStatus::Pending, TaskStatus::Pending),
     );
-    tasks.insert(entry.task.id, Box::new(entry));
+    tasks.insert(entry.task.id, super::Slot::Live(entry));
     Ok(Applied {
         ready_at: Some(ready_at),
         ..Applied::default()

@@ -243,7 +243,7 @@ impl Core {
             self.timer.schedule(at, id);
             return;
         }
-        let Some(e) = shard.get(id) else { return };
+        let Some(e) = shard.live(id) else { return };
         let name = e.task.name.clone();
         let item = ReadyItem {
             priority: e.task.priority,
@@ -259,7 +259,7 @@ impl Core {
         use crate::engine::TaskStatus as S;
         let _wakes = self.dispatch.defer_wakes();
         let mut shard = self.store.lock(id);
-        let Some(e) = shard.get(id) else { return };
+        let Some(e) = shard.live(id) else { return };
         if e.task.next_run_time > at {
             return; // a stale entry: the task was rescheduled since
         }
@@ -317,7 +317,7 @@ impl Core {
         let deleted = {
             let _wakes = self.dispatch.defer_wakes();
             let mut shard = self.store.lock(id);
-            if shard.get(id).is_none() {
+            if shard.status(id).is_none() {
                 return Err(Error::NotFound(id));
             }
             let (mut applied, l) = self.store.commit(&mut shard, record)?;
@@ -353,7 +353,7 @@ impl Core {
         for ctl in ctls {
             let _wakes = self.dispatch.defer_wakes();
             let mut shard = self.store.lock(ctl.id);
-            let owns = shard.get(ctl.id).is_some_and(|e| {
+            let owns = shard.live(ctl.id).is_some_and(|e| {
                 e.task.status == crate::engine::TaskStatus::Running && e.task.attempt == ctl.attempt
             });
             let message = "interrupted: the manager stopped before the attempt finished";

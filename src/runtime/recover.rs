@@ -75,10 +75,8 @@ impl Core {
         stats.records_refused = refused;
         let mut dedup = self.store.dedup.lock();
         for i in 0..super::store::SHARDS {
-            for e in self.store.lock_index(i).entries() {
-                if let Some(key) = &e.task.dedup_key {
-                    dedup.insert(key.clone(), e.task.id);
-                }
+            for (key, id) in self.store.lock_index(i).dedup_keys() {
+                dedup.insert(key, id);
             }
         }
         Ok(())
@@ -93,7 +91,7 @@ impl Core {
             let _wakes = self.dispatch.defer_wakes();
             let mut shard = self.store.lock_index(i);
             let ids: Vec<(TaskId, TaskStatus)> = shard
-                .entries()
+                .live_entries()
                 .map(|e| (e.task.id, e.task.status))
                 .collect();
             for (id, status) in ids {
@@ -102,10 +100,7 @@ impl Core {
                         let message = "interrupted: the process stopped while the attempt ran";
                         self.interrupt(&mut shard, id, message, &mut lsn)?;
                         stats.recovered += 1;
-                        if shard
-                            .get(id)
-                            .is_some_and(|e| e.task.status == TaskStatus::PermanentlyFailed)
-                        {
+                        if shard.status(id) == Some(TaskStatus::PermanentlyFailed) {
                             stats.quarantined += 1;
                         }
                     }
@@ -114,7 +109,7 @@ impl Core {
                     }
                     TaskStatus::Suspended => self.redeliver(&mut shard, id, &mut lsn)?,
                     TaskStatus::Failed | TaskStatus::Timeout => {
-                        let at = shard.get(id).map_or(now, |e| e.task.next_run_time);
+                        let at = shard.live(id).map_or(now, |e| e.task.next_run_time);
                         self.retry_when_due(&mut shard, id, at, &mut lsn);
                     }
                     _ => {}
@@ -133,7 +128,7 @@ impl Core {
         lsn: &mut Option<Lsn>,
     ) -> Result<()> {
         if !self.catch_up_one(shard, id, now, lsn)? {
-            if let Some(at) = shard.get(id).map(|e| e.task.next_run_time) {
+            if let Some(at) = shard.live(id).map(|e| e.task.next_run_time) {
                 self.make_ready(shard, id, at);
             }
         }
@@ -151,7 +146,7 @@ impl Core {
         now: u64,
         lsn: &mut Option<Lsn>,
     ) -> Result<bool> {
-        let Some(t) = shard.get(id).map(|e| &e.task) else {
+        let Some(t) = shard.live(id).map(|e| &e.task) else {
             return Ok(false);
         };
         if t.kind != TaskKind::Cron || t.status != TaskStatus::Pending || t.next_run_time >= now {
@@ -186,7 +181,7 @@ impl Core {
             let _wakes = self.dispatch.defer_wakes();
             let mut shard = self.store.lock_index(i);
             let ids: Vec<TaskId> = shard
-                .entries()
+                .live_entries()
                 .filter(|e| e.task.kind == TaskKind::Cron && e.task.status == TaskStatus::Pending)
                 .map(|e| e.task.id)
                 .collect();
@@ -204,7 +199,7 @@ impl Core {
         parent: TaskId,
         lsn: &mut Option<Lsn>,
     ) -> Result<()> {
-        let Some(round) = shard.get(parent).and_then(|e| e.round.clone()) else {
+        let Some(round) = shard.live(parent).and_then(|e| e.round.clone()) else {
             return Ok(());
         };
         for child in round.children {
@@ -239,7 +234,10 @@ impl Core {
         };
         let snap = SnapshotV1 {
             counter: self.store.counter(),
-            entries: guards.iter().flat_map(|g| g.entries().cloned()).collect(),
+            entries: guards
+                .iter()
+                .flat_map(|g| g.entries().map(std::borrow::Cow::into_owned))
+                .collect(),
         };
         drop(guards);
         let mut bytes = vec![SNAPSHOT_VERSION];

@@ -130,7 +130,14 @@ impl Core {
         let now = self.now();
         let _wakes = self.dispatch.defer_wakes();
         let mut shard = self.store.lock(item.id);
-        let e = shard.get(item.id)?;
+        // `stop` sets `stopping` before it records running attempts as
+        // interrupted under this lock, so a worker that passed the gate just
+        // before `stop` cannot claim a task that `stop` has just given back.
+        // (The dropped queue entry is rebuilt from the table at the next open.)
+        if self.stopping.load(Ordering::Acquire) {
+            return None;
+        }
+        let e = shard.live(item.id)?;
         if e.task.status != TaskStatus::Pending || e.task.next_run_time > now {
             return None;
         }
@@ -147,7 +154,7 @@ impl Core {
             Ok((applied, mut lsn)) => self.settle(&mut shard, item.id, applied, &mut lsn),
             Err(_) => return None,
         }
-        let e = shard.get(item.id)?;
+        let e = shard.live(item.id)?;
         Some(self.job(e, reg, worker, now))
     }
 
@@ -264,7 +271,7 @@ impl Core {
         let now = self.now();
         let _wakes = self.dispatch.defer_wakes();
         let mut shard = self.store.lock(id);
-        let Some(e) = shard.get(id) else { return };
+        let Some(e) = shard.live(id) else { return };
         if e.task.status != TaskStatus::Running || e.task.attempt != attempt {
             return; // stale: the manager drops its own late writes silently
         }
@@ -355,7 +362,7 @@ impl Core {
             // The outcome does not fit in one log record (a huge result or a spawn
             // of very many children): nothing changed, so fail the attempt instead.
             Err(Error::Log(e @ crate::log::LogError::RecordTooLarge { .. })) => {
-                let Some(e_task) = ids.first().and_then(|id| shard.get(*id)) else {
+                let Some(e_task) = ids.first().and_then(|id| shard.live(*id)) else {
                     return;
                 };
                 let error = format!(
@@ -449,7 +456,7 @@ impl Core {
         };
         let _wakes = self.dispatch.defer_wakes();
         let mut shard = self.store.lock(ctl.id);
-        let Some(e) = shard.get(ctl.id) else { return };
+        let Some(e) = shard.live(ctl.id) else { return };
         if e.task.status != TaskStatus::Running || e.task.attempt != ctl.attempt {
             return;
         }

@@ -1,0 +1,268 @@
+//! How the task table holds one task: a finished task is kept frozen.
+//!
+//! A task that reached `completed` or `permanently_failed` changes again only by
+//! deletion, yet it is most of what a long-running engine holds (issue 5: one
+//! million retained tasks). Such a task is kept as the postcard encoding of its
+//! [`TaskEntry`] (see `docs/wire-format.md`), times relative to its creation and
+//! fields that repeat others left out, with the three fields that scans read
+//! (status, creation time and finishing time) beside it. A plain finished task
+//! then costs about 240 bytes of memory instead of about 820. Reading it decodes
+//! the bytes (about a microsecond); filtered queries decode only what they return.
+//!
+//! A task is frozen by the `Shard::apply` that finishes it, and its live box is
+//! kept for the next submit to reuse, so the finishing path encodes about 120
+//! bytes but neither frees nor (at the next submit) allocates the entry.
+//! Freezing costs throughput: in `fibflow bench` no-op tasks/s drop by about a
+//! fifth, the price of the cost of freeing that the old design only put off.
+
+use super::{TaskEntry, TaskStatus};
+use crate::codec::{TaskId, UnixMs};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+/// A task in the table: live (mutable structs) or frozen (encoded bytes).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum Slot {
+    /// Pending, running, waiting or paused: the structs, changed in place.
+    Live(Box<TaskEntry>),
+    /// Finished: encoded, with what scans read beside the bytes.
+    Frozen(Frozen),
+}
+
+/// A finished task, encoded.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Frozen {
+    created_at: UnixMs,
+    /// When it finished (retention reads it).
+    last_active: UnixMs,
+    status: TaskStatus,
+    /// Whether the task holds a dedup key (found without decoding at reopen).
+    dedup: bool,
+    bytes: Box<[u8]>,
+}
+
+/// The reused encoding buffer's size: a plain finished task takes about 120 bytes.
+const SCRATCH: usize = 4096;
+
+/// Whether a task in this status is kept frozen.
+pub(crate) fn freezes(status: TaskStatus) -> bool {
+    matches!(
+        status,
+        TaskStatus::Completed | TaskStatus::PermanentlyFailed
+    )
+}
+
+impl Slot {
+    /// The entry, decoded if frozen.
+    /// (`None` only if frozen bytes failed to decode, which `decode` explains.)
+    pub(crate) fn entry(&self) -> Option<Cow<'_, TaskEntry>> {
+        match self {
+            Slot::Live(e) => Some(Cow::Borrowed(e)),
+            Slot::Frozen(f) => f.decode().map(Cow::Owned),
+        }
+    }
+
+    /// The live entry, mutably, thawing a frozen one first.
+    pub(crate) fn live_mut(&mut self) -> Option<&mut TaskEntry> {
+        if let Slot::Frozen(f) = self {
+            *self = Slot::Live(Box::new(f.decode()?));
+        }
+        match self {
+            Slot::Live(e) => Some(e),
+            Slot::Frozen(_) => None,
+        }
+    }
+
+    /// The live entry, if not frozen.
+    pub(crate) fn live(&self) -> Option<&TaskEntry> {
+        match self {
+            Slot::Live(e) => Some(e),
+            Slot::Frozen(_) => None,
+        }
+    }
+
+    /// The entry by value.
+    pub(crate) fn into_entry(self) -> Option<TaskEntry> {
+        match self {
+            Slot::Live(e) => Some(*e),
+            Slot::Frozen(f) => f.decode(),
+        }
+    }
+
+    pub(crate) fn status(&self) -> TaskStatus {
+        match self {
+            Slot::Live(e) => e.task.status,
+            Slot::Frozen(f) => f.status,
+        }
+    }
+
+    pub(crate) fn created_at(&self) -> UnixMs {
+        match self {
+            Slot::Live(e) => e.task.created_at,
+            Slot::Frozen(f) => f.created_at,
+        }
+    }
+
+    pub(crate) fn last_active(&self) -> UnixMs {
+        match self {
+            Slot::Live(e) => e.task.last_active_time,
+            Slot::Frozen(f) => f.last_active,
+        }
+    }
+
+    /// Whether the task may hold a dedup key (true means: look).
+    pub(crate) fn may_have_dedup(&self) -> bool {
+        match self {
+            Slot::Live(e) => e.task.dedup_key.is_some(),
+            Slot::Frozen(f) => f.dedup,
+        }
+    }
+
+    /// Freezes a live finished task; `scratch` is reused across calls so each
+    /// frozen task costs one exact allocation. Returns the live entry's box for
+    /// reuse (its contents are stale).
+    #[allow(clippy::vec_box)] // the boxes are what is reused
+    pub(crate) fn freeze(&mut self, scratch: &mut Vec<u8>) -> Option<Box<TaskEntry>> {
+        let Slot::Live(e) = self else { return None };
+        if !freezes(e.task.status) {
+            return None;
+        }
+        #[cfg(test)]
+        let original = (**e).clone();
+        let (created_at, last_active) = (e.task.created_at, e.task.last_active_time);
+        let (status, dedup) = (e.task.status, e.task.dedup_key.is_some());
+        shrink(e);
+        // Into the reused buffer (a slice: no capacity checks per byte), or for a
+        // task too large for it, into a vector that grows.
+        if scratch.len() < SCRATCH {
+            scratch.resize(SCRATCH, 0);
+        }
+        let bytes: Option<Box<[u8]>> = match postcard::to_slice(&**e, scratch) {
+            Ok(used) => Some(Box::from(&*used)),
+            Err(_) => postcard::to_allocvec(&**e).ok().map(Vec::into_boxed_slice),
+        };
+        let Some(bytes) = bytes else {
+            // Cannot happen for an in-memory buffer; the task stays live.
+            e.task.created_at = created_at;
+            expand(e);
+            return None;
+        };
+        let frozen = Frozen {
+            created_at,
+            last_active,
+            status,
+            dedup,
+            bytes,
+        };
+        #[cfg(test)]
+        assert_eq!(frozen.decode(), Some(original), "freezing loses nothing");
+        match std::mem::replace(self, Slot::Frozen(frozen)) {
+            Slot::Live(e) => Some(e),
+            Slot::Frozen(_) => None,
+        }
+    }
+}
+
+impl Frozen {
+    /// The entry. The bytes were encoded by `Slot::freeze` in this process from
+    /// a value of the same type and never change, so this cannot fail short of
+    /// a bug; if it does, debug builds stop here and release builds treat the
+    /// task as unreadable (absent from reads, refused by transitions).
+    fn decode(&self) -> Option<TaskEntry> {
+        let decoded = postcard::from_bytes::<TaskEntry>(&self.bytes);
+        debug_assert!(
+            decoded.is_ok(),
+            "a frozen task does not decode: {decoded:?}"
+        );
+        let mut e = decoded.ok()?;
+        e.task.created_at = self.created_at;
+        expand(&mut e);
+        Some(e)
+    }
+}
+
+/// Rewrites a finished entry for encoding: times relative to its creation (a
+/// varint of a few bytes instead of six) and fields that repeat others left out.
+/// [`expand`] undoes it exactly; unit tests check the round trip on every freeze.
+fn shrink(e: &mut TaskEntry) {
+    let base = e.task.created_at;
+    let rel = |t: &mut UnixMs| *t = t.wrapping_sub(base);
+    let t = &mut e.task;
+    t.created_at = 0; // kept beside the bytes
+    rel(&mut t.next_run_time);
+    rel(&mut t.last_active_time);
+    if let Some(s) = &mut t.start_time {
+        rel(s);
+    }
+    if let (Some(last), Some(time), Some(ty)) =
+        (e.events.last(), t.last_event_time, t.last_event_type)
+    {
+        if last.time == time && last.ty == ty {
+            t.last_event_time = None;
+            t.last_event_type = None;
+        }
+    }
+    if let (Some(a), Some(w)) = (e.attempts.last(), &t.worker) {
+        if a.worker == *w {
+            t.worker = None;
+        }
+    }
+    for ev in &mut e.events {
+        rel(&mut ev.time);
+    }
+    for (i, a) in e.attempts.iter_mut().enumerate() {
+        if a.task_id == t.id {
+            a.task_id = TaskId(0);
+        }
+        if a.number as usize == i + 1 {
+            a.number = 0;
+        }
+        rel(&mut a.started_at);
+        if let Some(x) = &mut a.ended_at {
+            rel(x);
+        }
+    }
+}
+
+/// Undoes [`shrink`] (with `created_at` already restored).
+fn expand(e: &mut TaskEntry) {
+    let base = e.task.created_at;
+    let abs = |t: &mut UnixMs| *t = t.wrapping_add(base);
+    let t = &mut e.task;
+    abs(&mut t.next_run_time);
+    abs(&mut t.last_active_time);
+    if let Some(s) = &mut t.start_time {
+        abs(s);
+    }
+    for ev in &mut e.events {
+        abs(&mut ev.time);
+    }
+    if t.last_event_time.is_none() {
+        if let Some(last) = e.events.last() {
+            t.last_event_time = Some(last.time);
+            t.last_event_type = Some(last.ty);
+        }
+    }
+    for (i, a) in e.attempts.iter_mut().enumerate() {
+        if a.task_id == TaskId(0) {
+            a.task_id = t.id;
+        }
+        if a.number == 0 {
+            a.number = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        }
+        abs(&mut a.started_at);
+        if let Some(x) = &mut a.ended_at {
+            abs(x);
+        }
+    }
+    if t.worker.is_none() {
+        t.worker = e.attempts.last().map(|a| a.worker.clone());
+    }
+}
+
+impl PartialEq for Slot {
+    /// Equal when the entries are: frozen or not is representation, not state.
+    fn eq(&self, other: &Slot) -> bool {
+        self.entry() == other.entry()
+    }
+}
