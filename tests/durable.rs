@@ -151,6 +151,64 @@ fn snapshot_then_more_records_reopens_identically() {
     assert_eq!(state(&mgr), before);
 }
 
+/// What the tag and workflow indexes answer, and the dedup keys.
+fn indexed(
+    mgr: &TaskManager,
+    fan: fibflow::TaskId,
+) -> (Vec<fibflow::TaskId>, Vec<fibflow::TaskId>, usize) {
+    let ids = |f: &TaskFilter| -> Vec<_> { mgr.list_tasks(f).iter().map(|t| t.id).collect() };
+    let tagged = ids(&TaskFilter::all().tag("t").status(TaskStatus::Completed));
+    let tree = ids(&TaskFilter::all().workflow(fan));
+    (tagged, tree, mgr.stats_by_tag(None).len())
+}
+
+#[test]
+fn a_snapshot_keeps_the_tag_and_workflow_indexes_and_dedup_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (before, fan, keyed) = {
+        let mgr = open(dir.path());
+        mgr.start().unwrap();
+        let mut ids: Vec<_> = (0..5)
+            .map(|i| {
+                let o = SubmitOptions::new().tag("t").dedup_key(format!("d{i}"));
+                mgr.submit_with("ok", json!(i), o).unwrap()
+            })
+            .collect();
+        let fan = mgr.submit("fan", json!(null)).unwrap();
+        ids.push(fan);
+        for id in &ids {
+            mgr.wait(*id, PATIENCE).unwrap();
+        }
+        mgr.compact().unwrap();
+        let late = mgr
+            .submit_with("ok", json!("late"), SubmitOptions::new().tag("t"))
+            .unwrap();
+        mgr.wait(late, PATIENCE).unwrap();
+        mgr.stop(PATIENCE).unwrap();
+        (indexed(&mgr, fan), fan, ids[0])
+    };
+    assert_eq!(
+        before.0.len(),
+        6,
+        "five tagged tasks before the snapshot, one after"
+    );
+    assert_eq!(
+        before.1.len(),
+        4,
+        "the workflow root and its three children"
+    );
+    let mgr = open(dir.path());
+    assert!(mgr.recovery_stats().snapshot_tasks >= 9);
+    assert_eq!(indexed(&mgr, fan), before);
+    let again = mgr
+        .submit_with("ok", json!(0), SubmitOptions::new().dedup_key("d0"))
+        .unwrap();
+    assert_eq!(
+        again, keyed,
+        "a finished task's dedup key survives the snapshot"
+    );
+}
+
 #[test]
 fn a_second_manager_on_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -243,7 +243,7 @@ impl PartialEq for Shard {
 
 /// Task ids by tag and by workflow root, so filtered queries cost the size of
 /// the answer rather than the size of the history.
-#[derive(Default, Debug, Clone, PartialEq)]
+#[derive(Default, Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Index {
     by_tag: HashMap<String, BTreeSet<TaskId>>,
     by_root: IdMap<BTreeSet<TaskId>>,
@@ -277,6 +277,31 @@ impl Index {
             }
         }
     }
+}
+
+/// A shard as a snapshot stores it: its tasks as held (finished ones as their
+/// frozen bytes) and its indexes, so that loading it decodes nothing.
+/// Serializes exactly like [`ShardImage`], which reads it back.
+#[derive(Serialize)]
+pub struct ShardImageRef<'a> {
+    tasks: SlotSeq<'a>,
+    index: &'a Index,
+}
+
+/// The tasks of a shard, serialized as a sequence of `(id, slot)`.
+struct SlotSeq<'a>(&'a IdMap<Slot>);
+
+impl Serialize for SlotSeq<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter())
+    }
+}
+
+/// A shard read back from a snapshot (see [`ShardImageRef`]).
+#[derive(Deserialize)]
+pub struct ShardImage {
+    tasks: Vec<(TaskId, Slot)>,
+    index: Index,
 }
 
 /// A task in a scan: its id, status and creation time without decoding, the
@@ -369,6 +394,59 @@ impl Shard {
     /// Whether the shard has no tasks.
     pub fn is_empty(&self) -> bool {
         self.tasks.is_empty()
+    }
+
+    /// This shard as a snapshot stores it.
+    pub fn image(&self) -> ShardImageRef<'_> {
+        ShardImageRef {
+            tasks: SlotSeq(&self.tasks),
+            index: &self.index,
+        }
+    }
+
+    /// Loads a shard image from a snapshot into this (empty) shard without
+    /// decoding frozen tasks. Tasks for which `belongs` is false (a snapshot
+    /// from a build that shards differently) are returned, decoded, for
+    /// [`Shard::restore`] on their own shard; `intern` may share the names
+    /// that live entries hold. Returns those strays and the number loaded.
+    pub fn load_image(
+        &mut self,
+        image: ShardImage,
+        belongs: impl Fn(TaskId) -> bool,
+        mut intern: impl FnMut(&mut TaskEntry),
+    ) -> (Vec<TaskEntry>, u64) {
+        let ShardImage { tasks, index } = image;
+        let mut strays = Vec::new();
+        let mut loaded = 0;
+        self.tasks.reserve(tasks.len());
+        for (id, mut slot) in tasks {
+            if !belongs(id) {
+                strays.extend(slot.into_entry());
+                continue;
+            }
+            if let Slot::Live(e) = &mut slot {
+                intern(e);
+            }
+            loaded += 1;
+            self.counts[slot.status() as usize] += 1;
+            if let Some(old) = self.tasks.insert(id, slot) {
+                self.counts[old.status() as usize] -= 1;
+            }
+            self.freeze(id);
+        }
+        for (tag, ids) in index.by_tag {
+            let ids: BTreeSet<TaskId> = ids.into_iter().filter(|id| belongs(*id)).collect();
+            if !ids.is_empty() {
+                self.index.by_tag.entry(tag).or_default().extend(ids);
+            }
+        }
+        for (root, ids) in index.by_root {
+            let ids: BTreeSet<TaskId> = ids.into_iter().filter(|id| belongs(*id)).collect();
+            if !ids.is_empty() {
+                self.index.by_root.entry(root).or_default().extend(ids);
+            }
+        }
+        (strays, loaded)
     }
 
     /// Inserts an entry restored from a snapshot.

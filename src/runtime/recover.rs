@@ -1,7 +1,10 @@
 //! Opening a log directory: snapshot + replay, then SPEC §12 (running tasks are
 //! recovered, timers and suspended parents rebuilt). Also snapshots for compaction.
 //!
-//! Snapshot format (version 1): one byte `1`, then postcard of [`SnapshotV1`].
+//! Snapshot format: one version byte, then postcard of [`SnapshotV2`] (version
+//! 2, written now: each shard's tasks as held, finished ones as their frozen
+//! bytes, plus its indexes, so loading decodes nothing) or of [`SnapshotV1`]
+//! (version 1, every task as a full entry; still read).
 
 use super::error::{Error, Result};
 use super::Core;
@@ -11,11 +14,27 @@ use crate::engine::{Applied, ParentNotice, TaskEntry, TaskStatus};
 use crate::log::Lsn;
 use serde::{Deserialize, Serialize};
 
-/// Snapshot format version.
-const SNAPSHOT_VERSION: u8 = 1;
+/// Snapshot format version written.
+const SNAPSHOT_VERSION: u8 = 2;
 
-/// The live state at one LSN.
-#[derive(Serialize, Deserialize)]
+/// The live state at one LSN, as version 2 writes it.
+#[derive(Serialize)]
+struct SnapshotV2Ref<'a> {
+    /// The id counter.
+    counter: u64,
+    /// Every shard, in order.
+    shards: Vec<crate::engine::ShardImageRef<'a>>,
+}
+
+/// The live state at one LSN, as version 2 reads it back.
+#[derive(Deserialize)]
+struct SnapshotV2 {
+    counter: u64,
+    shards: Vec<crate::engine::ShardImage>,
+}
+
+/// The live state at one LSN (version 1).
+#[derive(Deserialize)]
 struct SnapshotV1 {
     /// The id counter.
     counter: u64,
@@ -46,11 +65,22 @@ impl Core {
         };
         let mut names = std::collections::HashSet::new();
         if let Some((_, bytes)) = log.snapshot() {
-            let snap = decode_snapshot(&bytes)?;
+            let (counter, shards, entries) = decode_snapshot(&bytes)?;
             self.store.observe_id(TaskId(
-                snap.counter.saturating_sub(1) << super::store::SHARD_BITS,
+                counter.saturating_sub(1) << super::store::SHARD_BITS,
             ));
-            for mut entry in snap.entries {
+            let mut strays = entries;
+            for (i, image) in shards.into_iter().enumerate() {
+                let mut shard = self.store.lock_index(i % super::store::SHARDS);
+                let (more, loaded) = shard.load_image(
+                    image,
+                    |id| super::store::shard_of(id) == i,
+                    |e| super::store::intern_entry(&mut names, e),
+                );
+                stats.snapshot_tasks += loaded;
+                strays.extend(more);
+            }
+            for mut entry in strays {
                 stats.snapshot_tasks += 1;
                 super::store::intern_entry(&mut names, &mut entry);
                 self.store.observe_id(entry.task.id);
@@ -232,25 +262,32 @@ impl Core {
         let Some(lsn) = log.stats().last_lsn else {
             return Ok(());
         };
-        let snap = SnapshotV1 {
+        let snap = SnapshotV2Ref {
             counter: self.store.counter(),
-            entries: guards
-                .iter()
-                .flat_map(|g| g.entries().map(std::borrow::Cow::into_owned))
-                .collect(),
+            shards: guards.iter().map(|g| g.image()).collect(),
         };
+        let bytes = postcard::to_extend(&snap, vec![SNAPSHOT_VERSION])
+            .map_err(|e| Error::Recovery(e.to_string()))?;
         drop(guards);
-        let mut bytes = vec![SNAPSHOT_VERSION];
-        bytes = postcard::to_extend(&snap, bytes).map_err(|e| Error::Recovery(e.to_string()))?;
         log.write_snapshot(lsn, &bytes)?;
         Ok(())
     }
 }
 
-fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotV1> {
+/// The id counter, the shard images (version 2) and the full entries (version 1).
+type Decoded = (u64, Vec<crate::engine::ShardImage>, Vec<TaskEntry>);
+
+fn decode_snapshot(bytes: &[u8]) -> Result<Decoded> {
+    let bad = |e: postcard::Error| Error::Recovery(format!("snapshot does not decode: {e}"));
     match bytes.split_first() {
-        Some((&SNAPSHOT_VERSION, body)) => postcard::from_bytes(body)
-            .map_err(|e| Error::Recovery(format!("snapshot does not decode: {e}"))),
+        Some((2, body)) => {
+            let s: SnapshotV2 = postcard::from_bytes(body).map_err(bad)?;
+            Ok((s.counter, s.shards, Vec::new()))
+        }
+        Some((1, body)) => {
+            let s: SnapshotV1 = postcard::from_bytes(body).map_err(bad)?;
+            Ok((s.counter, Vec::new(), s.entries))
+        }
         Some((v, _)) => Err(Error::Recovery(format!(
             "snapshot format version {v} is not supported by this build"
         ))),
