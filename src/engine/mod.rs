@@ -463,32 +463,57 @@ impl Shard {
 
     /// Applies one record. On error the shard's state is unchanged.
     pub fn apply(&mut self, record: crate::codec::Record) -> Result<Applied, TransitionError> {
+        use crate::codec::Record;
         let id = record.task_id();
-        let created = matches!(record, crate::codec::Record::Submit(_));
-        // A new task has no status before; everyone else's is looked up once.
-        let before = if created { None } else { self.status(id) };
-        let result = transition::apply(&mut self.tasks, &mut self.spare, record);
-        // A task that just finished is frozen; so is one that a refused record
-        // thawed (freezing a frozen or unfinished task does nothing).
-        let after = self.freeze(id);
-        let applied = result?;
-        if before != after {
-            if let Some(s) = before {
-                self.counts[s as usize] -= 1;
+        match record {
+            Record::Submit(_) => {
+                let applied = transition::apply(&mut self.tasks, &mut self.spare, record)?;
+                if let Some(e) = self.tasks.get(&id).and_then(Slot::live) {
+                    self.counts[e.task.status as usize] += 1;
+                    self.index.add(&e.task);
+                }
+                Ok(applied)
             }
-            if let Some(s) = after {
-                self.counts[s as usize] += 1;
+            Record::Delete { .. } => {
+                let before = self.status(id);
+                let applied = transition::apply(&mut self.tasks, &mut self.spare, record)?;
+                if let Some(s) = before {
+                    self.counts[s as usize] -= 1;
+                }
+                if let Some(t) = &applied.deleted {
+                    self.index.remove(t);
+                }
+                Ok(applied)
+            }
+            // Everything else changes one existing entry: one table lookup.
+            _ => {
+                let slot = self
+                    .tasks
+                    .get_mut(&id)
+                    .ok_or(TransitionError::NotFound(id))?;
+                let before = slot.status();
+                let result = match slot.live_mut() {
+                    Some(e) => transition::apply_to(e, record),
+                    None => Err(TransitionError::Invalid(format!(
+                        "task {id} is stored frozen and no longer decodes; this is a fibflow bug, please report it"
+                    ))),
+                };
+                // A task that just finished is frozen; so is one that a refused
+                // record thawed (freezing a frozen or unfinished task does nothing).
+                if let Some(old) = slot.freeze(&mut self.scratch) {
+                    if self.spare.len() < SPARE_ENTRIES {
+                        self.spare.push(old);
+                    }
+                }
+                let after = slot.status();
+                let applied = result?;
+                if before != after {
+                    self.counts[before as usize] -= 1;
+                    self.counts[after as usize] += 1;
+                }
+                Ok(applied)
             }
         }
-        if created {
-            if let Some(e) = self.tasks.get(&id).and_then(Slot::live) {
-                self.index.add(&e.task);
-            }
-        }
-        if let Some(t) = &applied.deleted {
-            self.index.remove(t);
-        }
-        Ok(applied)
     }
 
     /// Freezes the task if it is finished and still live, keeping its box for the

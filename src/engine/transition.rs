@@ -76,6 +76,8 @@ fn emit(entry: &mut TaskEntry, at: UnixMs, row: Row) {
     });
 }
 
+/// Applies a record that creates or removes a task; every other record goes
+/// through [`apply_to`].
 #[allow(clippy::vec_box)] // spare entries are reused boxes
 pub(super) fn apply(
     tasks: &mut Tasks,
@@ -84,59 +86,88 @@ pub(super) fn apply(
 ) -> Result<Applied, TransitionError> {
     match record {
         Record::Submit(new) => submit(tasks, spare, *new),
+        Record::Delete { id } => {
+            let entry = tasks.remove(&id).ok_or(TransitionError::NotFound(id))?;
+            Ok(Applied {
+                deleted: entry.into_entry().map(|e| Box::new(e.task)),
+                ..Applied::default()
+            })
+        }
+        other => {
+            let id = other.task_id();
+            apply_to(get(tasks, id)?, other)
+        }
+    }
+}
+
+/// Applies a record that changes an existing task (any but `Submit` and
+/// `Delete`) to its entry `e`, found by the caller with one lookup.
+pub(super) fn apply_to(e: &mut TaskEntry, record: Record) -> Result<Applied, TransitionError> {
+    match record {
+        Record::Submit(_) | Record::Delete { .. } => Err(TransitionError::Invalid(
+            "submit and delete records change the table, not one entry".into(),
+        )),
         Record::Claim {
-            id,
+            id: _,
             attempt,
             worker,
             at_ms,
-        } => claim(get(tasks, id)?, attempt, worker, at_ms),
+        } => claim(e, attempt, worker, at_ms),
         Record::Complete {
-            id,
+            id: _,
             attempt,
             result,
             next_run_ms,
             at_ms,
-        } => complete(get(tasks, id)?, attempt, result, next_run_ms, at_ms),
+        } => complete(e, attempt, result, next_run_ms, at_ms),
         Record::Fail {
-            id,
+            id: _,
             attempt,
             error,
             kind,
             retry_at_ms,
             at_ms,
-        } => fail(get(tasks, id)?, attempt, error, kind, retry_at_ms, at_ms),
+        } => fail(e, attempt, error, kind, retry_at_ms, at_ms),
         Record::Spawn {
-            id,
+            id: _,
             attempt,
             children,
             context,
             at_ms,
-        } => spawn(get(tasks, id)?, attempt, children, context, at_ms),
+        } => spawn(e, attempt, children, context, at_ms),
         Record::Suspend {
-            id,
+            id: _,
             attempt,
             reason,
             context,
             at_ms,
-        } => suspend(get(tasks, id)?, attempt, reason, context, at_ms),
+        } => suspend(e, attempt, reason, context, at_ms),
         Record::ChildDone {
-            parent,
+            parent: _,
             child,
             outcome,
             fail_parent,
             at_ms,
-        } => child_done(get(tasks, parent)?, child, outcome, fail_parent, at_ms),
-        Record::Pause { id, at_ms } => pause(get(tasks, id)?, at_ms),
-        Record::Resume { id, reason, at_ms } => resume(get(tasks, id)?, reason, at_ms),
-        Record::Cancel { id, reason, at_ms } => cancel(get(tasks, id)?, reason, at_ms),
+        } => child_done(e, child, outcome, fail_parent, at_ms),
+        Record::Pause { id: _, at_ms } => pause(e, at_ms),
+        Record::Resume {
+            id: _,
+            reason,
+            at_ms,
+        } => resume(e, reason, at_ms),
+        Record::Cancel {
+            id: _,
+            reason,
+            at_ms,
+        } => cancel(e, reason, at_ms),
         Record::Recover {
-            id,
+            id: _,
             quarantine_after,
             message,
             at_ms,
-        } => recover(get(tasks, id)?, quarantine_after, message, at_ms),
+        } => recover(e, quarantine_after, message, at_ms),
         Record::Progress {
-            id,
+            id: _,
             attempt,
             stage_name,
             text,
@@ -144,19 +175,17 @@ pub(super) fn apply(
             metadata,
             at_ms,
         } => {
-            let e = get(tasks, id)?;
             own(e, attempt)?;
             progress(e, stage_name, text, percent, metadata, at_ms)
         }
         Record::Checkpoint {
-            id,
+            id: _,
             attempt,
             code,
             message,
             metadata,
             at_ms,
         } => {
-            let e = get(tasks, id)?;
             own(e, attempt)?;
             let mut row = Row::new(EventType::Checkpoint)
                 .attempt(attempt)
@@ -167,18 +196,11 @@ pub(super) fn apply(
             Ok(Applied::default())
         }
         Record::Reschedule {
-            id,
+            id: _,
             next_run_ms,
             at_ms,
-        } => reschedule(get(tasks, id)?, next_run_ms, at_ms),
-        Record::Retry { id, at_ms } => retry(get(tasks, id)?, at_ms),
-        Record::Delete { id } => {
-            let entry = tasks.remove(&id).ok_or(TransitionError::NotFound(id))?;
-            Ok(Applied {
-                deleted: entry.into_entry().map(|e| Box::new(e.task)),
-                ..Applied::default()
-            })
-        }
+        } => reschedule(e, next_run_ms, at_ms),
+        Record::Retry { id: _, at_ms } => retry(e, at_ms),
     }
 }
 
