@@ -2,8 +2,8 @@
 //!
 //! A task that reached `completed` or `permanently_failed` changes again only by
 //! deletion, yet it is most of what a long-running engine holds (issue 5: one
-//! million retained tasks). Such a task is kept as the postcard encoding of its
-//! [`TaskEntry`] (see `docs/wire-format.md`), times relative to its creation and
+//! million retained tasks). Such a task is kept as a compact encoding of its
+//! [`TaskEntry`] (`pack`; see `docs/wire-format.md`), times relative to its creation and
 //! fields that repeat others left out, with the three fields that scans read
 //! (status, creation time and finishing time) beside it. A plain finished task
 //! then costs about 240 bytes of memory instead of about 820. Reading it decodes
@@ -19,6 +19,8 @@ use super::{TaskEntry, TaskStatus};
 use crate::codec::{TaskId, UnixMs};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
+
+mod pack;
 
 /// A task in the table: live (mutable structs) or frozen (encoded bytes).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -40,9 +42,6 @@ pub(crate) struct Frozen {
     dedup: bool,
     bytes: Box<[u8]>,
 }
-
-/// The reused encoding buffer's size: a plain finished task takes about 120 bytes.
-const SCRATCH: usize = 4096;
 
 /// Whether a task in this status is kept frozen.
 pub(crate) fn freezes(status: TaskStatus) -> bool {
@@ -132,21 +131,12 @@ impl Slot {
         let (created_at, last_active) = (e.task.created_at, e.task.last_active_time);
         let (status, dedup) = (e.task.status, e.task.dedup_key.is_some());
         shrink(e);
-        // Into the reused buffer (a slice: no capacity checks per byte), or for a
-        // task too large for it, into a vector that grows.
-        if scratch.len() < SCRATCH {
-            scratch.resize(SCRATCH, 0);
+        scratch.clear();
+        pack::write(e, scratch);
+        let bytes = Box::from(&scratch[..]);
+        if scratch.capacity() > 1 << 20 {
+            *scratch = Vec::new(); // one huge task does not pin its size
         }
-        let bytes: Option<Box<[u8]>> = match postcard::to_slice(&**e, scratch) {
-            Ok(used) => Some(Box::from(&*used)),
-            Err(_) => postcard::to_allocvec(&**e).ok().map(Vec::into_boxed_slice),
-        };
-        let Some(bytes) = bytes else {
-            // Cannot happen for an in-memory buffer; the task stays live.
-            e.task.created_at = created_at;
-            expand(e);
-            return None;
-        };
         let frozen = Frozen {
             created_at,
             last_active,
@@ -169,12 +159,9 @@ impl Frozen {
     /// a bug; if it does, debug builds stop here and release builds treat the
     /// task as unreadable (absent from reads, refused by transitions).
     fn decode(&self) -> Option<TaskEntry> {
-        let decoded = postcard::from_bytes::<TaskEntry>(&self.bytes);
-        debug_assert!(
-            decoded.is_ok(),
-            "a frozen task does not decode: {decoded:?}"
-        );
-        let mut e = decoded.ok()?;
+        let decoded = pack::read(&self.bytes);
+        debug_assert!(decoded.is_some(), "a frozen task does not decode");
+        let mut e = decoded?;
         e.task.created_at = self.created_at;
         expand(&mut e);
         Some(e)
