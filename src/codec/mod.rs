@@ -392,6 +392,40 @@ pub fn decode(bytes: &[u8]) -> Result<Batch, DecodeError> {
     Ok(postcard::from_bytes(body)?)
 }
 
+/// The task of the first record of a batch written by [`encode`], read without
+/// decoding the batch: every record's first field is the id its
+/// [`Record::task_id`] returns, so this is the version byte, the record count,
+/// the variant index and then that id, all varints. `None` if the bytes do not
+/// start like a non-empty batch (decoding them will say why).
+///
+/// Replay uses it to route a frame to the thread that owns the task's shard; a
+/// frame's records all belong to one shard, since a batch is applied and
+/// appended under one shard lock.
+pub fn peek_task_id(bytes: &[u8]) -> Option<TaskId> {
+    let (&version, mut rest) = bytes.split_first()?;
+    if version != FORMAT_VERSION {
+        return None;
+    }
+    let mut varint = || -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, r) = rest.split_first()?;
+            rest = r;
+            v |= u64::from(b & 0x7f).checked_shl(shift)?;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    };
+    let count = varint()?;
+    if count == 0 {
+        return None;
+    }
+    let _variant = varint()?;
+    varint().map(TaskId)
+}
+
 /// Stores a JSON value as JSON text in binary formats (postcard cannot carry
 /// self-describing values), and as itself in human-readable ones (serde_json), so
 /// the public snapshot types still serialize to natural JSON.

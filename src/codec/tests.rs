@@ -29,6 +29,11 @@ fn check(batch: &[Record]) {
     let bytes = encode(batch).unwrap();
     assert_eq!(bytes[0], FORMAT_VERSION);
     assert_eq!(decode(&bytes).unwrap(), batch);
+    assert_eq!(peek_task_id(&bytes), batch.first().map(Record::task_id));
+    for r in batch {
+        let one = encode(std::slice::from_ref(r)).unwrap();
+        assert_eq!(peek_task_id(&one), Some(r.task_id()), "{r:?}");
+    }
 }
 
 #[test]
@@ -146,6 +151,12 @@ proptest! {
     fn any_batch_round_trips(batch in prop::collection::vec(arb_record(), 0..6)) {
         let bytes = encode(&batch).unwrap();
         prop_assert_eq!(decode(&bytes).unwrap(), batch);
+    }
+
+    #[test]
+    fn peek_names_the_first_records_task(batch in prop::collection::vec(arb_record(), 1..4)) {
+        let bytes = encode(&batch).unwrap();
+        prop_assert_eq!(peek_task_id(&bytes), Some(batch[0].task_id()));
     }
 
     #[test]

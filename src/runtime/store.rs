@@ -172,13 +172,13 @@ impl Store {
         }
     }
 
-    /// Applies a replayed record (no logging).
+    /// Readies a replayed record for `Shard::apply` (which replay calls without
+    /// logging): notes its id, and interns the names it carries.
     ///
     /// Handler and worker names are interned: live operation shares one `Arc<str>`
     /// per name, and replay must not give every task and attempt its own copy.
-    pub(crate) fn replay_record(&self, mut record: Record, names: &mut HashSet<Arc<str>>) -> bool {
-        let id = record.task_id();
-        match &mut record {
+    pub(crate) fn prepare_replay(&self, record: &mut Record, names: &mut HashSet<Arc<str>>) {
+        match record {
             Record::Submit(t) => {
                 self.observe_id(t.id);
                 t.name = intern(names, &t.name);
@@ -186,11 +186,10 @@ impl Store {
             Record::Claim { worker, .. } => *worker = intern(names, worker),
             _ => {}
         }
-        self.lock(id).apply(record).is_ok()
     }
 }
 
-/// Interns the names a snapshot entry holds (see [`Store::replay_record`]).
+/// Interns the names a snapshot entry holds (see [`Store::prepare_replay`]).
 pub(crate) fn intern_entry(names: &mut HashSet<Arc<str>>, entry: &mut crate::engine::TaskEntry) {
     entry.task.name = intern(names, &entry.task.name);
     if let Some(w) = &entry.task.worker {
