@@ -360,7 +360,11 @@ impl Log {
         validate(&config)?;
         std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let lock = lock::lock_dir(dir)?;
-        Self::open_inner(Arc::new(MmapStorage::new(dir)), config, Some(lock))
+        // Sync appends by `pwritev` (see `MmapStorage::write_through`); the other
+        // modes store through the mapping, which is cheaper until a sync.
+        let write_through = matches!(config.durability, Durability::Sync);
+        let storage = MmapStorage::new(dir).write_through(write_through);
+        Self::open_inner(Arc::new(storage), config, Some(lock))
     }
 
     /// Opens a log on any [`Storage`] (tests use [`SimStorage`]). No directory
@@ -521,7 +525,7 @@ impl Log {
                     let lsn = seg.base() + slot.start();
                     let header = record_header(lsn, inner.commit.synced(), record);
                     // I3: the padding after the body is already zero.
-                    let ok = slot.write(0, &header) && slot.write(FRAME_HEADER_LEN as u64, record);
+                    let ok = slot.write_parts(0, &[&header, record]);
                     drop(slot);
                     debug_assert!(ok, "slot sized by frame_len");
                     inner.completion.notify_all();

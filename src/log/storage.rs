@@ -40,10 +40,17 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()>;
 }
 
-/// Files in a real directory, mapped with `mmap`, flushed with `msync(MS_SYNC)`.
+/// Files in a real directory, mapped with `mmap`, flushed with `msync(MS_SYNC)`
+/// of the synced range (a ranged `fdatasync` on Linux).
+///
+/// With [`MmapStorage::write_through`] (what `Durability::Sync` uses), appenders
+/// put their bytes into the page cache with `pwritev` instead of storing through
+/// the mapping, because a page dirtied through a mapping is far dearer to sync
+/// (figures in `docs/log-format.md`, "Sync mechanism").
 #[derive(Debug)]
 pub struct MmapStorage {
     dir: PathBuf,
+    write_through: bool,
 }
 
 impl MmapStorage {
@@ -51,7 +58,15 @@ impl MmapStorage {
     pub fn new(dir: &Path) -> MmapStorage {
         MmapStorage {
             dir: dir.to_path_buf(),
+            write_through: false,
         }
+    }
+
+    /// Makes the mappings it creates or opens write-through
+    /// ([`Mapping::set_write_through`]): appends reach the page cache by `pwritev`.
+    pub fn write_through(mut self, on: bool) -> MmapStorage {
+        self.write_through = on;
+        self
     }
 
     fn sync_dir(&self) -> io::Result<()> {
@@ -97,6 +112,7 @@ impl Storage for MmapStorage {
         fs::rename(&tmp, self.dir.join(name))?;
         self.sync_dir()?;
         let mut map = Mapping::map_file(&file, len)?;
+        map.set_write_through(self.write_through);
         map.prefault();
         Ok(map)
     }
@@ -107,7 +123,9 @@ impl Storage for MmapStorage {
             .write(true)
             .open(self.dir.join(name))?;
         let len = file.metadata()?.len();
-        Mapping::map_file(&file, len)
+        let mut map = Mapping::map_file(&file, len)?;
+        map.set_write_through(self.write_through);
+        Ok(map)
     }
 
     fn sync(&self, _name: &str, map: &Mapping, start: u64, end: u64) -> io::Result<()> {
