@@ -124,32 +124,41 @@ impl Core {
         std::thread::scope(|scope| {
             let mut senders = Vec::with_capacity(appliers);
             let mut handles = Vec::with_capacity(appliers);
-            for _ in 0..appliers {
+            for k in 0..appliers {
                 // Frames, each as a u32 little-endian length and its bytes.
                 let (tx, rx) = crossbeam::channel::bounded::<Vec<u8>>(8);
                 senders.push(tx);
                 let mut names = seed.clone();
-                handles.push(scope.spawn(
-                    move || -> std::result::Result<(u64, u64), codec::DecodeError> {
-                        let (mut replayed, mut refused) = (0u64, 0u64);
-                        for batch in rx {
-                            let mut rest = &batch[..];
-                            while let Some((len, after)) = rest.split_first_chunk::<4>() {
-                                let len = u32::from_le_bytes(*len) as usize;
-                                let (frame, after) = after.split_at(len.min(after.len()));
-                                rest = after;
-                                for mut record in codec::decode(frame)? {
-                                    replayed += 1;
-                                    store.prepare_replay(&mut record, &mut names);
-                                    if store.lock(record.task_id()).apply(record).is_err() {
-                                        refused += 1;
+                let thread = std::thread::Builder::new().name(format!("fibflow-replay-{k}"));
+                handles.push(
+                    thread
+                        .spawn_scoped(
+                            scope,
+                            move || -> std::result::Result<(u64, u64), codec::DecodeError> {
+                                let (mut replayed, mut refused) = (0u64, 0u64);
+                                for batch in rx {
+                                    let mut rest = &batch[..];
+                                    while let Some((len, after)) = rest.split_first_chunk::<4>() {
+                                        let len = u32::from_le_bytes(*len) as usize;
+                                        let (frame, after) = after.split_at(len.min(after.len()));
+                                        rest = after;
+                                        for mut record in codec::decode(frame)? {
+                                            replayed += 1;
+                                            store.prepare_replay(&mut record, &mut names);
+                                            if store.lock(record.task_id()).apply(record).is_err() {
+                                                refused += 1;
+                                            }
+                                        }
                                     }
                                 }
-                            }
-                        }
-                        Ok((replayed, refused))
-                    },
-                ));
+                                Ok((replayed, refused))
+                            },
+                        )
+                        .map_err(|source| Error::Io {
+                            context: "cannot spawn a replay thread",
+                            source,
+                        })?,
+                );
             }
             let mut pending: Vec<Vec<u8>> = (0..appliers)
                 .map(|_| Vec::with_capacity(BATCH_BYTES))
