@@ -123,10 +123,19 @@ impl Timer {
                 self.planned_wake.store(t, Ordering::Release);
                 return Some(due);
             }
-            self.planned_wake.store(next, Ordering::Release);
+            // With a real clock the thread wakes at least once a second (for
+            // housekeeping: compaction, retention), so that is when it will look
+            // again. Storing the true wake time matters: a worker starting an
+            // attempt kicks this thread only if its deadline comes sooner, and a
+            // kick is a futex wake on the path from claim to handler start.
+            let wake_at = if real {
+                next.min(t.saturating_add(1_000))
+            } else {
+                next
+            };
+            self.planned_wake.store(wake_at, Ordering::Release);
             if real {
-                // At least once a second, for housekeeping (compaction, retention).
-                let wait = std::time::Duration::from_millis(next.saturating_sub(t).clamp(1, 1_000));
+                let wait = std::time::Duration::from_millis(wake_at.saturating_sub(t).clamp(1, 1_000));
                 if !st.kicked {
                     self.cv.wait_for(&mut st, wait);
                 }
