@@ -135,7 +135,8 @@ impl Timer {
             };
             self.planned_wake.store(wake_at, Ordering::Release);
             if real {
-                let wait = std::time::Duration::from_millis(wake_at.saturating_sub(t).clamp(1, 1_000));
+                let wait =
+                    std::time::Duration::from_millis(wake_at.saturating_sub(t).clamp(1, 1_000));
                 if !st.kicked {
                     self.cv.wait_for(&mut st, wait);
                 }
