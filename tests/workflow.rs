@@ -122,12 +122,12 @@ fn spawn_suspends_the_parent_and_creates_linked_async_children() {
     );
     let sub = &event_of(&mgr, pid, EventType::SubtasksCreated)[0];
     let ids: Vec<u64> = kids.iter().map(|k| k.id.0).collect();
-    assert_eq!(sub.metadata["child_ids"], json!(ids));
+    assert_eq!(sub.metadata["child_task_ids"], json!(ids));
     assert_eq!(
-        sub.metadata["child_names"],
+        sub.metadata["child_task_names"],
         json!(["child", "child", "child"])
     );
-    assert_eq!(sub.metadata["count"], json!(3));
+    assert_eq!(sub.metadata["child_count"], json!(3));
     let changed = &event_of(&mgr, pid, EventType::StatusChanged)[0];
     assert_eq!(changed.from_status, Some(TaskStatus::Running));
     assert_eq!(changed.to_status, Some(TaskStatus::Suspended));
@@ -929,7 +929,7 @@ fn a_child_id_from_the_events_matches_list_filters() {
     let pid = mgr.submit("p", json!(null)).unwrap();
     mgr.wait(pid, PATIENCE).unwrap();
     let sub = &event_of(&mgr, pid, EventType::SubtasksCreated)[0];
-    let from_event: Vec<u64> = sub.metadata["child_ids"]
+    let from_event: Vec<u64> = sub.metadata["child_task_ids"]
         .as_array()
         .unwrap()
         .iter()

@@ -352,7 +352,7 @@ fn collect(mgr: &TaskManager, root: TaskId) -> Result<Tree, String> {
                 EventType::SubtasksCreated => {
                     rounds += 1;
                     in_fan_in = false;
-                    last_round = e.metadata["child_ids"]
+                    last_round = e.metadata["child_task_ids"]
                         .as_array()
                         .map(|a| a.iter().filter_map(Value::as_u64).collect())
                         .unwrap_or_default();

@@ -103,6 +103,18 @@ impl TaskEntry {
             .map(|a| a.worker.clone());
         let (message, metadata) = match &row.extra {
             Some(x) => (x.message.clone(), x.metadata.clone()),
+            // Derived, not stored (see `transition::submit`); fib-flow's shape.
+            None if row.ty == EventType::Created => (
+                Some(format!("Task {} created", t.name)),
+                serde_json::json!({
+                    "name": &*t.name,
+                    "type": match t.kind {
+                        crate::codec::TaskKind::Async => "async",
+                        crate::codec::TaskKind::Cron => "cron",
+                    },
+                    "tag": t.tag,
+                }),
+            ),
             None => (None, serde_json::Value::Null),
         };
         Some(Event {

@@ -316,8 +316,7 @@ fn check_table(shard: &Shard) {
             if let (Some(from), Some(to)) = (ev.from_status, ev.to_status) {
                 let exception = (from == TaskStatus::Pending
                     && to == TaskStatus::PermanentlyFailed)
-                    || (from == TaskStatus::Suspended && to == TaskStatus::Paused)
-                    || (from == to && ev.event_type == EventType::Created);
+                    || (from == TaskStatus::Suspended && to == TaskStatus::Paused);
                 assert!(
                     from.can_become(to) || exception,
                     "{from} -> {to} in {:?}",

@@ -19,7 +19,8 @@ type Tasks = super::IdMap<super::Slot>;
 /// One status change or other audit row to record.
 struct Row {
     ty: EventType,
-    change: Option<(TaskStatus, TaskStatus)>,
+    from: Option<TaskStatus>,
+    to: Option<TaskStatus>,
     attempt: Option<u32>,
     message: Option<String>,
     metadata: Value,
@@ -29,14 +30,21 @@ impl Row {
     fn new(ty: EventType) -> Row {
         Row {
             ty,
-            change: None,
+            from: None,
+            to: None,
             attempt: None,
             message: None,
             metadata: Value::Null,
         }
     }
     fn change(mut self, from: TaskStatus, to: TaskStatus) -> Row {
-        self.change = Some((from, to));
+        self.from = Some(from);
+        self.to = Some(to);
+        self
+    }
+    /// A status entered with no status before (creation).
+    fn to(mut self, to: TaskStatus) -> Row {
+        self.to = Some(to);
         self
     }
     fn attempt(mut self, n: u32) -> Row {
@@ -70,8 +78,8 @@ fn emit(entry: &mut TaskEntry, at: UnixMs, row: Row) {
         attempt: row.attempt.unwrap_or(0),
         stage: t.stage,
         ty: row.ty,
-        from: row.change.map(|c| c.0),
-        to: row.change.map(|c| c.1),
+        from: row.from,
+        to: row.to,
         extra,
     });
 }
@@ -344,7 +352,10 @@ fn submit(
     emit(
         &mut entry,
         at,
-        Row::new(EventType::Created).change(TaskStatus::Pending, TaskStatus::Pending),
+        // Message and metadata (`{name, type, tag}`, as fib-flow records them) are
+        // derived from the task when read: they never change, and storing them
+        // would cost every task an allocation.
+        Row::new(EventType::Created).to(TaskStatus::Pending),
     );
     tasks.insert(entry.task.id, super::Slot::Live(entry));
     Ok(Applied {

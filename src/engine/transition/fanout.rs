@@ -31,7 +31,9 @@ pub(super) fn spawn(
     e.task.total_children += children.len() as u32;
     let ids: Vec<u64> = children.iter().map(|c| c.0 .0).collect();
     let names: Vec<&str> = children.iter().map(|c| c.1.as_str()).collect();
-    let meta = json!({"child_ids": ids, "child_names": names, "count": children.len()});
+    // fib-flow's keys (its insertTask), which its own tests read.
+    let meta =
+        json!({"child_task_ids": ids, "child_task_names": names, "child_count": children.len()});
     emit(
         e,
         at,
@@ -39,7 +41,7 @@ pub(super) fn spawn(
             .attempt(attempt)
             .meta(meta),
     );
-    let meta = json!({"suspend_reason": "awaiting_subtasks"});
+    let meta = json!({"suspend_reason": "awaiting_subtasks", "child_count": ids.len(), "child_task_ids": ids});
     emit(
         e,
         at,
