@@ -641,6 +641,76 @@ fn s5_subtasks_created_and_task_created_metadata_use_fib_flow_keys() {
     );
 }
 
+/// SPEC §4: "A panicking handler is a failed attempt with the panic message as
+/// error." fibflow stores "handler panicked: kaboom".
+#[test]
+fn s4_the_panic_message_is_the_error() {
+    let (mgr, _clock) = manual(1);
+    mgr.register_with("p", HandlerOptions::new().max_retries(1), |_| {
+        panic!("kaboom")
+    })
+    .unwrap();
+    mgr.start().unwrap();
+    let id = mgr.submit("p", json!(null)).unwrap();
+    let t = mgr.wait(id, PATIENCE).unwrap();
+    assert_eq!(t.error.as_deref(), Some("kaboom"));
+    assert_eq!(
+        mgr.attempts(id).unwrap()[0].error.as_deref(),
+        Some("kaboom")
+    );
+}
+
+/// SPEC §13 names only an *empty* tag as bad input; fib-flow accepts any tag
+/// string. fibflow also refuses task tags with whitespace or commas.
+#[test]
+fn s13_a_task_tag_with_a_space_is_accepted() {
+    let (mgr, _clock) = manual(1);
+    mgr.register("t", |_| Ok(json!(null).into())).unwrap();
+    let id = mgr
+        .submit_with("t", json!(null), SubmitOptions::new().tag("nightly batch"))
+        .unwrap();
+    assert_eq!(
+        mgr.list_tasks(&TaskFilter::all().tag("nightly batch"))[0].id,
+        id
+    );
+}
+
+/// fib-flow `recordTaskCheckpoint` / `recordTaskProgress`: the handler's
+/// metadata is merged into the event metadata (`{code, ...metadata}`,
+/// `{stage_name, progress_text, progress_percent, ...metadata}`), names and
+/// texts are trimmed, and a checkpoint without a message uses its code.
+/// fibflow nests it under a `metadata` key and keeps the raw strings.
+#[test]
+fn s9_checkpoint_and_progress_metadata_merge_like_fib_flow() {
+    let (mgr, _clock) = manual(1);
+    mgr.register("t", |ctx| {
+        ctx.audit(" load ", None, Some(json!({"rows": 10})))?;
+        ctx.progress(Progress {
+            stage_name: Some(" parse ".into()),
+            metadata: Some(json!({"bytes": 5})),
+            ..Progress::default()
+        })?;
+        Ok(json!(null).into())
+    })
+    .unwrap();
+    mgr.start().unwrap();
+    let id = mgr.submit("t", json!(null)).unwrap();
+    let t = mgr.wait(id, PATIENCE).unwrap();
+    assert_eq!(t.current_stage_name.as_deref(), Some("parse"));
+    let ev = mgr.events(id).unwrap();
+    let cp = ev
+        .iter()
+        .find(|e| e.event_type == EventType::Checkpoint)
+        .unwrap();
+    assert_eq!(cp.metadata, json!({"code": "load", "rows": 10}));
+    assert_eq!(cp.message.as_deref(), Some("load"));
+    let pr = ev
+        .iter()
+        .find(|e| e.event_type == EventType::Progress)
+        .unwrap();
+    assert_eq!(pr.metadata, json!({"stage_name": "parse", "bytes": 5}));
+}
+
 /// Tests that fail today: each pins the SPEC (or fib-flow) behaviour fibflow lacks.
 #[cfg(spec_deviations)]
 mod deviations {
@@ -738,25 +808,6 @@ mod deviations {
         assert_eq!(mgr.get_task(id).unwrap().next_run_time, T0 + 7000);
     }
 
-    /// SPEC §4: "A panicking handler is a failed attempt with the panic message as
-    /// error." fibflow stores "handler panicked: kaboom".
-    #[test]
-    fn s4_the_panic_message_is_the_error() {
-        let (mgr, _clock) = manual(1);
-        mgr.register_with("p", HandlerOptions::new().max_retries(1), |_| {
-            panic!("kaboom")
-        })
-        .unwrap();
-        mgr.start().unwrap();
-        let id = mgr.submit("p", json!(null)).unwrap();
-        let t = mgr.wait(id, PATIENCE).unwrap();
-        assert_eq!(t.error.as_deref(), Some("kaboom"));
-        assert_eq!(
-            mgr.attempts(id).unwrap()[0].error.as_deref(),
-            Some("kaboom")
-        );
-    }
-
     /// SPEC §3: "slots free on success, failure, suspension and pause". A task
     /// paused while its handler still runs keeps its handler slot until the
     /// handler returns. (fib-flow also holds its semaphore until the handler
@@ -786,55 +837,29 @@ mod deviations {
         gate.open();
         assert_eq!(r.unwrap().status, TaskStatus::Completed);
     }
+}
 
-    /// SPEC §13 names only an *empty* tag as bad input; fib-flow accepts any tag
-    /// string. fibflow also refuses task tags with whitespace or commas.
-    #[test]
-    fn s13_a_task_tag_with_a_space_is_accepted() {
-        let (mgr, _clock) = manual(1);
-        mgr.register("t", |_| Ok(json!(null).into())).unwrap();
-        let id = mgr
-            .submit_with("t", json!(null), SubmitOptions::new().tag("nightly batch"))
-            .unwrap();
-        assert_eq!(
-            mgr.list_tasks(&TaskFilter::all().tag("nightly batch"))[0].id,
-            id
-        );
-    }
-
-    /// fib-flow `recordTaskCheckpoint` / `recordTaskProgress`: the handler's
-    /// metadata is merged into the event metadata (`{code, ...metadata}`,
-    /// `{stage_name, progress_text, progress_percent, ...metadata}`), names and
-    /// texts are trimmed, and a checkpoint without a message uses its code.
-    /// fibflow nests it under a `metadata` key and keeps the raw strings.
-    #[test]
-    fn s9_checkpoint_and_progress_metadata_merge_like_fib_flow() {
-        let (mgr, _clock) = manual(1);
-        mgr.register("t", |ctx| {
-            ctx.audit(" load ", None, Some(json!({"rows": 10})))?;
-            ctx.progress(Progress {
-                stage_name: Some(" parse ".into()),
-                metadata: Some(json!({"bytes": 5})),
-                ..Progress::default()
-            })?;
-            Ok(json!(null).into())
-        })
-        .unwrap();
-        mgr.start().unwrap();
-        let id = mgr.submit("t", json!(null)).unwrap();
-        let t = mgr.wait(id, PATIENCE).unwrap();
-        assert_eq!(t.current_stage_name.as_deref(), Some("parse"));
-        let ev = mgr.events(id).unwrap();
-        let cp = ev
-            .iter()
-            .find(|e| e.event_type == EventType::Checkpoint)
-            .unwrap();
-        assert_eq!(cp.metadata, json!({"code": "load", "rows": 10}));
-        assert_eq!(cp.message.as_deref(), Some("load"));
-        let pr = ev
-            .iter()
-            .find(|e| e.event_type == EventType::Progress)
-            .unwrap();
-        assert_eq!(pr.metadata, json!({"stage_name": "parse", "bytes": 5}));
-    }
+/// SPEC §9 / fib-flow `normalizeMetadata`: handler metadata must be an object.
+#[test]
+fn s9_handler_metadata_that_is_not_an_object_is_refused() {
+    let (mgr, _clock) = manual(1);
+    mgr.register("t", |ctx| {
+        let bad = ctx.audit("c", None, Some(json!([1, 2])));
+        assert!(matches!(bad, Err(ContextError::Invalid(_))), "{bad:?}");
+        let bad = ctx.progress(Progress {
+            text: Some("x".into()),
+            metadata: Some(json!("text")),
+            ..Progress::default()
+        });
+        assert!(matches!(bad, Err(ContextError::Invalid(_))), "{bad:?}");
+        Ok(json!("checked").into())
+    })
+    .unwrap();
+    mgr.start().unwrap();
+    let id = mgr.submit("t", json!(null)).unwrap();
+    let t = mgr.wait(id, PATIENCE).unwrap();
+    assert_eq!(t.status, TaskStatus::Completed, "{:?}", t.error);
+    let names = event_names(&mgr, id);
+    assert!(!names.contains(&"task_checkpoint"), "{names:?}");
+    assert!(!names.contains(&"task_progress"), "{names:?}");
 }

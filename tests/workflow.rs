@@ -1110,7 +1110,7 @@ fn a_bad_spawn_fails_the_attempt_and_creates_nothing() {
             "empty" => Ok(Outcome::spawn(Vec::new())),
             "tag" => Ok(Outcome::spawn(vec![
                 ChildSpec::new("child", json!(null)),
-                ChildSpec::new("child", json!(null)).tag("bad tag"),
+                ChildSpec::new("child", json!(null)).tag(""),
             ])),
             _ => Ok(Outcome::spawn(vec![
                 ChildSpec::new("child", json!(null)).requires(["a,b"])
@@ -1121,7 +1121,7 @@ fn a_bad_spawn_fails_the_attempt_and_creates_nothing() {
     mgr.start().unwrap();
     for (kind, needle) in [
         ("empty", "at least one child"),
-        ("tag", "bad tag"),
+        ("tag", "invalid tag"),
         ("requires", "a,b"),
     ] {
         let pid = mgr.submit("parent", json!(kind)).unwrap();

@@ -198,7 +198,8 @@ pub(super) fn apply_to(e: &mut TaskEntry, record: Record) -> Result<Applied, Tra
             let mut row = Row::new(EventType::Checkpoint)
                 .attempt(attempt)
                 .meta(metadata);
-            row.message = message;
+            // fib-flow: the message defaults to the code.
+            row.message = Some(message.unwrap_or_else(|| code.clone()));
             row.metadata = merge_code(row.metadata, code);
             emit(e, at_ms, row);
             Ok(Applied::default())
@@ -752,27 +753,38 @@ fn progress(
         meta.insert("progress_percent".into(), Value::from(p));
         e.task.progress_percent = Some(p);
     }
-    if !metadata.is_null() {
-        meta.insert("metadata".into(), metadata);
-    }
+    spread(&mut meta, metadata);
+    // fib-flow: the text, else the stage name, else a fixed message.
+    let message = text
+        .or(stage_name)
+        .unwrap_or_else(|| "task progress updated".to_owned());
     let row = Row::new(EventType::Progress)
         .attempt(attempt)
-        .meta(Value::Object(meta));
-    let row = match text {
-        Some(t) => row.message(t),
-        None => row,
-    };
+        .meta(Value::Object(meta))
+        .message(message);
     emit(e, at, row);
     Ok(Applied::default())
 }
 
+/// `{code, ...metadata}`, as fib-flow records a checkpoint.
 fn merge_code(metadata: Value, code: String) -> Value {
     let mut meta = serde_json::Map::new();
     meta.insert("code".into(), Value::String(code));
-    if !metadata.is_null() {
-        meta.insert("metadata".into(), metadata);
-    }
+    spread(&mut meta, metadata);
     Value::Object(meta)
+}
+
+/// Adds the handler's metadata object's keys to an event's metadata (they win,
+/// like JavaScript's object spread). The handler API accepts only objects; any
+/// other value (from an older log) is kept under `metadata`.
+fn spread(meta: &mut serde_json::Map<String, Value>, metadata: Value) {
+    match metadata {
+        Value::Null => {}
+        Value::Object(m) => meta.extend(m),
+        other => {
+            meta.insert("metadata".into(), other);
+        }
+    }
 }
 
 /// The catch-up policy moved a pending cron task's next run (SPEC §7).

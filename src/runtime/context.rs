@@ -213,10 +213,17 @@ impl TaskContext {
     }
 
     /// Updates the progress snapshot and records a `task_progress` event.
-    /// Empty strings and percentages above 100 are refused.
+    /// Empty strings, percentages above 100 and metadata that is not a JSON
+    /// object are refused; names and text are trimmed. The event's metadata is
+    /// `{stage_name, progress_text, progress_percent, ...metadata}` and its
+    /// message the text, else the stage name, as in fib-flow.
     pub fn progress(&self, p: Progress) -> Result<(), ContextError> {
         non_empty("stage_name", p.stage_name.as_deref())?;
         non_empty("text", p.text.as_deref())?;
+        object("metadata", p.metadata.as_ref())?;
+        // fib-flow trims both.
+        let stage_name = p.stage_name.map(|s| s.trim().to_owned());
+        let text = p.text.map(|s| s.trim().to_owned());
         if p.percent.is_some_and(|x| x > 100) {
             return Err(ContextError::Invalid(format!(
                 "progress percent {} is out of range: use 0..=100",
@@ -227,15 +234,17 @@ impl TaskContext {
         self.write(|id, attempt, at_ms| Record::Progress {
             id,
             attempt,
-            stage_name: p.stage_name,
-            text: p.text,
+            stage_name,
+            text,
             percent: p.percent,
             metadata: p.metadata.unwrap_or(Value::Null),
             at_ms,
         })
     }
 
-    /// Records a `task_checkpoint` audit event with a non-empty `code`.
+    /// Records a `task_checkpoint` audit event with a non-empty `code`: metadata
+    /// `{code, ...metadata}` (metadata must be a JSON object), message the given
+    /// one or else the code; code and message are trimmed, as in fib-flow.
     pub fn audit(
         &self,
         code: &str,
@@ -244,12 +253,13 @@ impl TaskContext {
     ) -> Result<(), ContextError> {
         non_empty("code", Some(code))?;
         non_empty("message", message)?;
+        object("metadata", metadata.as_ref())?;
         self.heartbeat();
         self.write(|id, attempt, at_ms| Record::Checkpoint {
             id,
             attempt,
-            code: code.to_owned(),
-            message: message.map(str::to_owned),
+            code: code.trim().to_owned(),
+            message: message.map(|m| m.trim().to_owned()),
             metadata: metadata.unwrap_or(Value::Null),
             at_ms,
         })
@@ -263,6 +273,16 @@ impl TaskContext {
             crate::engine::TransitionError::Stale { .. } => ContextError::Stale { id, attempt },
             other => ContextError::Invalid(other.to_string()),
         })
+    }
+}
+
+/// Metadata is a JSON object (or absent / null), as fib-flow requires.
+fn object(field: &str, v: Option<&Value>) -> Result<(), ContextError> {
+    match v {
+        None | Some(Value::Null | Value::Object(_)) => Ok(()),
+        Some(_) => Err(ContextError::Invalid(format!(
+            "{field} must be a JSON object (or absent)"
+        ))),
     }
 }
 

@@ -17,8 +17,9 @@ pub enum Error {
     /// An empty task or handler name.
     #[error("task name must not be empty")]
     EmptyName,
-    /// A capability tag or task tag that is empty or contains whitespace or commas.
-    #[error("invalid tag `{0}`: tags must be non-empty and contain no whitespace or commas")]
+    /// A capability tag that is empty or contains whitespace or commas, or an
+    /// empty task tag.
+    #[error("invalid tag `{0}`: a task tag must be non-empty; a capability tag must also contain no whitespace or commas")]
     InvalidTag(String),
     /// A configuration or option value that cannot work.
     #[error("invalid option: {0}")]
@@ -66,7 +67,16 @@ pub enum Error {
 /// Result alias of the manager API.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Checks a tag: non-empty, no whitespace, no commas.
+/// Checks a task's free-form tag (SPEC §13): any non-empty text, like fib-flow.
+pub(crate) fn check_task_tag(tag: &str) -> Result<()> {
+    if tag.is_empty() {
+        Err(Error::InvalidTag(tag.to_owned()))
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks a capability tag: non-empty, no whitespace, no commas.
 pub(crate) fn check_tag(tag: &str) -> Result<()> {
     if tag.is_empty() || tag.chars().any(|c| c.is_whitespace() || c == ',') {
         Err(Error::InvalidTag(tag.to_owned()))

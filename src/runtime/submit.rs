@@ -114,7 +114,7 @@ impl Core {
     fn new_task(&self, reg: &Registered, payload: Value, o: SubmitOptions) -> Result<NewTask> {
         let now = self.now();
         if let Some(tag) = &o.tag {
-            check_tag(tag)?;
+            super::error::check_task_tag(tag)?;
         }
         let mut requires = reg.options.requires.clone();
         requires.extend(o.requires);

@@ -238,7 +238,8 @@ impl Core {
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic payload".to_owned());
-            Err(format!("handler panicked: {msg}").into())
+            // SPEC §4: the panic message is the error.
+            Err(msg.into())
         })
     }
 
@@ -418,7 +419,7 @@ impl Core {
                     None => p.requires.clone(),
                 };
                 if let Some(t) = &c.tag {
-                    super::error::check_tag(t)?;
+                    super::error::check_task_tag(t)?;
                 }
                 Ok(NewTask {
                     id: self.store.alloc_id(Some(p.id)),
