@@ -711,6 +711,20 @@ fn s9_checkpoint_and_progress_metadata_merge_like_fib_flow() {
     assert_eq!(pr.metadata, json!({"stage_name": "parse", "bytes": 5}));
 }
 
+/// SPEC §13: "Nothing in the log is changed by a rejected call." A batch with
+/// one bad item is refused as a whole (like `register_many`, all or none).
+#[test]
+fn s13_a_refused_batch_submit_creates_nothing() {
+    let (mgr, _clock) = manual(1);
+    mgr.register("t", |_| Ok(json!(null).into())).unwrap();
+    let r = mgr.submit_batch(vec![
+        ("t".to_owned(), json!(1), SubmitOptions::new()),
+        ("t".to_owned(), json!(2), SubmitOptions::new().tag("")),
+    ]);
+    assert!(matches!(r, Err(Error::InvalidTag(_))));
+    assert!(mgr.list_tasks(&TaskFilter::all()).is_empty());
+}
+
 /// Tests that fail today: each pins the SPEC (or fib-flow) behaviour fibflow lacks.
 #[cfg(spec_deviations)]
 mod deviations {
@@ -764,20 +778,6 @@ mod deviations {
             mgr.wait(other, Duration::from_secs(20)).unwrap().status,
             TaskStatus::Completed
         );
-    }
-
-    /// SPEC §13: "Nothing in the log is changed by a rejected call." A batch with
-    /// one bad item is refused as a whole (like `register_many`, all or none).
-    #[test]
-    fn s13_a_refused_batch_submit_creates_nothing() {
-        let (mgr, _clock) = manual(1);
-        mgr.register("t", |_| Ok(json!(null).into())).unwrap();
-        let r = mgr.submit_batch(vec![
-            ("t".to_owned(), json!(1), SubmitOptions::new()),
-            ("t".to_owned(), json!(2), SubmitOptions::new().tag("")),
-        ]);
-        assert!(matches!(r, Err(Error::InvalidTag(_))));
-        assert!(mgr.list_tasks(&TaskFilter::all()).is_empty());
     }
 
     /// SPEC §1: registration options override manager defaults, and a

@@ -273,17 +273,22 @@ impl TaskManager {
         Ok(id)
     }
 
-    /// Submits many tasks and waits once for all of them. Stops at the first refused
-    /// one: the tasks before it are created, and their ids are lost to the caller,
-    /// so validate input first when that matters.
+    /// Submits many tasks and waits once for all of them. Every item is checked
+    /// first: if one is refused (unknown handler, bad option), nothing is created
+    /// (SPEC §13). Only a log failure part way through (a full disk, a poisoned
+    /// log) can leave the items before it created.
     pub fn submit_batch<I>(&self, tasks: I) -> Result<Vec<TaskId>>
     where
         I: IntoIterator<Item = (String, Value, SubmitOptions)>,
     {
-        let mut ids = Vec::new();
+        let prepared = tasks
+            .into_iter()
+            .map(|(name, payload, o)| self.core.prepare_submit(&name, payload, o))
+            .collect::<Result<Vec<_>>>()?;
+        let mut ids = Vec::with_capacity(prepared.len());
         let mut last = None;
-        for (name, payload, o) in tasks {
-            let (id, lsn) = self.core.submit_one(&name, payload, o)?;
+        for new in prepared {
+            let (id, lsn) = self.core.submit_prepared(new)?;
             last = lsn.max(last);
             ids.push(id);
         }
@@ -291,8 +296,9 @@ impl TaskManager {
         Ok(ids)
     }
 
-    /// Starts workers and timers. Recovery of tasks that were running when the
-    /// process stopped happens here. Calling it twice is harmless.
+    /// Starts workers and timers (tasks that were running when the process
+    /// stopped were already recovered when the directory was opened). Calling it
+    /// twice is harmless.
     pub fn start(&self) -> Result<()> {
         if self.core.stopping.load(Ordering::Acquire) {
             return Err(Error::Stopped);

@@ -189,6 +189,17 @@ impl Core {
         payload: Value,
         o: SubmitOptions,
     ) -> Result<(TaskId, Option<Lsn>)> {
+        let new = self.prepare_submit(name, payload, o)?;
+        self.submit_prepared(new)
+    }
+
+    /// Checks a submission and resolves its options, changing nothing.
+    pub(crate) fn prepare_submit(
+        &self,
+        name: &str,
+        payload: Value,
+        o: SubmitOptions,
+    ) -> Result<NewTask> {
         if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
             return Err(Error::Stopped);
         }
@@ -199,7 +210,11 @@ impl Core {
             .registry
             .get(name)
             .ok_or_else(|| Error::NoHandler(name.to_owned()))?;
-        let mut new = self.new_task(&reg, payload, o)?;
+        self.new_task(&reg, payload, o)
+    }
+
+    /// Records a submission checked by [`Core::prepare_submit`].
+    pub(crate) fn submit_prepared(&self, mut new: NewTask) -> Result<(TaskId, Option<Lsn>)> {
         let mut dedup = match &new.dedup_key {
             Some(key) => {
                 let guard = self.store.dedup.lock();
