@@ -1,6 +1,8 @@
 //! Property tests of dispatch (issue 2): the run order of a single worker equals
 //! sorting by (priority desc, ready time, id); no task ever runs on a pool lacking
-//! a capability it requires; no task runs twice concurrently.
+//! a capability it requires; no task runs twice concurrently; handlers stay
+//! within their caps and a blocked type (capped, or not yet registered) never
+//! keeps the others from running, whatever the size of its backlog.
 
 mod common;
 
@@ -94,5 +96,43 @@ proptest! {
             prop_assert_eq!(mgr.get_task(id).unwrap().status, TaskStatus::Pending);
             prop_assert!(mgr.waiting_reason(id).unwrap().unwrap().contains("no worker pool"));
         }
+    }
+
+    #[test]
+    fn caps_hold_and_blocked_types_never_starve_the_rest(
+        tasks in prop::collection::vec((0usize..3, -2i32..3), 1..400),
+    ) {
+        // Handlers h0..h2 with caps 1..=3, three workers, random priorities.
+        let mgr = TaskManager::builder().memory().max_concurrent_tasks(3).build().unwrap();
+        let running: Arc<Vec<std::sync::atomic::AtomicUsize>> =
+            Arc::new((0..3).map(|_| std::sync::atomic::AtomicUsize::new(0)).collect());
+        let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handler = |k: usize, cap: usize| {
+            let (running, over) = (running.clone(), over.clone());
+            move |_: &fibflow::TaskContext| -> fibflow::HandlerResult {
+                let now = running[k].fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                if now > cap {
+                    over.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                for _ in 0..200 {
+                    std::hint::spin_loop();
+                }
+                running[k].fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(json!(null).into())
+            }
+        };
+        for k in 0..3 {
+            mgr.register_with(&format!("h{k}"), HandlerOptions::new().max_concurrent_tasks(k + 1), handler(k, k + 1)).unwrap();
+        }
+        mgr.start().unwrap();
+        let mut ids = Vec::new();
+        for (k, priority) in &tasks {
+            let id = mgr.submit_with(&format!("h{k}"), json!(null), SubmitOptions::new().priority(*priority)).unwrap();
+            ids.push(id);
+        }
+        for &id in &ids {
+            prop_assert_eq!(mgr.wait(id, PATIENCE).unwrap().status, TaskStatus::Completed);
+        }
+        prop_assert!(!over.load(std::sync::atomic::Ordering::SeqCst), "a handler ran above its cap");
     }
 }

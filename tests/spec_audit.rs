@@ -725,60 +725,60 @@ fn s13_a_refused_batch_submit_creates_nothing() {
     assert!(mgr.list_tasks(&TaskFilter::all()).is_empty());
 }
 
+/// SPEC §3: "A type at its cap is skipped while others run." A backlog of more
+/// than 256 queued tasks of a capped type ahead of another type's task starves
+/// it: `Core::pick` looks at only `SCAN_LIMIT` entries per queue.
+#[test]
+fn s3_a_large_backlog_of_a_capped_type_does_not_starve_other_types() {
+    let (mgr, _clock) = manual(2);
+    let gate = Gate::new();
+    let g = gate.clone();
+    mgr.register_with(
+        "capped",
+        HandlerOptions::new().max_concurrent_tasks(1),
+        move |_| {
+            g.wait();
+            Ok(json!(null).into())
+        },
+    )
+    .unwrap();
+    mgr.register("other", |_| Ok(json!("ok").into())).unwrap();
+    for i in 0..300 {
+        mgr.submit_with("capped", json!(i), SubmitOptions::new().priority(10))
+            .unwrap();
+    }
+    let other = mgr.submit("other", json!(null)).unwrap();
+    mgr.start().unwrap();
+    let r = mgr.wait(other, Duration::from_secs(20));
+    gate.open();
+    assert_eq!(r.unwrap().status, TaskStatus::Completed);
+}
+
+/// SPEC §3: eligible only with a registered handler — pending tasks of an
+/// unregistered name must not block others. With more than 256 of them queued
+/// ahead, other tasks of the same requirement set never run.
+#[test]
+fn s3_pending_tasks_of_an_unregistered_handler_do_not_block_others() {
+    let (mgr, _clock) = manual(1);
+    mgr.register("gone", |_| Ok(json!(null).into())).unwrap();
+    mgr.register("other", |_| Ok(json!("ok").into())).unwrap();
+    for i in 0..300 {
+        mgr.submit_with("gone", json!(i), SubmitOptions::new().priority(10))
+            .unwrap();
+    }
+    assert_eq!(mgr.unregister(&["gone"]), 1);
+    let other = mgr.submit("other", json!(null)).unwrap();
+    mgr.start().unwrap();
+    assert_eq!(
+        mgr.wait(other, Duration::from_secs(20)).unwrap().status,
+        TaskStatus::Completed
+    );
+}
+
 /// Tests that fail today: each pins the SPEC (or fib-flow) behaviour fibflow lacks.
 #[cfg(spec_deviations)]
 mod deviations {
     use super::*;
-
-    /// SPEC §3: "A type at its cap is skipped while others run." A backlog of more
-    /// than 256 queued tasks of a capped type ahead of another type's task starves
-    /// it: `Core::pick` looks at only `SCAN_LIMIT` entries per queue.
-    #[test]
-    fn s3_a_large_backlog_of_a_capped_type_does_not_starve_other_types() {
-        let (mgr, _clock) = manual(2);
-        let gate = Gate::new();
-        let g = gate.clone();
-        mgr.register_with(
-            "capped",
-            HandlerOptions::new().max_concurrent_tasks(1),
-            move |_| {
-                g.wait();
-                Ok(json!(null).into())
-            },
-        )
-        .unwrap();
-        mgr.register("other", |_| Ok(json!("ok").into())).unwrap();
-        for i in 0..300 {
-            mgr.submit_with("capped", json!(i), SubmitOptions::new().priority(10))
-                .unwrap();
-        }
-        let other = mgr.submit("other", json!(null)).unwrap();
-        mgr.start().unwrap();
-        let r = mgr.wait(other, Duration::from_secs(20));
-        gate.open();
-        assert_eq!(r.unwrap().status, TaskStatus::Completed);
-    }
-
-    /// SPEC §3: eligible only with a registered handler — pending tasks of an
-    /// unregistered name must not block others. With more than 256 of them queued
-    /// ahead, other tasks of the same requirement set never run.
-    #[test]
-    fn s3_pending_tasks_of_an_unregistered_handler_do_not_block_others() {
-        let (mgr, _clock) = manual(1);
-        mgr.register("gone", |_| Ok(json!(null).into())).unwrap();
-        mgr.register("other", |_| Ok(json!("ok").into())).unwrap();
-        for i in 0..300 {
-            mgr.submit_with("gone", json!(i), SubmitOptions::new().priority(10))
-                .unwrap();
-        }
-        assert_eq!(mgr.unregister(&["gone"]), 1);
-        let other = mgr.submit("other", json!(null)).unwrap();
-        mgr.start().unwrap();
-        assert_eq!(
-            mgr.wait(other, Duration::from_secs(20)).unwrap().status,
-            TaskStatus::Completed
-        );
-    }
 
     /// SPEC §1: registration options override manager defaults, and a
     /// submission's options override the registration (fib-flow:

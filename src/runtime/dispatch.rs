@@ -68,6 +68,42 @@ pub(crate) struct Queue {
     pub(crate) set: SkipSet<ReadyItem>,
     /// Pools whose tags include every requirement.
     pub(crate) servers: Vec<usize>,
+    /// Entries taken out of `set` because their handler was at its cap or not
+    /// registered (SPEC §3: such a type is skipped while others run), by handler
+    /// name, best first. Without this, a backlog of one blocked type longer than a
+    /// worker's scan would hide every task queued behind it. An entry returns to
+    /// `set` when a slot of its handler frees (one per freed slot) or the handler
+    /// is registered (all). See [`Queue::hold`] for why none is left behind.
+    held: Mutex<HashMap<Arc<str>, std::collections::BTreeSet<ReadyItem>>>,
+}
+
+impl Queue {
+    fn new(servers: Vec<usize>) -> Queue {
+        Queue {
+            set: SkipSet::new(),
+            servers,
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Returns up to `n` held entries of handler `name` to the set, best first;
+    /// returns how many.
+    fn release_held(&self, name: &str, n: usize) -> usize {
+        let mut held = self.held.lock();
+        let Some(items) = held.get_mut(name) else {
+            return 0;
+        };
+        let mut moved = 0;
+        while moved < n {
+            let Some(item) = items.pop_first() else { break };
+            self.set.insert(item);
+            moved += 1;
+        }
+        if items.is_empty() {
+            held.remove(name);
+        }
+        moved
+    }
 }
 
 /// A pool's scheduling state.
@@ -104,6 +140,8 @@ pub(crate) struct Dispatcher {
     default_queue: Arc<Queue>,
     pub(crate) pools: Vec<Arc<PoolState>>,
     unparkers: Vec<Unparker>,
+    /// Entries held in all queues (see [`Queue::held`]).
+    held_total: AtomicUsize,
 }
 
 impl Dispatcher {
@@ -111,10 +149,7 @@ impl Dispatcher {
     pub(crate) fn new(pools: Vec<PoolState>, unparkers: Vec<Unparker>) -> Dispatcher {
         let pools: Vec<Arc<PoolState>> = pools.into_iter().map(Arc::new).collect();
         let servers = (0..pools.len()).collect();
-        let default_queue = Arc::new(Queue {
-            set: SkipSet::new(),
-            servers,
-        });
+        let default_queue = Arc::new(Queue::new(servers));
         for p in &pools {
             p.queues.store(Arc::new(vec![default_queue.clone()]));
         }
@@ -123,6 +158,7 @@ impl Dispatcher {
             default_queue,
             pools,
             unparkers,
+            held_total: AtomicUsize::new(0),
         }
     }
 
@@ -141,10 +177,7 @@ impl Dispatcher {
         let servers: Vec<usize> = (0..self.pools.len())
             .filter(|&i| self.pools[i].serves(requires))
             .collect();
-        let q = Arc::new(Queue {
-            set: SkipSet::new(),
-            servers: servers.clone(),
-        });
+        let q = Arc::new(Queue::new(servers.clone()));
         for &i in &servers {
             let pool = &self.pools[i];
             let mut list = (**pool.queues.load()).clone();
@@ -178,6 +211,55 @@ impl Dispatcher {
             return;
         }
         self.wake_for(&q);
+    }
+
+    /// Moves `item` out of queue `q` while `blocked()` says its handler cannot
+    /// take it. `blocked` is asked under the queue's held-entries lock after the
+    /// held count went up; whoever frees a slot or registers a handler changes
+    /// that state first and then reads the count (both sides fenced), and takes
+    /// the same lock to return held entries if it is not zero. So either it
+    /// sees this entry, or this check sees the change and the entry goes
+    /// straight back: no entry is left held with its handler free.
+    pub(crate) fn hold(&self, q: &Queue, item: &ReadyItem, blocked: impl FnOnce() -> bool) {
+        if q.set.remove(item).is_none() {
+            return; // another worker took or held it
+        }
+        let mut held = q.held.lock();
+        self.held_total.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if blocked() {
+            held.entry(item.name.clone())
+                .or_default()
+                .insert(item.clone());
+        } else {
+            self.held_total.fetch_sub(1, Ordering::SeqCst);
+            drop(held);
+            q.set.insert(item.clone());
+        }
+    }
+
+    /// A slot of handler `name` freed (`n` = 1), or the handler was registered
+    /// (`n` = all): held entries of it go back to their queues, and workers are
+    /// woken for them. Call it after the slot release or the registration.
+    pub(crate) fn release_held(&self, name: &str, n: usize) {
+        fence(Ordering::SeqCst);
+        if self.held_total.load(Ordering::SeqCst) == 0 {
+            return; // the common case: nothing held, no lock taken
+        }
+        let mut queues = vec![self.default_queue.clone()];
+        queues.extend(self.queues.read().values().cloned());
+        let mut left = n;
+        for q in queues {
+            if left == 0 {
+                break;
+            }
+            let moved = q.release_held(name, left);
+            self.held_total.fetch_sub(moved, Ordering::SeqCst);
+            left -= moved;
+            if moved > 0 {
+                self.wake_for(&q);
+            }
+        }
     }
 
     fn wake_for(&self, q: &Queue) {

@@ -407,7 +407,11 @@ impl Core {
         &self,
         items: Vec<(String, registry::Handler, registry::HandlerOptions)>,
     ) {
+        let names: Vec<String> = items.iter().map(|(n, _, _)| n.clone()).collect();
         self.registry.register(items);
+        for name in &names {
+            self.dispatch.release_held(name, usize::MAX);
+        }
         self.dispatch.wake_each_pool();
     }
 }

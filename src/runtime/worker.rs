@@ -15,8 +15,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// How many queued entries a worker looks at per queue before giving up on it
-/// (entries of handlers at their cap or unregistered are skipped).
+/// How many queued entries a worker looks at per queue in one pick. Entries of
+/// handlers at their cap or unregistered are moved aside as they are met
+/// (`Dispatcher::hold`), so a later pick does not meet them again.
 const SCAN_LIMIT: usize = 256;
 
 /// A claimed task, ready to run.
@@ -83,12 +84,14 @@ impl Core {
             if !self.global.try_acquire() {
                 reg.slots.release();
                 queue.set.insert(item);
+                self.dispatch.release_held(&reg.name, 1);
                 return None;
             }
             if let Some(job) = self.claim(w, &item, reg.clone()) {
                 return Some(job);
             }
             reg.slots.release();
+            self.dispatch.release_held(&reg.name, 1);
             if self.global.release() {
                 self.dispatch.wake_each_pool();
             }
@@ -113,7 +116,12 @@ impl Core {
                             }
                             break;
                         }
-                        _ => {}
+                        // At its cap: held until one of its slots frees.
+                        Some(r) => self.dispatch.hold(q, item, || r.slots.is_full()),
+                        // Not registered: held until it is.
+                        None => self
+                            .dispatch
+                            .hold(q, item, || self.registry.get(&item.name).is_none()),
                     }
                 }
             }
@@ -209,6 +217,7 @@ impl Core {
         self.timer.set_slot(w, None);
         self.finish(w, &job, result);
         let cap_was_hit = job.reg.slots.release();
+        self.dispatch.release_held(&job.reg.name, 1);
         let global_was_hit = self.global.release();
         if cap_was_hit || global_was_hit {
             self.dispatch.wake_each_pool();
