@@ -3,17 +3,19 @@
 //! A task that reached `completed` or `permanently_failed` changes again only by
 //! deletion, yet it is most of what a long-running engine holds (issue 5: one
 //! million retained tasks). Such a task is kept as a compact encoding of its
-//! [`TaskEntry`] (`pack`; see `docs/wire-format.md`), times relative to its creation and
-//! fields that repeat others left out, with the three fields that scans read
-//! (status, creation time and finishing time) beside it. A plain finished task
-//! then costs about 240 bytes of memory instead of about 820. Reading it decodes
-//! the bytes (about a microsecond); filtered queries decode only what they return.
+//! [`TaskEntry`] (`pack`; see `docs/wire-format.md`): times relative to its
+//! creation, fields that repeat others left out, and the three fields that scans
+//! read (status, creation time and finishing time) beside the bytes. A plain
+//! finished task then costs about 225 bytes of memory instead of about 820.
+//! Reading it decodes the bytes (about a microsecond); filtered queries decode
+//! only what they return.
 //!
 //! A task is frozen by the `Shard::apply` that finishes it, and its live box is
-//! kept for the next submit to reuse, so the finishing path encodes about 120
+//! kept for the next submit to reuse, so the finishing path encodes about 110
 //! bytes but neither frees nor (at the next submit) allocates the entry.
-//! Freezing costs throughput: in `fibflow bench` no-op tasks/s drop by about a
-//! fifth, the price of the cost of freeing that the old design only put off.
+//! Freezing costs in-memory throughput (roughly a tenth to a fifth in `fibflow
+//! bench`): freeing or reusing the live structs is paid when a task finishes,
+//! where the old design never paid it during a run.
 
 use super::{TaskEntry, TaskStatus};
 use crate::codec::{TaskId, UnixMs};
