@@ -263,11 +263,15 @@ struct Index {
 
 impl Index {
     fn add(&mut self, t: &Task) {
-        if let Some(tag) = &t.tag {
-            self.by_tag.entry(tag.clone()).or_default().insert(t.id);
+        self.add_ids(t.id, t.tag.clone(), t.root_id);
+    }
+
+    fn add_ids(&mut self, id: TaskId, tag: Option<String>, root: Option<TaskId>) {
+        if let Some(tag) = tag {
+            self.by_tag.entry(tag).or_default().insert(id);
         }
-        if let Some(root) = t.root_id {
-            self.by_root.entry(root).or_default().insert(t.id);
+        if let Some(root) = root {
+            self.by_root.entry(root).or_default().insert(id);
         }
     }
 
@@ -478,12 +482,13 @@ impl Shard {
         use crate::codec::Record;
         let id = record.task_id();
         match record {
-            Record::Submit(_) => {
+            Record::Submit(ref new) => {
+                // Indexed fields are taken from the record, so the new task is
+                // not looked up again after it is inserted.
+                let (tag, root) = (new.tag.clone(), new.root_id);
                 let applied = transition::apply(&mut self.tasks, &mut self.spare, record)?;
-                if let Some(e) = self.tasks.get(&id).and_then(Slot::live) {
-                    self.counts[e.task.status as usize] += 1;
-                    self.index.add(&e.task);
-                }
+                self.counts[TaskStatus::Pending as usize] += 1;
+                self.index.add_ids(id, tag, root);
                 Ok(applied)
             }
             Record::Delete { .. } => {

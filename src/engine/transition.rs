@@ -277,9 +277,10 @@ fn submit(
     spare: &mut Vec<Box<TaskEntry>>,
     new: NewTask,
 ) -> Result<Applied, TransitionError> {
-    if tasks.contains_key(&new.id) {
+    // One table lookup: the vacant entry found here is where the task goes.
+    let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(new.id) else {
         return Err(TransitionError::Duplicate(new.id));
-    }
+    };
     if new.name.trim().is_empty() {
         return Err(TransitionError::Invalid("task name is empty".into()));
     }
@@ -358,7 +359,7 @@ fn submit(
         // would cost every task an allocation.
         Row::new(EventType::Created).to(TaskStatus::Pending),
     );
-    tasks.insert(entry.task.id, super::Slot::Live(entry));
+    slot.insert(super::Slot::Live(entry));
     Ok(Applied {
         ready_at: Some(ready_at),
         ..Applied::default()
