@@ -131,7 +131,7 @@ impl TaskManager {
         let weak = Arc::downgrade(&core);
         let hook: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             if let Some(c) = weak.upgrade() {
-                c.timer.kick();
+                c.timer.kick_and_wait(std::time::Duration::from_secs(10));
             }
         });
         clock.on_advance(Arc::downgrade(&hook));
@@ -531,11 +531,17 @@ const RETENTION_BATCH: usize = 1_000;
 fn timer_main(core: &Arc<Core>, mut retention: Option<(RetentionPolicy, Duration, u64)>) {
     let now = || core.now();
     let real = core.clock.is_real();
-    while let Some(due) = core.timer.next_due(&now, real) {
-        for (at, id) in due.tasks {
-            core.due_task(at, id);
+    core.timer.set_running(true);
+    while let Some(mut due) = core.timer.next_due(&now, real) {
+        {
+            // Workers wake once every task due now is queued, so the first
+            // claim already chooses among all of them by priority.
+            let _wakes = core.dispatch.defer_wakes();
+            for (at, id) in std::mem::take(&mut due.tasks) {
+                core.due_task(at, id);
+            }
         }
-        for ctl in due.attempts {
+        for ctl in std::mem::take(&mut due.attempts) {
             core.attempt_due(&ctl);
         }
         if let Some((policy, every, last)) = &mut retention {
@@ -546,5 +552,7 @@ fn timer_main(core: &Arc<Core>, mut retention: Option<(RetentionPolicy, Duration
             }
         }
         core.maybe_compact();
+        core.timer.round_done(&due);
     }
+    core.timer.set_running(false);
 }

@@ -66,13 +66,18 @@ impl ManualClock {
         })
     }
 
-    /// Moves the clock forward and wakes the timers that wait on it.
+    /// Moves the clock forward and wakes the timers that wait on it. For each
+    /// started manager on this clock it returns once that manager's timer has
+    /// handled what became due (tasks queued, timeouts recorded; at most 10 s),
+    /// so what a test checks next already sees it. Handlers still run on their
+    /// own threads: wait for their effects.
     pub fn advance(&self, by: Duration) {
         self.now.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
         self.notify();
     }
 
     /// Sets the clock to `ms` (it may move backwards; timers only fire when due).
+    /// Returns like [`ManualClock::advance`].
     pub fn set(&self, ms: u64) {
         self.now.store(ms, Ordering::SeqCst);
         self.notify();

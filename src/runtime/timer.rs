@@ -23,6 +23,8 @@ use std::sync::Arc;
 pub(crate) struct Timer {
     heap: Mutex<TimerState>,
     cv: Condvar,
+    /// Signals finished rounds to [`Timer::kick_and_wait`].
+    done: Condvar,
     /// The time the timer thread plans to wake at next (ms), for cheap "is mine earlier?" checks.
     planned_wake: AtomicU64,
     /// The attempt each worker runs, for timeouts and heartbeats.
@@ -34,12 +36,20 @@ struct TimerState {
     due: BinaryHeap<Reverse<(u64, TaskId)>>,
     kicked: bool,
     stopped: bool,
+    /// Kicks so far, and the last of them whose round the timer thread has
+    /// finished (see [`Timer::kick_and_wait`]).
+    kicks: u64,
+    handled: u64,
+    /// Whether the timer thread runs (a round will follow a kick).
+    running: bool,
 }
 
 /// What the timer thread found due.
 pub(crate) struct Due {
     pub(crate) tasks: Vec<(u64, TaskId)>,
     pub(crate) attempts: Vec<Arc<AttemptCtl>>,
+    /// The kicks this round answers.
+    kicks: u64,
 }
 
 impl Timer {
@@ -76,7 +86,40 @@ impl Timer {
     pub(crate) fn kick(&self) {
         let mut st = self.heap.lock();
         st.kicked = true;
+        st.kicks += 1;
         self.cv.notify_one();
+    }
+
+    /// Kicks the timer thread and, if it runs, waits until it has handled what
+    /// was due then (tasks queued, timeouts recorded), at most `limit`. A manual
+    /// clock's `advance` calls it, so a test that advances the clock and then
+    /// looks sees every task that became due (SPEC §13), in priority order.
+    pub(crate) fn kick_and_wait(&self, limit: std::time::Duration) {
+        let until = std::time::Instant::now() + limit;
+        let mut st = self.heap.lock();
+        st.kicked = true;
+        st.kicks += 1;
+        let mine = st.kicks;
+        self.cv.notify_all();
+        while st.running && !st.stopped && st.handled < mine {
+            if self.done.wait_until(&mut st, until).timed_out() {
+                break;
+            }
+        }
+    }
+
+    /// The timer thread starts (`true`) or ends (`false`).
+    pub(crate) fn set_running(&self, on: bool) {
+        let mut st = self.heap.lock();
+        st.running = on;
+        self.done.notify_all();
+    }
+
+    /// The timer thread finished the round of `due`.
+    pub(crate) fn round_done(&self, due: &Due) {
+        let mut st = self.heap.lock();
+        st.handled = st.handled.max(due.kicks);
+        self.done.notify_all();
     }
 
     /// Ends the timer thread.
@@ -84,6 +127,7 @@ impl Timer {
         let mut st = self.heap.lock();
         st.stopped = true;
         self.cv.notify_all();
+        self.done.notify_all();
     }
 
     /// Blocks until something is due; `None` when stopped. `real` is whether the
@@ -99,6 +143,7 @@ impl Timer {
             let mut due = Due {
                 tasks: Vec::new(),
                 attempts: Vec::new(),
+                kicks: st.kicks,
             };
             while let Some(Reverse((at, _))) = st.due.peek() {
                 if *at > t {
