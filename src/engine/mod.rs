@@ -217,8 +217,8 @@ impl ParentNotice {
 
 /// The task table of one shard. Live entries are boxed: a hash table keeps spare
 /// slots (up to half of them right after it grows), and a spare slot then costs
-/// the size of a slot (a box or a frozen task), not the entry's full size. Finished tasks are frozen
-/// (see the `slot` module).
+/// the size of a slot (a box or a frozen task), not the entry's full size.
+/// Finished tasks are frozen (see the `slot` module).
 #[derive(Default, Debug, Clone)]
 pub struct Shard {
     tasks: IdMap<Slot>,
