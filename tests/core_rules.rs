@@ -403,7 +403,7 @@ fn unregister_counts_and_later_submissions_fail() {
     assert_eq!(mgr.unregister(&["a", "b", "nope"]), 2);
     let err = mgr.submit("a", json!(null)).unwrap_err();
     assert_eq!(err.to_string(), "No handler registered for task: a");
-    assert!(matches!(mgr.task_info("a"), Err(Error::NoHandler(_))));
+    assert!(matches!(mgr.task_info("a"), Err(Error::NotRegistered(_))));
 }
 
 #[test]

@@ -244,7 +244,7 @@ impl TaskManager {
             .core
             .registry
             .get(name)
-            .ok_or_else(|| Error::NoHandler(name.to_owned()))?;
+            .ok_or_else(|| Error::NotRegistered(name.to_owned()))?;
         Ok(HandlerInfo {
             name: reg.name.to_string(),
             description: reg.options.description.clone(),

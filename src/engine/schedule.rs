@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 pub enum ScheduleError {
     /// The cron expression could not be parsed or uses an unsupported feature.
     #[error(
-        "invalid cron expression `{expr}`: {reason} (expected `minute hour day-of-month month \
+        "Invalid cron expression: {expr} ({reason}; expected `minute hour day-of-month month \
          day-of-week`, optionally preceded by a seconds field)"
     )]
     InvalidCron {
@@ -820,8 +820,8 @@ mod tests {
                 "{expr}: {err:?}"
             );
             assert!(
-                msg.contains(&format!("`{expr}`")),
-                "{expr}: message must name it: {msg}"
+                msg.starts_with(&format!("Invalid cron expression: {expr} (")),
+                "{expr}: message must name it, in fib-flow's words: {msg}"
             );
             assert!(
                 msg.contains(needle),

@@ -543,7 +543,7 @@ fn suspend(
     let reason = reason.trim().to_owned();
     if reason.is_empty() {
         return Err(TransitionError::Invalid(
-            "a suspension needs a non-empty reason".into(),
+            "Suspension requires a non-empty reason".into(),
         ));
     }
     close_attempt(e, AttemptOutcome::Suspended, None, at);

@@ -317,10 +317,35 @@ impl Dispatcher {
         }
     }
 
-    /// Wakes every worker (pause/resume of the manager, stop).
+    /// Wakes every worker (pause/resume of the manager, stop). The idle stacks
+    /// are emptied too: a worker left listed while it runs a task would take the
+    /// next producer's wake-up, and another idle worker would sleep on with the
+    /// task queued (seen as a task stuck "waiting for a free worker" after a
+    /// resume). Each woken worker lists itself again if it finds nothing.
     pub(crate) fn wake_all(&self) {
+        for pool in &self.pools {
+            let mut idle = pool.idle.lock();
+            idle.clear();
+            pool.idle_count.store(0, Ordering::Release);
+        }
         for u in &self.unparkers {
             u.unpark();
+        }
+    }
+
+    /// Worker `w` of pool `p` woke from park: it takes itself off the idle
+    /// stack if it is still there (a spurious or manager-wide wake), so it is
+    /// never listed while it runs a task. No wake-up is passed on: this worker
+    /// scans the queues next.
+    pub(crate) fn woke(&self, p: usize, w: usize) {
+        let pool = &self.pools[p];
+        if pool.idle_count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut idle = pool.idle.lock();
+        if let Some(i) = idle.iter().position(|&x| x == w) {
+            idle.swap_remove(i);
+            pool.idle_count.store(idle.len(), Ordering::Release);
         }
     }
 

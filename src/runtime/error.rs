@@ -14,6 +14,9 @@ pub enum Error {
     /// Submitting (or spawning) a task whose handler is not registered.
     #[error("No handler registered for task: {0}")]
     NoHandler(String),
+    /// `task_info` of a name with no registration (fib-flow's wording).
+    #[error("No task registered with name: {0}")]
+    NotRegistered(String),
     /// An empty task or handler name.
     #[error("task name must not be empty")]
     EmptyName,

@@ -44,6 +44,7 @@ pub(crate) fn worker_main(core: &Arc<Core>, w: usize, parker: &Parker) {
                     }
                     None => {
                         parker.park();
+                        core.dispatch.woke(pool, w);
                         continue;
                     }
                 }
@@ -330,8 +331,9 @@ impl Core {
                 }]
             }
             Ok(Outcome::Suspend { .. }) => {
-                let err = "suspend reason must not be empty: return Outcome::Suspend with a reason"
-                    .to_owned();
+                let err =
+                    "Suspension requires a non-empty reason: return Outcome::Suspend with a reason"
+                        .to_owned();
                 vec![self.fail_record(e, Some(&job.reg), w, err, FailKind::Error, now)]
             }
             Err(err) => {
@@ -472,10 +474,9 @@ impl Core {
         }
         let reg = self.registry.get(&e.task.name);
         let error = match kind {
-            FailKind::TimeoutHeartbeat => {
-                "Task heartbeat timed out: no heartbeat within the window".to_owned()
-            }
-            _ => "Task execution timed out".to_owned(),
+            // fib-flow's texts (its timeout sweep), which its tests match.
+            FailKind::TimeoutHeartbeat => "Task heartbeat timed out".to_owned(),
+            _ => "Task exceeded total timeout limit".to_owned(),
         };
         let worker = e.task.worker.clone();
         let w = self
