@@ -191,10 +191,13 @@ fn shrink(e: &mut TaskEntry) {
             t.last_event_type = None;
         }
     }
-    if let (Some(a), Some(w)) = (e.attempts.last(), &t.worker) {
-        if a.worker == *w {
-            t.worker = None;
-        }
+    // The worker is usually the last attempt's: left out then. A task with
+    // attempts but no worker (recovered, then finished for good by quarantine)
+    // is marked with an empty name, which no worker has.
+    match (e.attempts.last(), &t.worker) {
+        (Some(a), Some(w)) if a.worker == *w => t.worker = None,
+        (Some(_), None) => t.worker = Some("".into()),
+        _ => {}
     }
     for ev in &mut e.events {
         rel(&mut ev.time);
@@ -244,8 +247,10 @@ fn expand(e: &mut TaskEntry) {
             abs(x);
         }
     }
-    if t.worker.is_none() {
-        t.worker = e.attempts.last().map(|a| a.worker.clone());
+    match &t.worker {
+        None => t.worker = e.attempts.last().map(|a| a.worker.clone()),
+        Some(w) if w.is_empty() => t.worker = None,
+        Some(_) => {}
     }
 }
 

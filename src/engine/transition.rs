@@ -694,6 +694,10 @@ fn recover(
     // mid-flight ends with the same result). For a task at stage 0 this is
     // SPEC §12's "pending at stage 0".
     e.task.next_run_time = at;
+    // Nobody runs it now (fib-flow's recovery clears worker_id and start_time);
+    // the attempt keeps its worker.
+    e.task.worker = None;
+    e.task.start_time = None;
     let meta = json!({"recovery_reason": "process_stopped", "interruptions": e.interruptions, "attempt": attempt, "stage": e.task.stage});
     emit(
         e,

@@ -37,7 +37,9 @@ pub(super) fn spawn(
     emit(
         e,
         at,
+        // fib-flow records this event with the parent's change of status too.
         Row::new(EventType::SubtasksCreated)
+            .change(from, TaskStatus::Suspended)
             .attempt(attempt)
             .meta(meta),
     );
