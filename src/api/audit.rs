@@ -112,17 +112,24 @@ pub struct WorkflowTiming {
     pub duration_ms: Option<u64>,
 }
 
-/// Time spent by the root in one stage.
+/// One attempt of the workflow's root, with the stage it ran (fib-flow's
+/// `stage_timings`: one entry per root attempt, in attempt order).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StageTiming {
-    /// The stage.
+    /// The stage the attempt ran (from its `task_started` event).
     pub stage: u32,
-    /// First event at this stage.
+    /// The attempt number.
+    pub attempt: u32,
+    /// When it was claimed.
     pub started_at: u64,
-    /// Last event at this stage.
-    pub ended_at: u64,
-    /// The difference.
-    pub duration_ms: u64,
+    /// When it closed; `None` while it runs.
+    pub ended_at: Option<u64>,
+    /// Its duration in milliseconds, once closed.
+    pub duration_ms: Option<u64>,
+    /// How it closed.
+    pub outcome: Option<AttemptOutcome>,
+    /// The worker that ran it.
+    pub worker: Option<String>,
 }
 
 /// A failed task of a workflow.
@@ -411,21 +418,30 @@ pub(crate) fn retention_batch(
     Ok(report)
 }
 
-/// First and last event time of each stage of the root.
+/// One entry per attempt of the root, with the stage of its start event (or
+/// attempt - 1 if none is kept), as fib-flow's workflow summary has them: a
+/// root that never ran has none.
 fn stage_timings(root: &TaskEntry) -> Vec<StageTiming> {
-    let mut by_stage: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
-    for ev in &root.event_list() {
-        let s = by_stage.entry(ev.stage).or_insert((ev.time, ev.time));
-        s.0 = s.0.min(ev.time);
-        s.1 = s.1.max(ev.time);
-    }
-    by_stage
-        .into_iter()
-        .map(|(stage, (a, b))| StageTiming {
-            stage,
-            started_at: a,
-            ended_at: b,
-            duration_ms: b - a,
+    let events = root.event_list();
+    root.attempts
+        .iter()
+        .map(|a| {
+            let stage = events
+                .iter()
+                .find(|e| {
+                    e.attempt == Some(a.number)
+                        && matches!(e.event_type, EventType::Started | EventType::RetryStarted)
+                })
+                .map_or(a.number.saturating_sub(1), |e| e.stage);
+            StageTiming {
+                stage,
+                attempt: a.number,
+                started_at: a.started_at,
+                ended_at: a.ended_at,
+                duration_ms: a.duration_ms(),
+                outcome: a.outcome,
+                worker: Some(a.worker.to_string()),
+            }
         })
         .collect()
 }
