@@ -218,8 +218,10 @@ pub struct RetentionReport {
     pub attempts: u64,
 }
 
+/// The order events happened in: by time, then by the order they were recorded
+/// (a workflow lives in one shard, whose events share one sequence).
 fn sort_events(v: &mut [Event]) {
-    v.sort_by_key(|e| (e.time, e.task_id, e.id));
+    v.sort_by_key(|e| (e.time, e.sequence, e.task_id, e.id));
 }
 
 impl TaskManager {

@@ -84,6 +84,9 @@ impl FromStr for EventType {
 pub struct EventRow {
     /// When.
     pub time: UnixMs,
+    /// Its place among all events of its shard, in the order they were recorded
+    /// (`Shard::apply` stamps it; a workflow's tasks share one shard).
+    pub seq: u32,
     /// The attempt involved, 0 for none.
     pub attempt: u32,
     /// The task's stage at the time.
@@ -97,6 +100,9 @@ pub struct EventRow {
     /// Message and metadata, when there are any.
     pub extra: Option<Box<EventExtra>>,
 }
+
+// The row stays 32 bytes (the sequence number fits in what was padding).
+const _: () = assert!(std::mem::size_of::<EventRow>() == 32);
 
 /// The rarely present parts of an event.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
@@ -133,6 +139,11 @@ pub struct Event {
     pub attempt: Option<u32>,
     /// When.
     pub time: UnixMs,
+    /// The order in which events were recorded among the tasks of one shard (a
+    /// workflow's tasks share one): sorting a workflow's events by
+    /// `(time, sequence)` gives the order they happened in, like fib-flow's
+    /// global event id. Wraps after 2^32 events in a shard.
+    pub sequence: u32,
     /// Free text.
     pub message: Option<String>,
     /// Structured details (`Value::Null` when none).

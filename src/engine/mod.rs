@@ -129,6 +129,7 @@ impl TaskEntry {
             worker,
             attempt,
             time: row.time,
+            sequence: row.seq,
             message,
             metadata,
         })
@@ -235,6 +236,8 @@ pub struct Shard {
     /// a contended cross-thread free each.
     #[allow(clippy::vec_box)] // the boxes are what is reused
     spare: Vec<Box<TaskEntry>>,
+    /// The next event sequence number of this shard (see `EventRow::seq`).
+    event_seq: u32,
 }
 
 /// At most this many spare entry boxes are kept per shard.
@@ -302,6 +305,7 @@ impl Index {
 pub struct ShardImageRef<'a> {
     tasks: SlotSeq<'a>,
     index: &'a Index,
+    event_seq: u32,
 }
 
 /// The tasks of a shard, serialized as a sequence of `(id, slot)`.
@@ -318,6 +322,7 @@ impl Serialize for SlotSeq<'_> {
 pub struct ShardImage {
     tasks: Vec<(TaskId, Slot)>,
     index: Index,
+    event_seq: u32,
 }
 
 /// A task in a scan: its id, status and creation time without decoding, the
@@ -417,6 +422,7 @@ impl Shard {
         ShardImageRef {
             tasks: SlotSeq(&self.tasks),
             index: &self.index,
+            event_seq: self.event_seq,
         }
     }
 
@@ -431,7 +437,12 @@ impl Shard {
         belongs: impl Fn(TaskId) -> bool,
         mut intern: impl FnMut(&mut TaskEntry),
     ) -> (Vec<TaskEntry>, u64) {
-        let ShardImage { tasks, index } = image;
+        let ShardImage {
+            tasks,
+            index,
+            event_seq,
+        } = image;
+        self.event_seq = self.event_seq.max(event_seq);
         let mut strays = Vec::new();
         let mut loaded = 0;
         self.tasks.reserve(tasks.len());
@@ -486,14 +497,24 @@ impl Shard {
                 // Indexed fields are taken from the record, so the new task is
                 // not looked up again after it is inserted.
                 let (tag, root) = (new.tag.clone(), new.root_id);
-                let applied = transition::apply(&mut self.tasks, &mut self.spare, record)?;
+                let applied = transition::apply(
+                    &mut self.tasks,
+                    &mut self.spare,
+                    &mut self.event_seq,
+                    record,
+                )?;
                 self.counts[TaskStatus::Pending as usize] += 1;
                 self.index.add_ids(id, tag, root);
                 Ok(applied)
             }
             Record::Delete { .. } => {
                 let before = self.status(id);
-                let applied = transition::apply(&mut self.tasks, &mut self.spare, record)?;
+                let applied = transition::apply(
+                    &mut self.tasks,
+                    &mut self.spare,
+                    &mut self.event_seq,
+                    record,
+                )?;
                 if let Some(s) = before {
                     self.counts[s as usize] -= 1;
                 }
@@ -510,7 +531,12 @@ impl Shard {
                     .ok_or(TransitionError::NotFound(id))?;
                 let before = slot.status();
                 let result = match slot.live_mut() {
-                    Some(e) => transition::apply_to(e, record),
+                    Some(e) => {
+                        let from = e.events.len();
+                        let r = transition::apply_to(e, record);
+                        transition::stamp(e, from, &mut self.event_seq);
+                        r
+                    }
                     None => Err(TransitionError::Invalid(format!(
                         "task {id} is stored frozen and no longer decodes; this is a fibflow bug, please report it"
                     ))),

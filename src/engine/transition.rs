@@ -75,6 +75,7 @@ fn emit(entry: &mut TaskEntry, at: UnixMs, row: Row) {
     });
     entry.events.push(EventRow {
         time: at,
+        seq: 0, // stamped by `Shard::apply`, which knows the shard's order
         attempt: row.attempt.unwrap_or(0),
         stage: t.stage,
         ty: row.ty,
@@ -90,10 +91,11 @@ fn emit(entry: &mut TaskEntry, at: UnixMs, row: Row) {
 pub(super) fn apply(
     tasks: &mut Tasks,
     spare: &mut Vec<Box<TaskEntry>>,
+    seq: &mut u32,
     record: Record,
 ) -> Result<Applied, TransitionError> {
     match record {
-        Record::Submit(new) => submit(tasks, spare, *new),
+        Record::Submit(new) => submit(tasks, spare, seq, *new),
         Record::Delete { id } => {
             let entry = tasks.remove(&id).ok_or(TransitionError::NotFound(id))?;
             Ok(Applied {
@@ -103,8 +105,21 @@ pub(super) fn apply(
         }
         other => {
             let id = other.task_id();
-            apply_to(get(tasks, id)?, other)
+            let e = get(tasks, id)?;
+            let from = e.events.len();
+            let r = apply_to(e, other);
+            stamp(e, from, seq);
+            r
         }
+    }
+}
+
+/// Numbers the events a record added to `e` (from index `from`) in the shard's
+/// order of recording.
+pub(super) fn stamp(e: &mut TaskEntry, from: usize, seq: &mut u32) {
+    for ev in e.events.iter_mut().skip(from) {
+        ev.seq = *seq;
+        *seq = seq.wrapping_add(1);
     }
 }
 
@@ -275,6 +290,7 @@ fn close_attempt(
 fn submit(
     tasks: &mut Tasks,
     spare: &mut Vec<Box<TaskEntry>>,
+    seq: &mut u32,
     new: NewTask,
 ) -> Result<Applied, TransitionError> {
     // One table lookup: the vacant entry found here is where the task goes.
@@ -359,6 +375,7 @@ fn submit(
         // would cost every task an allocation.
         Row::new(EventType::Created).to(TaskStatus::Pending),
     );
+    stamp(&mut entry, 0, seq);
     slot.insert(super::Slot::Live(entry));
     Ok(Applied {
         ready_at: Some(ready_at),

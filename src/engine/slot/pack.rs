@@ -67,6 +67,7 @@ pub(super) fn write(e: &TaskEntry, out: &mut Vec<u8>) {
     w.u64(e.events.len() as u64);
     for ev in &e.events {
         w.u64(ev.time);
+        w.u64(ev.seq.into());
         w.u64(ev.attempt.into());
         w.u64(ev.stage.into());
         w.u8(ev.ty as u8);
@@ -157,6 +158,7 @@ fn read_entry(r: &mut Reader<'_>) -> R<TaskEntry> {
     for _ in 0..n {
         events.push(EventRow {
             time: r.u64()?,
+            seq: r.u32()?,
             attempt: r.u32()?,
             stage: r.u32()?,
             ty: event_type(r.u8()?)?,
@@ -417,6 +419,7 @@ mod tests {
         let events = vec![
             EventRow {
                 time: 1,
+                seq: 0,
                 attempt: 0,
                 stage: 0,
                 ty: EventType::Created,
@@ -426,6 +429,7 @@ mod tests {
             },
             EventRow {
                 time: u64::MAX,
+                seq: u32::MAX,
                 attempt: u32::MAX,
                 stage: 3,
                 ty: EventType::Checkpoint,
