@@ -334,12 +334,18 @@ impl TaskManager {
             .retention
             .clone()
             .map(|p| (p, self.retention_every, self.core.now()));
+        // Marked running before the thread exists, so a manual clock advanced
+        // right after `start` already waits for the timer's round.
+        self.core.timer.set_running(true);
         let t = std::thread::Builder::new()
             .name("fibflow-timer".into())
             .spawn(move || timer_main(&core, retention))
-            .map_err(|source| Error::Io {
-                context: "cannot spawn the timer thread",
-                source,
+            .map_err(|source| {
+                self.core.timer.set_running(false);
+                Error::Io {
+                    context: "cannot spawn the timer thread",
+                    source,
+                }
             })?;
         *self.timer_thread.lock() = Some(t);
         Ok(())
@@ -531,7 +537,6 @@ const RETENTION_BATCH: usize = 1_000;
 fn timer_main(core: &Arc<Core>, mut retention: Option<(RetentionPolicy, Duration, u64)>) {
     let now = || core.now();
     let real = core.clock.is_real();
-    core.timer.set_running(true);
     while let Some(mut due) = core.timer.next_due(&now, real) {
         {
             // Workers wake once every task due now is queued, so the first
