@@ -310,6 +310,23 @@ impl Dispatcher {
         }
     }
 
+    /// A worker of pool `p` took a task. If more are queued for the pool, a
+    /// worker of it is idle and none is spinning, wake one: a producer skips
+    /// its wake-up while a worker spins, and that worker takes only one task,
+    /// so without this a burst of submissions could leave tasks queued behind
+    /// parked workers. Each worker that starts a task passes the wake-up on
+    /// this way, so the burst spreads over the idle workers.
+    pub(crate) fn wake_if_more(&self, p: usize) {
+        let pool = &self.pools[p];
+        if pool.idle_count.load(Ordering::Acquire) == 0 || pool.searching.load(Ordering::SeqCst) > 0
+        {
+            return;
+        }
+        if pool.queues.load().iter().any(|q| !q.set.is_empty()) {
+            self.wake_one(p);
+        }
+    }
+
     /// Wakes one idle worker in every pool (a slot freed, a handler registered).
     pub(crate) fn wake_each_pool(&self) {
         for p in 0..self.pools.len() {

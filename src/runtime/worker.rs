@@ -50,6 +50,7 @@ pub(crate) fn worker_main(core: &Arc<Core>, w: usize, parker: &Parker) {
                 }
             }
         };
+        core.dispatch.wake_if_more(pool);
         core.run_job(w, job);
     }
 }
