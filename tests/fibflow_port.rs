@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{event_names, eventually, PATIENCE};
+use common::{event_names, eventually, Gate, PATIENCE};
 use fibflow::{
     AttemptFilter, AttemptOutcome, ChildSpec, EventFilter, EventType, Handler, HandlerOptions,
     ManualClock, Outcome, Page, Progress, RetentionPolicy, SubmitOptions, Task, TaskFilter, TaskId,
@@ -18,7 +18,7 @@ use fibflow::{
 };
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 /// 2023-11-14T22:13:20Z, on a whole second.
@@ -87,29 +87,6 @@ fn page(limit: usize, offset: usize) -> Page {
         limit,
         offset,
         descending: false,
-    }
-}
-
-/// A latch handlers block on until the test opens it.
-#[derive(Default)]
-struct Gate {
-    open: Mutex<bool>,
-    cv: Condvar,
-}
-
-impl Gate {
-    fn new() -> Arc<Gate> {
-        Arc::new(Gate::default())
-    }
-    fn wait(&self) {
-        let mut g = self.open.lock().unwrap();
-        while !*g {
-            g = self.cv.wait_timeout(g, PATIENCE).unwrap().0;
-        }
-    }
-    fn open(&self) {
-        *self.open.lock().unwrap() = true;
-        self.cv.notify_all();
     }
 }
 

@@ -11,40 +11,17 @@
 
 mod common;
 
-use common::{event_names, eventually, manual, PATIENCE};
+use common::{event_names, eventually, manual, Gate, PATIENCE};
 use fibflow::{
     Backoff, CatchUp, ChildSpec, ContextError, Error, EventType, HandlerOptions, ManualClock,
     Outcome, Page, Progress, RetentionPolicy, RetryStrategy, SubmitOptions, TaskFilter, TaskId,
     TaskManager, TaskStatus, TimeZone,
 };
 use serde_json::json;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const T0: u64 = 1_700_000_000_000;
-
-/// A gate a handler blocks on until the test opens it.
-#[derive(Default)]
-struct Gate {
-    open: Mutex<bool>,
-    cv: Condvar,
-}
-
-impl Gate {
-    fn new() -> Arc<Gate> {
-        Arc::new(Gate::default())
-    }
-    fn wait(&self) {
-        let mut g = self.open.lock().unwrap();
-        while !*g {
-            g = self.cv.wait(g).unwrap();
-        }
-    }
-    fn open(&self) {
-        *self.open.lock().unwrap() = true;
-        self.cv.notify_all();
-    }
-}
 
 fn status(mgr: &TaskManager, id: TaskId) -> TaskStatus {
     mgr.get_task(id).unwrap().status

@@ -3,38 +3,15 @@
 
 mod common;
 
-use common::{event_names, eventually, manual, PATIENCE};
+use common::{event_names, eventually, manual, Gate, PATIENCE};
 use fibflow::{
     AttemptOutcome, ChildSpec, EventType, HandlerOptions, OnChildFailure, Outcome, Pool,
     SubmitOptions, Task, TaskFilter, TaskId, TaskKind, TaskManager, TaskStatus,
 };
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// A latch handlers block on until the test opens it (no sleeps).
-#[derive(Default)]
-struct Gate {
-    open: Mutex<bool>,
-    cv: Condvar,
-}
-
-impl Gate {
-    fn new() -> Arc<Gate> {
-        Arc::new(Gate::default())
-    }
-    fn wait(&self) {
-        let mut g = self.open.lock().unwrap();
-        while !*g {
-            g = self.cv.wait(g).unwrap();
-        }
-    }
-    fn open(&self) {
-        *self.open.lock().unwrap() = true;
-        self.cv.notify_all();
-    }
-}
 
 fn children_of(mgr: &TaskManager, parent: TaskId) -> Vec<Task> {
     let mut v = mgr.list_tasks(&TaskFilter::all().parent(parent));
