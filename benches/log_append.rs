@@ -32,8 +32,11 @@ fn config(durability: Durability) -> LogConfig {
     }
 }
 
-/// A file of `FILE_LEN` real zeros, synced, like a prepared segment.
-fn zero_file(path: &Path) -> File {
+/// A file of `len` real zeros (a multiple of 1 MiB) written in aligned 1 MiB
+/// `write`s and synced, like a prepared segment. The page cache then holds it in
+/// large folios (1 MiB on this machine's ext4), as it does for any part of a
+/// segment that was read back in by readahead.
+fn zero_file(path: &Path, len: u64) -> File {
     let mut f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -42,7 +45,7 @@ fn zero_file(path: &Path) -> File {
         .open(path)
         .unwrap();
     let chunk = vec![0u8; 1 << 20];
-    for _ in 0..(FILE_LEN >> 20) {
+    for _ in 0..(len >> 20) {
         f.write_all(&chunk).unwrap();
     }
     f.sync_all().unwrap();
@@ -79,7 +82,7 @@ fn append(c: &mut Criterion) {
             });
         }
         let dir = tempfile::tempdir().unwrap();
-        let file = zero_file(&dir.path().join("baseline"));
+        let file = zero_file(&dir.path().join("baseline"), FILE_LEN);
         let mut off = 0u64;
         g.bench_with_input(
             BenchmarkId::new("pwrite_fdatasync_baseline", size),
@@ -206,25 +209,6 @@ const SEG_HEADER: u64 = 64;
 const MECH_ROUNDS: usize = 1500;
 const MECH_WARMUP: usize = 50;
 
-/// A file of `MECH_FILE_LEN` zeros written in aligned 1 MiB `write`s and synced:
-/// the page cache then holds it in large folios (1 MiB on this machine's ext4),
-/// as it does for any part of a segment that was read back in by readahead.
-fn aligned_zero_file(path: &Path) -> File {
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .unwrap();
-    let chunk = vec![0u8; 1 << 20];
-    for _ in 0..(MECH_FILE_LEN >> 20) {
-        f.write_all(&chunk).unwrap();
-    }
-    f.sync_all().unwrap();
-    f
-}
-
 fn mapped(dir: &Path, name: &'static str, fresh: bool, wt: bool, fdatasync: bool) -> Mechanism {
     let file_name = format!("{}.seg", name.replace('/', "-"));
     let map = if fresh {
@@ -234,7 +218,7 @@ fn mapped(dir: &Path, name: &'static str, fresh: bool, wt: bool, fdatasync: bool
             .create_segment(&file_name, MECH_FILE_LEN, &[0u8; SEG_HEADER as usize])
             .unwrap()
     } else {
-        let f = aligned_zero_file(&dir.join(&file_name));
+        let f = zero_file(&dir.join(&file_name), MECH_FILE_LEN);
         let mut m = Mapping::map_file(&f, MECH_FILE_LEN).unwrap();
         m.set_write_through(wt);
         m.prefault();
@@ -260,7 +244,7 @@ fn mapped(dir: &Path, name: &'static str, fresh: bool, wt: bool, fdatasync: bool
 
 fn plain(dir: &Path, name: &'static str, dsync: bool) -> Mechanism {
     let path = dir.join(name.replace('/', "-"));
-    drop(aligned_zero_file(&path));
+    drop(zero_file(&path, MECH_FILE_LEN));
     let mut o = OpenOptions::new();
     o.read(true).write(true);
     if dsync {

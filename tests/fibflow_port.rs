@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{event_names, eventually, Gate, PATIENCE};
+use common::{children_of, event_names, eventually, Gate, PATIENCE};
 use fibflow::{
     AttemptFilter, AttemptOutcome, ChildSpec, EventFilter, EventType, Handler, HandlerOptions,
     ManualClock, Outcome, Page, Progress, RetentionPolicy, SubmitOptions, Task, TaskFilter, TaskId,
@@ -64,10 +64,18 @@ fn wait_status(mgr: &TaskManager, id: TaskId, status: TaskStatus) -> Task {
     mgr.get_task(id).unwrap()
 }
 
-fn children_of(mgr: &TaskManager, parent: TaskId) -> Vec<Task> {
-    let mut v = mgr.list_tasks(&TaskFilter::all().parent(parent));
-    v.sort_by_key(|t| t.id);
-    v
+/// Registers handler `test`, which records its payload's `id` in run order.
+fn record_ids(mgr: &TaskManager) -> Arc<Mutex<Vec<i64>>> {
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let o = order.clone();
+    mgr.register("test", move |ctx| {
+        o.lock()
+            .unwrap()
+            .push(ctx.payload()["id"].as_i64().unwrap());
+        Ok(Value::Null.into())
+    })
+    .unwrap();
+    order
 }
 
 fn events_of(mgr: &TaskManager, id: TaskId, ty: EventType) -> Vec<fibflow::Event> {
@@ -577,15 +585,7 @@ fn should_handle_task_priority() {
 #[test]
 fn should_order_tasks_by_delay_and_priority() {
     let (mgr, clock) = fib_manager(1);
-    let order = Arc::new(Mutex::new(Vec::new()));
-    let o = order.clone();
-    mgr.register("test", move |ctx| {
-        o.lock()
-            .unwrap()
-            .push(ctx.payload()["id"].as_i64().unwrap());
-        Ok(Value::Null.into())
-    })
-    .unwrap();
+    let order = record_ids(&mgr);
     mgr.start().unwrap();
     mgr.pause();
     for (id, priority, delay) in [(1, 1, 5), (2, 2, 3), (3, 1, 3)] {
@@ -1557,15 +1557,7 @@ fn should_handle_cron_task_failure_and_retry() {
 #[test]
 fn should_respect_task_priority_in_cron_tasks() {
     let (mgr, clock) = fib_manager(1);
-    let order = Arc::new(Mutex::new(Vec::new()));
-    let o = order.clone();
-    mgr.register("test", move |ctx| {
-        o.lock()
-            .unwrap()
-            .push(ctx.payload()["id"].as_i64().unwrap());
-        Ok(Value::Null.into())
-    })
-    .unwrap();
+    let order = record_ids(&mgr);
     mgr.start().unwrap();
     mgr.pause();
     for (id, p) in [(1, 1), (2, 2), (3, 1)] {

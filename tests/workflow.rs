@@ -3,21 +3,15 @@
 
 mod common;
 
-use common::{event_names, eventually, manual, Gate, PATIENCE};
+use common::{children_of, event_names, eventually, manual, Gate, PATIENCE};
 use fibflow::{
     AttemptOutcome, ChildSpec, EventType, HandlerOptions, OnChildFailure, Outcome, Pool,
-    SubmitOptions, Task, TaskFilter, TaskId, TaskKind, TaskManager, TaskStatus,
+    SubmitOptions, TaskFilter, TaskId, TaskKind, TaskManager, TaskStatus,
 };
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-fn children_of(mgr: &TaskManager, parent: TaskId) -> Vec<Task> {
-    let mut v = mgr.list_tasks(&TaskFilter::all().parent(parent));
-    v.sort_by_key(|t| t.id);
-    v
-}
 
 fn event_of(mgr: &TaskManager, id: TaskId, ty: EventType) -> Vec<fibflow::Event> {
     mgr.events(id)

@@ -85,9 +85,16 @@ impl Timer {
     /// Wakes the timer thread to look again (clock advanced, heartbeat window changed).
     pub(crate) fn kick(&self) {
         let mut st = self.heap.lock();
+        self.kick_locked(&mut st);
+    }
+
+    /// Marks a kick (counted, see [`Timer::kick_and_wait`]) and wakes the thread;
+    /// returns the kick's number.
+    fn kick_locked(&self, st: &mut TimerState) -> u64 {
         st.kicked = true;
         st.kicks += 1;
         self.cv.notify_one();
+        st.kicks
     }
 
     /// Kicks the timer thread and, if it runs, waits until it has handled what
@@ -97,10 +104,7 @@ impl Timer {
     pub(crate) fn kick_and_wait(&self, limit: std::time::Duration) {
         let until = std::time::Instant::now() + limit;
         let mut st = self.heap.lock();
-        st.kicked = true;
-        st.kicks += 1;
-        let mine = st.kicks;
-        self.cv.notify_all();
+        let mine = self.kick_locked(&mut st);
         while st.running && !st.stopped && st.handled < mine {
             if self.done.wait_until(&mut st, until).timed_out() {
                 break;

@@ -2,7 +2,7 @@
 //! never fixed sleeps.
 #![allow(dead_code)]
 
-use fibflow::{EventType, ManualClock, TaskId, TaskManager};
+use fibflow::{EventType, ManualClock, Task, TaskFilter, TaskId, TaskManager};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -77,4 +77,11 @@ impl Gate {
         *self.open.lock().unwrap() = true;
         self.cv.notify_all();
     }
+}
+
+/// The children of `parent`, in id (creation) order.
+pub fn children_of(mgr: &TaskManager, parent: TaskId) -> Vec<Task> {
+    let mut v = mgr.list_tasks(&TaskFilter::all().parent(parent));
+    v.sort_by_key(|t| t.id);
+    v
 }
