@@ -287,61 +287,74 @@ impl Core {
         if e.task.status != TaskStatus::Running || e.task.attempt != attempt {
             return; // stale: the manager drops its own late writes silently
         }
-        let batch = match result {
+        // The outcome's record, and the children a spawn creates with it.
+        let (first, rest): (Record, Vec<Record>) = match result {
             Ok(Outcome::Complete(value)) => {
                 let next_run_ms = self.cron_next(job, now);
-                vec![Record::Complete {
-                    id,
-                    attempt,
-                    result: value,
-                    next_run_ms,
-                    at_ms: now,
-                }]
+                (
+                    Record::Complete {
+                        id,
+                        attempt,
+                        result: value,
+                        next_run_ms,
+                        at_ms: now,
+                    },
+                    Vec::new(),
+                )
             }
             Ok(Outcome::Spawn { children, context }) => {
                 match self.children(&shard, e, children, now) {
                     Ok(subs) => {
                         let list = subs.iter().map(|c| (c.id, c.name.to_string())).collect();
-                        let mut batch = vec![Record::Spawn {
+                        let spawn = Record::Spawn {
                             id,
                             attempt,
                             children: list,
                             context,
                             at_ms: now,
-                        }];
-                        batch.extend(subs.into_iter().map(|c| Record::Submit(Box::new(c))));
-                        batch
+                        };
+                        let subs = subs.into_iter().map(|c| Record::Submit(Box::new(c)));
+                        (spawn, subs.collect())
                     }
-                    Err(err) => vec![self.fail_record(
-                        e,
-                        Some(&job.reg),
-                        w,
-                        err.to_string(),
-                        FailKind::Error,
-                        now,
-                    )],
+                    Err(err) => (
+                        self.fail_record(
+                            e,
+                            Some(&job.reg),
+                            w,
+                            err.to_string(),
+                            FailKind::Error,
+                            now,
+                        ),
+                        Vec::new(),
+                    ),
                 }
             }
             Ok(Outcome::Suspend { reason, context }) if !reason.trim().is_empty() => {
-                vec![Record::Suspend {
-                    id,
-                    attempt,
-                    reason,
-                    context,
-                    at_ms: now,
-                }]
+                (
+                    Record::Suspend {
+                        id,
+                        attempt,
+                        reason,
+                        context,
+                        at_ms: now,
+                    },
+                    Vec::new(),
+                )
             }
             Ok(Outcome::Suspend { .. }) => {
                 let err =
                     "Suspension requires a non-empty reason: return Outcome::Suspend with a reason"
                         .to_owned();
-                vec![self.fail_record(e, Some(&job.reg), w, err, FailKind::Error, now)]
+                let fail = self.fail_record(e, Some(&job.reg), w, err, FailKind::Error, now);
+                (fail, Vec::new())
             }
             Err(err) => {
-                vec![self.fail_record(e, Some(&job.reg), w, err.to_string(), FailKind::Error, now)]
+                let err = err.to_string();
+                let fail = self.fail_record(e, Some(&job.reg), w, err, FailKind::Error, now);
+                (fail, Vec::new())
             }
         };
-        self.commit_outcome(&mut shard, batch);
+        self.commit_outcome(&mut shard, first, rest);
     }
 
     fn fail_record(
@@ -364,18 +377,30 @@ impl Core {
         }
     }
 
-    fn commit_outcome(&self, shard: &mut Shard, batch: Vec<Record>) {
-        let ids: Vec<TaskId> = batch.iter().map(Record::task_id).collect();
-        match self.store.commit_batch(shard, batch) {
-            Ok((applied, mut lsn)) => {
-                for (a, id) in applied.into_iter().zip(ids) {
-                    self.settle(shard, id, a, &mut lsn);
-                }
-            }
+    fn commit_outcome(&self, shard: &mut Shard, first: Record, rest: Vec<Record>) {
+        let id = first.task_id();
+        let result = if rest.is_empty() {
+            // The common case, without a batch's vectors.
+            self.store
+                .commit(shard, first)
+                .map(|(a, mut lsn)| self.settle(shard, id, a, &mut lsn))
+        } else {
+            let batch: Vec<Record> = std::iter::once(first).chain(rest).collect();
+            let ids: Vec<TaskId> = batch.iter().map(Record::task_id).collect();
+            self.store
+                .commit_batch(shard, batch)
+                .map(|(applied, mut lsn)| {
+                    for (a, id) in applied.into_iter().zip(ids) {
+                        self.settle(shard, id, a, &mut lsn);
+                    }
+                })
+        };
+        match result {
+            Ok(()) => {}
             // The outcome does not fit in one log record (a huge result or a spawn
             // of very many children): nothing changed, so fail the attempt instead.
             Err(Error::Log(e @ crate::log::LogError::RecordTooLarge { .. })) => {
-                let Some(e_task) = ids.first().and_then(|id| shard.live(*id)) else {
+                let Some(e_task) = shard.live(id) else {
                     return;
                 };
                 let error = format!(
@@ -486,7 +511,7 @@ impl Core {
             .position(|x| Some(&x.name) == worker.as_ref())
             .unwrap_or(usize::MAX);
         let record = self.fail_record(e, reg.as_deref(), w, error, kind, now);
-        self.commit_outcome(&mut shard, vec![record]);
+        self.commit_outcome(&mut shard, record, Vec::new());
         ctl.cancel(if kind == FailKind::TimeoutTotal { 1 } else { 2 });
     }
 }

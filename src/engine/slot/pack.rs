@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 /// Appends the encoding of `e` to `out`.
 pub(super) fn write(e: &TaskEntry, out: &mut Vec<u8>) {
-    let mut w = Writer(out);
+    let mut w = Writer::new(out);
     let t = &e.task;
     w.u64(t.id.0);
     w.str(&t.name);
@@ -89,6 +89,7 @@ pub(super) fn write(e: &TaskEntry, out: &mut Vec<u8>) {
     w.opt(e.round.as_deref(), |w, r| w.blob(r));
     w.opt_str(e.suspend_reason.as_deref());
     w.u64(e.interruptions.into());
+    w.finish();
 }
 
 /// Reads an entry written by [`write`]; `None` if the bytes are not one.
@@ -232,24 +233,51 @@ fn outcome(b: u8) -> R<AttemptOutcome> {
     .ok_or(Bad)
 }
 
-struct Writer<'a>(&'a mut Vec<u8>);
+/// Writes through a cursor into a buffer grown ahead of it, so each field is a
+/// bounds check and a store rather than a `Vec::push` that re-reads and
+/// re-stores the vector's length and capacity for every byte.
+struct Writer<'a> {
+    buf: &'a mut Vec<u8>,
+    pos: usize,
+}
 
-impl Writer<'_> {
-    fn u8(&mut self, v: u8) {
-        self.0.push(v);
+impl<'a> Writer<'a> {
+    /// Appends to `buf` from its current end.
+    fn new(buf: &'a mut Vec<u8>) -> Writer<'a> {
+        let pos = buf.len();
+        Writer { buf, pos }
     }
 
-    fn u64(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.0.push((v as u8) | 0x80);
-            v >>= 7;
+    /// Makes room for `n` more bytes.
+    fn room(&mut self, n: usize) {
+        let need = self.pos + n;
+        if self.buf.len() < need {
+            let len = need.max(self.buf.len() * 2).max(256);
+            self.buf.resize(len, 0);
         }
-        self.0.push(v as u8);
+    }
+
+    /// Cuts the buffer to what was written.
+    fn finish(self) {
+        self.buf.truncate(self.pos);
+    }
+
+    fn u8(&mut self, v: u8) {
+        self.room(1);
+        self.buf[self.pos] = v;
+        self.pos += 1;
+    }
+
+    fn u64(&mut self, v: u64) {
+        self.room(10);
+        self.pos += varint(v, &mut self.buf[self.pos..]);
     }
 
     fn bytes(&mut self, b: &[u8]) {
         self.u64(b.len() as u64);
-        self.0.extend_from_slice(b);
+        self.room(b.len());
+        self.buf[self.pos..self.pos + b.len()].copy_from_slice(b);
+        self.pos += b.len();
     }
 
     fn str(&mut self, s: &str) {
@@ -263,14 +291,16 @@ impl Writer<'_> {
             return;
         }
         // Written in place, then its length is put in front of it.
-        let at = self.0.len();
-        if serde_json::to_writer(&mut *self.0, v).is_err() {
-            self.0.truncate(at);
-            self.0.extend_from_slice(b"null");
+        self.buf.truncate(self.pos);
+        let at = self.pos;
+        if serde_json::to_writer(&mut *self.buf, v).is_err() {
+            self.buf.truncate(at);
+            self.buf.extend_from_slice(b"null");
         }
-        let mut len = Vec::with_capacity(10);
-        Writer(&mut len).u64((self.0.len() - at) as u64);
-        self.0.splice(at..at, len);
+        let mut len = [0u8; 10];
+        let n = varint((self.buf.len() - at) as u64, &mut len);
+        self.buf.splice(at..at, len[..n].iter().copied());
+        self.pos = self.buf.len();
     }
 
     /// A rare nested value, as a length-prefixed postcard blob.
@@ -292,6 +322,19 @@ impl Writer<'_> {
     fn opt_str(&mut self, v: Option<&str>) {
         self.opt(v, Self::str);
     }
+}
+
+/// Writes `v` as a LEB128 varint at the start of `out` (at least 10 bytes
+/// long); returns its length.
+fn varint(mut v: u64, out: &mut [u8]) -> usize {
+    let mut i = 0;
+    while v >= 0x80 {
+        out[i] = (v as u8) | 0x80;
+        v >>= 7;
+        i += 1;
+    }
+    out[i] = v as u8;
+    i + 1
 }
 
 struct Reader<'a>(&'a [u8]);
