@@ -11,6 +11,7 @@ use crate::codec::{FailKind, NewTask, Record, TaskId, TaskKind};
 use crate::engine::schedule::{next_round, RetryStrategy};
 use crate::engine::{Shard, TaskEntry, TaskStatus};
 use crossbeam::sync::Parker;
+use crossbeam_skiplist::set::Entry;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -107,14 +108,21 @@ impl Core {
         // A guard, not an Arc clone: workers would otherwise contend on one refcount.
         let queues = pool.queues.load();
         loop {
-            let mut best: Option<(usize, ReadyItem, Arc<Registered>)> = None;
+            // The best entry is removed through its own handle, which saves the
+            // search that removing by key would repeat.
+            let mut best = None;
             for (qi, q) in queues.iter().enumerate() {
                 for entry in q.set.iter().take(SCAN_LIMIT) {
                     let item = entry.value();
                     match self.registry.get(&item.name) {
                         Some(r) if !r.slots.is_full() => {
-                            if best.as_ref().is_none_or(|b| item < &b.1) {
-                                best = Some((qi, item.clone(), r));
+                            if best
+                                .as_ref()
+                                .is_none_or(|(_, b, _): &(usize, Entry<'_, ReadyItem>, _)| {
+                                    item < b.value()
+                                })
+                            {
+                                best = Some((qi, entry, r));
                             }
                             break;
                         }
@@ -127,10 +135,9 @@ impl Core {
                     }
                 }
             }
-            let (qi, item, reg) = best?;
-            let q = &queues[qi];
-            if q.set.remove(&item).is_some() {
-                return Some((q.clone(), item, reg));
+            let (qi, entry, reg) = best?;
+            if entry.remove() {
+                return Some((queues[qi].clone(), entry.value().clone(), reg));
             }
         }
     }
