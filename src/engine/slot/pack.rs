@@ -249,12 +249,17 @@ impl<'a> Writer<'a> {
     }
 
     /// Makes room for `n` more bytes.
+    #[inline(always)]
     fn room(&mut self, n: usize) {
-        let need = self.pos + n;
-        if self.buf.len() < need {
-            let len = need.max(self.buf.len() * 2).max(256);
-            self.buf.resize(len, 0);
+        if self.buf.len() < self.pos + n {
+            self.grow(n);
         }
+    }
+
+    #[cold]
+    fn grow(&mut self, n: usize) {
+        let len = (self.pos + n).max(self.buf.len() * 2).max(256);
+        self.buf.resize(len, 0);
     }
 
     /// Cuts the buffer to what was written.
@@ -262,12 +267,14 @@ impl<'a> Writer<'a> {
         self.buf.truncate(self.pos);
     }
 
+    #[inline(always)]
     fn u8(&mut self, v: u8) {
         self.room(1);
         self.buf[self.pos] = v;
         self.pos += 1;
     }
 
+    #[inline(always)]
     fn u64(&mut self, v: u64) {
         self.room(10);
         self.pos += varint(v, &mut self.buf[self.pos..]);
@@ -319,6 +326,7 @@ impl<'a> Writer<'a> {
         }
     }
 
+    #[inline]
     fn opt_str(&mut self, v: Option<&str>) {
         self.opt(v, Self::str);
     }
@@ -326,6 +334,7 @@ impl<'a> Writer<'a> {
 
 /// Writes `v` as a LEB128 varint at the start of `out` (at least 10 bytes
 /// long); returns its length.
+#[inline(always)]
 fn varint(mut v: u64, out: &mut [u8]) -> usize {
     let mut i = 0;
     while v >= 0x80 {
