@@ -237,8 +237,6 @@ pub struct Shard {
     /// Tasks per status (indexed like `TaskStatus::ALL`), so counting by status
     /// costs 8 numbers per shard instead of a scan that holds the shard lock.
     counts: [u64; 8],
-    /// Reused encoding buffer for freezing.
-    scratch: Vec<u8>,
     /// Boxes of frozen entries, reused by the next submits: freeing them on a
     /// worker thread after the submitter allocated them costs glibc's allocator
     /// a contended cross-thread free each.
@@ -551,7 +549,7 @@ impl Shard {
                 };
                 // A task that just finished is frozen; so is one that a refused
                 // record thawed (freezing a frozen or unfinished task does nothing).
-                if let Some(old) = slot.freeze(&mut self.scratch) {
+                if let Some(old) = slot.freeze() {
                     if self.spare.len() < SPARE_ENTRIES {
                         self.spare.push(old);
                     }
@@ -571,7 +569,7 @@ impl Shard {
     /// next submit; returns its status.
     fn freeze(&mut self, id: TaskId) -> Option<TaskStatus> {
         let slot = self.tasks.get_mut(&id)?;
-        if let Some(old) = slot.freeze(&mut self.scratch) {
+        if let Some(old) = slot.freeze() {
             if self.spare.len() < SPARE_ENTRIES {
                 self.spare.push(old);
             }

@@ -12,7 +12,8 @@
 //!
 //! A task is frozen by the `Shard::apply` that finishes it, and its live box is
 //! kept for the next submit to reuse, so the finishing path encodes about 110
-//! bytes but neither frees nor (at the next submit) allocates the entry.
+//! bytes (on the stack, then one exact allocation) but neither frees nor (at
+//! the next submit) allocates the entry.
 //! Freezing costs in-memory throughput (roughly a tenth to a fifth in `fibflow
 //! bench`): freeing or reusing the live structs is paid when a task finishes,
 //! where the old design never paid it during a run.
@@ -119,11 +120,10 @@ impl Slot {
         }
     }
 
-    /// Freezes a live finished task; `scratch` is reused across calls so each
-    /// frozen task costs one exact allocation. Returns the live entry's box for
-    /// reuse (its contents are stale).
+    /// Freezes a live finished task into one exact allocation. Returns the live
+    /// entry's box for reuse (its contents are stale).
     #[allow(clippy::vec_box)] // the boxes are what is reused
-    pub(crate) fn freeze(&mut self, scratch: &mut Vec<u8>) -> Option<Box<TaskEntry>> {
+    pub(crate) fn freeze(&mut self) -> Option<Box<TaskEntry>> {
         let Slot::Live(e) = self else { return None };
         if !freezes(e.task.status) {
             return None;
@@ -133,12 +133,7 @@ impl Slot {
         let (created_at, last_active) = (e.task.created_at, e.task.last_active_time);
         let (status, dedup) = (e.task.status, e.task.dedup_key.is_some());
         shrink(e);
-        scratch.clear();
-        pack::write(e, scratch);
-        let bytes = Box::from(&scratch[..]);
-        if scratch.capacity() > 1 << 20 {
-            *scratch = Vec::new(); // one huge task does not pin its size
-        }
+        let bytes = pack::to_box(e);
         let frozen = Frozen {
             created_at,
             last_active,

@@ -17,9 +17,36 @@ use crate::engine::TaskEntry;
 use serde_json::Value;
 use std::sync::Arc;
 
+/// Bytes a plain entry fits in, written on the stack first.
+const LOCAL: usize = 512;
+
 /// Appends the encoding of `e` to `out`.
 pub(super) fn write(e: &TaskEntry, out: &mut Vec<u8>) {
-    let mut w = Writer::new(out);
+    let mut local = Local::new();
+    fields(e, &mut local);
+    match local.bytes() {
+        Some(b) => out.extend_from_slice(b),
+        None => {
+            fields(e, &mut Spill { buf: out });
+        }
+    }
+}
+
+/// The encoding of `e` in an exact allocation.
+pub(super) fn to_box(e: &TaskEntry) -> Box<[u8]> {
+    let mut local = Local::new();
+    fields(e, &mut local);
+    match local.bytes() {
+        Some(b) => Box::from(b),
+        None => {
+            let mut out = Vec::new();
+            write(e, &mut out);
+            out.into_boxed_slice()
+        }
+    }
+}
+
+fn fields(e: &TaskEntry, w: &mut impl Sink) {
     let t = &e.task;
     w.u64(t.id.0);
     w.str(&t.name);
@@ -89,7 +116,6 @@ pub(super) fn write(e: &TaskEntry, out: &mut Vec<u8>) {
     w.opt(e.round.as_deref(), |w, r| w.blob(r));
     w.opt_str(e.suspend_reason.as_deref());
     w.u64(e.interruptions.into());
-    w.finish();
 }
 
 /// Reads an entry written by [`write`]; `None` if the bytes are not one.
@@ -233,60 +259,19 @@ fn outcome(b: u8) -> R<AttemptOutcome> {
     .ok_or(Bad)
 }
 
-/// Writes through a cursor into a buffer grown ahead of it, so each field is a
-/// bounds check and a store rather than a `Vec::push` that re-reads and
-/// re-stores the vector's length and capacity for every byte.
-struct Writer<'a> {
-    buf: &'a mut Vec<u8>,
-    pos: usize,
-}
+/// Where [`fields`] writes: the primitives, and the compound forms built on them.
+trait Sink: Sized {
+    fn u8(&mut self, v: u8);
+    fn u64(&mut self, v: u64);
+    fn raw(&mut self, b: &[u8]);
 
-impl<'a> Writer<'a> {
-    /// Appends to `buf` from its current end.
-    fn new(buf: &'a mut Vec<u8>) -> Writer<'a> {
-        let pos = buf.len();
-        Writer { buf, pos }
-    }
-
-    /// Makes room for `n` more bytes.
-    #[inline(always)]
-    fn room(&mut self, n: usize) {
-        if self.buf.len() < self.pos + n {
-            self.grow(n);
-        }
-    }
-
-    #[cold]
-    fn grow(&mut self, n: usize) {
-        let len = (self.pos + n).max(self.buf.len() * 2).max(256);
-        self.buf.resize(len, 0);
-    }
-
-    /// Cuts the buffer to what was written.
-    fn finish(self) {
-        self.buf.truncate(self.pos);
-    }
-
-    #[inline(always)]
-    fn u8(&mut self, v: u8) {
-        self.room(1);
-        self.buf[self.pos] = v;
-        self.pos += 1;
-    }
-
-    #[inline(always)]
-    fn u64(&mut self, v: u64) {
-        self.room(10);
-        self.pos += varint(v, &mut self.buf[self.pos..]);
-    }
-
+    #[inline]
     fn bytes(&mut self, b: &[u8]) {
         self.u64(b.len() as u64);
-        self.room(b.len());
-        self.buf[self.pos..self.pos + b.len()].copy_from_slice(b);
-        self.pos += b.len();
+        self.raw(b);
     }
 
+    #[inline]
     fn str(&mut self, s: &str) {
         self.bytes(s.as_bytes());
     }
@@ -297,17 +282,8 @@ impl<'a> Writer<'a> {
             self.u64(0);
             return;
         }
-        // Written in place, then its length is put in front of it.
-        self.buf.truncate(self.pos);
-        let at = self.pos;
-        if serde_json::to_writer(&mut *self.buf, v).is_err() {
-            self.buf.truncate(at);
-            self.buf.extend_from_slice(b"null");
-        }
-        let mut len = [0u8; 10];
-        let n = varint((self.buf.len() - at) as u64, &mut len);
-        self.buf.splice(at..at, len[..n].iter().copied());
-        self.pos = self.buf.len();
+        let text = serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec());
+        self.bytes(&text);
     }
 
     /// A rare nested value, as a length-prefixed postcard blob.
@@ -316,6 +292,7 @@ impl<'a> Writer<'a> {
         self.bytes(&bytes);
     }
 
+    #[inline]
     fn opt<T>(&mut self, v: Option<T>, f: impl FnOnce(&mut Self, T)) {
         match v {
             None => self.u8(0),
@@ -332,9 +309,91 @@ impl<'a> Writer<'a> {
     }
 }
 
+/// Writes into a buffer on the stack, where the cursor stays in a register
+/// (stores into a `Vec` make the compiler reload its length after each byte).
+/// An entry that does not fit is marked and written again through [`Spill`].
+struct Local {
+    buf: [u8; LOCAL],
+    pos: usize,
+    overflow: bool,
+}
+
+impl Local {
+    fn new() -> Local {
+        Local {
+            buf: [0; LOCAL],
+            pos: 0,
+            overflow: false,
+        }
+    }
+
+    /// What was written, unless it did not fit.
+    fn bytes(&self) -> Option<&[u8]> {
+        (!self.overflow).then(|| &self.buf[..self.pos])
+    }
+
+    /// Whether `n` more bytes fit; marks the overflow (and restarts the
+    /// cursor, so later writes stay in bounds) when not.
+    #[inline]
+    fn fits(&mut self, n: usize) -> bool {
+        if self.pos + n <= LOCAL {
+            return true;
+        }
+        self.overflow = true;
+        self.pos = 0;
+        n <= LOCAL
+    }
+}
+
+impl Sink for Local {
+    #[inline]
+    fn u8(&mut self, v: u8) {
+        if self.fits(1) {
+            self.buf[self.pos] = v;
+            self.pos += 1;
+        }
+    }
+
+    #[inline]
+    fn u64(&mut self, v: u64) {
+        if self.fits(10) {
+            self.pos += varint(v, &mut self.buf[self.pos..]);
+        }
+    }
+
+    #[inline]
+    fn raw(&mut self, b: &[u8]) {
+        if self.fits(b.len()) {
+            self.buf[self.pos..self.pos + b.len()].copy_from_slice(b);
+            self.pos += b.len();
+        }
+    }
+}
+
+/// Appends to a vector, for entries too large for [`Local`].
+struct Spill<'a> {
+    buf: &'a mut Vec<u8>,
+}
+
+impl Sink for Spill<'_> {
+    fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+
+    fn u64(&mut self, v: u64) {
+        let mut b = [0u8; 10];
+        let n = varint(v, &mut b);
+        self.buf.extend_from_slice(&b[..n]);
+    }
+
+    fn raw(&mut self, b: &[u8]) {
+        self.buf.extend_from_slice(b);
+    }
+}
+
 /// Writes `v` as a LEB128 varint at the start of `out` (at least 10 bytes
 /// long); returns its length.
-#[inline(always)]
+#[inline]
 fn varint(mut v: u64, out: &mut [u8]) -> usize {
     let mut i = 0;
     while v >= 0x80 {
