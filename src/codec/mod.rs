@@ -83,6 +83,7 @@ pub struct NewTask {
     /// The new task's id.
     pub id: TaskId,
     /// The handler name.
+    #[serde(deserialize_with = "interned::deserialize")]
     pub name: Arc<str>,
     /// Async or cron.
     pub kind: TaskKind,
@@ -149,6 +150,7 @@ pub enum Record {
         /// The attempt number it opens.
         attempt: u32,
         /// The worker's name.
+        #[serde(deserialize_with = "interned::deserialize")]
         worker: Arc<str>,
         /// When.
         at_ms: UnixMs,
@@ -385,11 +387,132 @@ pub fn encode(batch: &[Record]) -> Result<Vec<u8>, EncodeError> {
 
 /// Decodes a batch written by [`encode`]. Never panics on any input.
 pub fn decode(bytes: &[u8]) -> Result<Batch, DecodeError> {
+    let mut batch = Vec::new();
+    decode_into(bytes, &mut batch)?;
+    Ok(batch)
+}
+
+/// [`decode`] into `out` (cleared first), so that replay reuses one vector
+/// for every frame. On an error `out` holds an unspecified prefix of the batch.
+pub fn decode_into(bytes: &[u8], out: &mut Vec<Record>) -> Result<(), DecodeError> {
+    out.clear();
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
     if version != FORMAT_VERSION {
         return Err(DecodeError::UnsupportedVersion(version));
     }
-    Ok(postcard::from_bytes(body)?)
+    // postcard writes a sequence as its length (a varint, like `usize`) and then
+    // the elements: read them one by one, as `Vec<Record>`'s own visitor would.
+    let (count, mut rest) = postcard::take_from_bytes::<usize>(body)?;
+    for _ in 0..count {
+        let (record, after) = postcard::take_from_bytes::<Record>(rest)?;
+        out.push(record);
+        rest = after;
+    }
+    Ok(())
+}
+
+/// Interning of the names records carry (handler and worker names), so that
+/// replayed tasks share one `Arc<str>` per name as live operation does.
+///
+/// Decoding interns into the table that [`Interner::install`] put on the
+/// decoding thread, if any; without one each name gets its own `Arc`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Interner {
+    names: std::collections::HashSet<Arc<str>>,
+    /// The names handed out last: a replay sees few names over and over, and a
+    /// comparison is cheaper than hashing.
+    recent: [Option<Arc<str>>; 4],
+    next: usize,
+}
+
+thread_local! {
+    static INTERNER: std::cell::RefCell<Option<Interner>> = const { std::cell::RefCell::new(None) };
+}
+
+impl Interner {
+    /// The shared copy of `name`.
+    pub(crate) fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.recent.iter().flatten().find(|n| ***n == *name) {
+            return Arc::clone(n);
+        }
+        let shared = match self.names.get(name) {
+            Some(n) => Arc::clone(n),
+            None => {
+                let n: Arc<str> = Arc::from(name);
+                self.names.insert(Arc::clone(&n));
+                n
+            }
+        };
+        if let Some(slot) = self.recent.get_mut(self.next % 4) {
+            *slot = Some(Arc::clone(&shared));
+        }
+        self.next = self.next.wrapping_add(1);
+        shared
+    }
+
+    /// The shared copy of `name`, which may already be one.
+    pub(crate) fn intern_arc(&mut self, name: &Arc<str>) -> Arc<str> {
+        if let Some(n) = self.names.get(name) {
+            return Arc::clone(n);
+        }
+        self.names.insert(Arc::clone(name));
+        Arc::clone(name)
+    }
+
+    /// Runs `f` with this table installed for decoding on the current thread.
+    pub(crate) fn install<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        /// Takes the table back, also if `f` panics.
+        struct Restore<'a>(&'a mut Interner);
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                if let Some(t) = INTERNER.with(|i| i.borrow_mut().take()) {
+                    *self.0 = t;
+                }
+            }
+        }
+        let table = std::mem::take(self);
+        INTERNER.with(|i| *i.borrow_mut() = Some(table));
+        let _restore = Restore(self);
+        f()
+    }
+}
+
+/// A string field read without an intermediate `String` where the format can
+/// lend it (postcard from a slice does): `Cow<str>`'s own `Deserialize` always copies.
+struct StrVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrVisitor {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Borrowed(v))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v.to_owned()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v))
+    }
+}
+
+/// Reads a name through the installed [`Interner`], if any.
+mod interned {
+    use serde::Deserializer;
+    use std::sync::Arc;
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
+        let name = d.deserialize_str(super::StrVisitor)?;
+        Ok(super::INTERNER.with(|i| match i.borrow_mut().as_mut() {
+            Some(table) => table.intern(&name),
+            None => Arc::from(&*name),
+        }))
+    }
 }
 
 /// The task of the first record of a batch written by [`encode`], read without
@@ -455,7 +578,11 @@ pub(crate) mod json_value {
         if d.is_human_readable() {
             return Value::deserialize(d);
         }
-        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let text = d.deserialize_str(super::StrVisitor)?;
+        // The most common value (no payload, no result) without a parser.
+        if *text == *"null" {
+            return Ok(Value::Null);
+        }
         serde_json::from_str(&text).map_err(serde::de::Error::custom)
     }
 }

@@ -167,3 +167,45 @@ proptest! {
         let _ = decode(&v);
     }
 }
+
+#[test]
+fn decoding_interns_names_into_the_installed_table() {
+    let claim = |id, worker: &str| Record::Claim {
+        id: TaskId(id),
+        attempt: 1,
+        worker: worker.into(),
+        at_ms: 9,
+    };
+    let batch = vec![
+        Record::Submit(Box::new(new_task(2))),
+        Record::Submit(Box::new(new_task(3))),
+        claim(2, "w1"),
+        claim(3, "w1"),
+        claim(3, "w2"),
+    ];
+    let bytes = encode(&batch).unwrap();
+    let names_of = |b: &[Record]| -> Vec<Arc<str>> {
+        b.iter()
+            .map(|r| match r {
+                Record::Submit(t) => Arc::clone(&t.name),
+                Record::Claim { worker, .. } => Arc::clone(worker),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    let mut table = Interner::default();
+    let seeded = table.intern("n");
+    let mut out = Vec::new();
+    table.install(|| decode_into(&bytes, &mut out)).unwrap();
+    assert_eq!(out, batch);
+    let names = names_of(&out);
+    assert!(Arc::ptr_eq(&names[0], &seeded) && Arc::ptr_eq(&names[1], &seeded));
+    assert!(Arc::ptr_eq(&names[2], &names[3]));
+    assert!(!Arc::ptr_eq(&names[3], &names[4]));
+    // The table came back with what decoding added.
+    assert!(Arc::ptr_eq(&table.intern("w2"), &names[4]));
+    // Without a table every name is its own copy, and nothing is left installed.
+    let plain = names_of(&decode(&bytes).unwrap());
+    assert!(!Arc::ptr_eq(&plain[0], &plain[1]));
+    assert_eq!(plain, names);
+}

@@ -200,8 +200,20 @@ fn read_u32(b: &[u8], at: usize) -> u32 {
 /// Never panics, whatever the input. The caller checks that `frame.lsn`
 /// equals the position it read the frame from.
 pub fn decode_frame(buf: &[u8]) -> Result<Frame<'_>, FrameError> {
+    let frame = decode_header(buf)?;
+    verify_frame(buf, &frame)?;
+    Ok(frame)
+}
+
+/// The first half of [`decode_frame`]: checks everything but the checksum
+/// (empty header, version, reserved bytes, kind, length, room in `buf`).
+///
+/// The frame is *not* verified: pass it and the same `buf` to
+/// [`verify_frame`] before trusting its contents. Replay threads that split
+/// the log between them walk every frame with this and verify only their own.
+pub fn decode_header(buf: &[u8]) -> Result<Frame<'_>, FrameError> {
     let have = buf.len() as u64;
-    let Some(hbytes) = buf.get(..FRAME_HEADER_LEN) else {
+    let Some(header) = buf.first_chunk::<FRAME_HEADER_LEN>() else {
         if buf.iter().all(|&b| b == 0) {
             return Err(FrameError::Empty);
         }
@@ -210,8 +222,6 @@ pub fn decode_frame(buf: &[u8]) -> Result<Frame<'_>, FrameError> {
             have,
         });
     };
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    header.copy_from_slice(hbytes);
     if header.iter().all(|&b| b == 0) {
         return Err(FrameError::Empty);
     }
@@ -230,7 +240,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<Frame<'_>, FrameError> {
         2 => FrameKind::Pad,
         other => return Err(FrameError::Kind(other)),
     };
-    let body_len = u64::from(read_u32(&header, 0));
+    let body_len = u64::from(read_u32(header, 0));
     if kind == FrameKind::Record && body_len > MAX_RECORD_LEN as u64 {
         return Err(FrameError::TooLong(body_len));
     }
@@ -238,33 +248,48 @@ pub fn decode_frame(buf: &[u8]) -> Result<Frame<'_>, FrameError> {
     if total > have {
         return Err(FrameError::Truncated { need: total, have });
     }
-    let body_end = FRAME_HEADER_LEN + body_len as usize;
-    let (body, padding) = match kind {
-        FrameKind::Record => (
-            buf.get(FRAME_HEADER_LEN..body_end).unwrap_or_default(),
-            (total as usize) - body_end,
-        ),
-        FrameKind::Pad => (&[][..], 0),
-    };
-    let stored = read_u32(&header, 4);
-    let computed = crc_of(&header, body, padding);
-    // Padding bytes are covered by the CRC as zeros, so they must be zero.
-    let pad_ok = match kind {
+    let body = match kind {
         FrameKind::Record => buf
-            .get(body_end..total as usize)
+            .get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + body_len as usize)
+            .unwrap_or_default(),
+        FrameKind::Pad => &[][..],
+    };
+    Ok(Frame {
+        lsn: read_u64(header, 8),
+        stable: read_u64(header, 16),
+        kind,
+        body,
+        frame_len: total,
+    })
+}
+
+/// The second half of [`decode_frame`]: checks the CRC of `frame`, which
+/// [`decode_header`] read from the start of `buf`, and that its padding is zero.
+pub fn verify_frame(buf: &[u8], frame: &Frame<'_>) -> Result<(), FrameError> {
+    let total = frame.frame_len as usize;
+    let covered_end = match frame.kind {
+        FrameKind::Record => total,
+        FrameKind::Pad => FRAME_HEADER_LEN,
+    };
+    let stored = read_u32(buf, 4);
+    // The same CRC as `crc_of`, in two calls instead of four: bytes 8.. of the
+    // header, the body and the padding lie contiguous in `buf` (8-aligned in a
+    // segment), and the crc32c crate has a high cost per call on small inputs.
+    let computed = crc32c::crc32c_append(
+        crc32c::crc32c(buf.get(..4).unwrap_or_default()),
+        buf.get(8..covered_end).unwrap_or_default(),
+    );
+    // Padding bytes are covered by the CRC as zeros, so they must be zero.
+    let pad_ok = match frame.kind {
+        FrameKind::Record => buf
+            .get(FRAME_HEADER_LEN + frame.body.len()..total)
             .is_some_and(|p| p.iter().all(|&b| b == 0)),
         FrameKind::Pad => true,
     };
     if stored != computed || !pad_ok {
         return Err(FrameError::Checksum { stored, computed });
     }
-    Ok(Frame {
-        lsn: read_u64(&header, 8),
-        stable: read_u64(&header, 16),
-        kind,
-        body,
-        frame_len: total,
-    })
+    Ok(())
 }
 
 /// Writes a complete record frame for `body` into `out` (which must be at least

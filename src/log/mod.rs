@@ -63,7 +63,8 @@ use thiserror::Error;
 
 use commit::{GroupCommit, Notify, PoisonOnPanic};
 use frame::{
-    decode_frame, frame_len, pad_header, record_header, FrameKind, FRAME_HEADER_LEN, MAX_RECORD_LEN,
+    decode_header, frame_len, pad_header, record_header, verify_frame, FrameError, FrameKind,
+    FRAME_HEADER_LEN, MAX_RECORD_LEN,
 };
 use lock::DirLock;
 use mmap::Reserve;
@@ -213,6 +214,178 @@ pub enum ReplayError<E> {
     /// The log failed while replaying.
     #[error(transparent)]
     Log(#[from] LogError),
+}
+
+/// The records of a log after its snapshot, as of [`Log::replay_view`]. The
+/// segments are held, so the slices it hands out live as long as it does.
+pub struct Replay {
+    /// Each segment with the end of its completed bytes when the view was taken.
+    segs: Vec<(Arc<Segment>, u64)>,
+    /// The snapshot's LSN: records at or below it are skipped.
+    after: Option<u64>,
+}
+
+impl Replay {
+    /// Walks every frame in LSN order and calls `f` for each record after the
+    /// snapshot that `pick` selects, with a slice borrowed from the mapping.
+    ///
+    /// Every frame's header is checked (position, kind, version, length) and
+    /// pad frames are verified, but a record frame's checksum is verified only
+    /// if `pick` selects it (records at or below the snapshot included), before
+    /// `f` sees it. So threads that split the
+    /// records between them with disjoint `pick`s verify each frame once, and
+    /// none of them hands out a frame that fails its checksum. `pick` sees the
+    /// body *before* its checksum is checked: use it only to route.
+    ///
+    /// Stops at the first invalid frame ([`LogError::Corrupt`], naming segment
+    /// and offset) or the first error `f` returns. Since every walker checks
+    /// every header and the frames it picks, the invalid frame with the lowest
+    /// LSN that any of a set of walkers reports is the one a single walker
+    /// picking everything would report.
+    pub fn for_each<'a, E>(
+        &'a self,
+        pick: impl FnMut(&[u8]) -> bool,
+        f: impl FnMut(Lsn, &'a [u8]) -> Result<(), E>,
+    ) -> Result<(), ReplayError<E>> {
+        let segs = self.segs.iter().map(|(seg, end)| {
+            let bytes = seg.map.read(0, *end).unwrap_or_default();
+            (seg.name.as_str(), seg.base(), bytes)
+        });
+        walk_frames(segs, self.after, pick, f)
+    }
+}
+
+/// [`Replay::for_each`] over segments given as (name, base LSN, bytes up to
+/// the end of their completed frames).
+fn walk_frames<'a, E>(
+    segs: impl Iterator<Item = (&'a str, u64, &'a [u8])>,
+    after: Option<u64>,
+    mut pick: impl FnMut(&[u8]) -> bool,
+    mut f: impl FnMut(Lsn, &'a [u8]) -> Result<(), E>,
+) -> Result<(), ReplayError<E>> {
+    for (name, base, bytes) in segs {
+        let end = bytes.len() as u64;
+        let mut off = SEGMENT_HEADER_LEN;
+        while off + FRAME_HEADER_LEN as u64 <= end {
+            let rest = bytes.get(off as usize..).unwrap_or_default();
+            let checked = decode_header(rest).and_then(|fr| {
+                let lsn = base + off;
+                let mine = fr.kind == FrameKind::Pad || pick(fr.body);
+                // A frame at the wrong position is verified by every walker,
+                // so that all of them give the same reason for it.
+                if mine || fr.lsn != lsn {
+                    verify_frame(rest, &fr)?;
+                }
+                if fr.lsn != lsn {
+                    return Err(FrameError::WrongLsn {
+                        expected: lsn,
+                        found: fr.lsn,
+                    });
+                }
+                let wanted =
+                    mine && fr.kind == FrameKind::Record && after.is_none_or(|a| fr.lsn > a);
+                Ok((fr, wanted))
+            });
+            let (frame, wanted) = match checked {
+                Ok(ok) => ok,
+                Err(e) => {
+                    let reason = match e {
+                        FrameError::WrongLsn { .. } => {
+                            "frame LSN does not match its position".to_owned()
+                        }
+                        other => other.to_string(),
+                    };
+                    return Err(ReplayError::Log(LogError::Corrupt {
+                        segment: name.to_owned(),
+                        offset: off,
+                        lsn: base + off,
+                        reason,
+                    }));
+                }
+            };
+            if wanted {
+                f(Lsn(frame.lsn), frame.body).map_err(ReplayError::Handler)?;
+            }
+            off += frame.frame_len;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod replay_tests {
+    use super::*;
+
+    /// One segment image (zero header, then frames) with records 0..n, whose
+    /// first body byte says which of two walkers owns it.
+    fn image(n: u8) -> (Vec<u8>, Vec<u64>) {
+        let mut img = vec![0u8; SEGMENT_HEADER_LEN as usize];
+        let mut offsets = Vec::new();
+        for i in 0..n {
+            let off = img.len() as u64;
+            offsets.push(off);
+            frame::encode_record(&mut img, off, 0, &[i % 2, i, i, i, i, i, i, i, i]);
+        }
+        (img, offsets)
+    }
+
+    /// The records each walker is handed, and the error each stops with.
+    fn walk(img: &[u8], pick: impl Fn(&[u8]) -> bool) -> (Vec<u8>, Option<(String, u64, String)>) {
+        let mut got = Vec::new();
+        let r = walk_frames(std::iter::once(("seg", 0, img)), None, pick, |_, body| {
+            got.push(body[1]);
+            Ok::<(), ()>(())
+        });
+        let err = match r {
+            Ok(()) => None,
+            Err(ReplayError::Log(LogError::Corrupt {
+                segment,
+                lsn,
+                reason,
+                ..
+            })) => Some((segment, lsn, reason)),
+            Err(e) => panic!("{e:?}"),
+        };
+        (got, err)
+    }
+
+    #[test]
+    fn split_walkers_verify_their_frames_and_agree_on_the_first_error() {
+        let (clean, offsets) = image(20);
+        for (frame, at, what) in [
+            (5, 33, "body of an odd frame"),
+            (6, 33, "body of an even frame"),
+            (7, 8, "LSN of a frame"),
+            (8, 0, "length of a frame"),
+            (9, 25, "version of a frame"),
+        ] {
+            let mut img = clean.clone();
+            img[offsets[frame] as usize + at] ^= 0x10;
+            // Later damage must not hide the first.
+            img[offsets[15] as usize + 34] ^= 0x10;
+            let (all, first) = walk(&img, |_| true);
+            let (even, e) = walk(&img, |b| b[0] == 0);
+            let (odd, o) = walk(&img, |b| b[0] == 1);
+            let first = first.unwrap();
+            assert_eq!(first.1, offsets[frame], "{what}");
+            let split_first = [e, o].into_iter().flatten().min_by_key(|x| x.1).unwrap();
+            assert_eq!(split_first, first, "{what}");
+            assert_eq!(all, (0..frame as u8).collect::<Vec<_>>(), "{what}");
+            // A walker may hand out frames past another walker's damaged one
+            // (replay then fails as a whole), but never a damaged frame.
+            for got in [&even, &odd] {
+                assert!(
+                    !got.contains(&(frame as u8)) && !got.contains(&15),
+                    "{what}: a damaged frame was handed out: {got:?}"
+                );
+            }
+            assert!(
+                all.iter().all(|i| even.contains(i) || odd.contains(i)),
+                "{what}: the split walkers hand out what one does"
+            );
+        }
+    }
 }
 
 /// A cut torn tail, as reported by [`Log::open`].
@@ -456,40 +629,25 @@ impl Log {
     /// concurrently may or may not be seen. Stops at the first error `f` returns.
     pub fn replay<E>(
         &self,
-        mut f: impl FnMut(Lsn, &[u8]) -> Result<(), E>,
+        f: impl FnMut(Lsn, &[u8]) -> Result<(), E>,
     ) -> Result<(), ReplayError<E>> {
-        let after = self.inner.snapshot.lock().as_ref().map(|(l, _)| *l);
-        let segs: Vec<Arc<Segment>> = self.inner.segs.read().clone();
-        for seg in &segs {
-            let end = seg.map.completed();
-            let bytes = seg.map.read(0, end).unwrap_or_default();
-            let mut off = SEGMENT_HEADER_LEN;
-            while off + FRAME_HEADER_LEN as u64 <= end {
-                let frame = decode_frame(bytes.get(off as usize..).unwrap_or_default());
-                let frame = match frame {
-                    Ok(fr) if fr.lsn == seg.base() + off => fr,
-                    other => {
-                        let reason = other.err().map_or_else(
-                            || "frame LSN does not match its position".to_owned(),
-                            |e| e.to_string(),
-                        );
-                        return Err(ReplayError::Log(LogError::Corrupt {
-                            segment: seg.name.clone(),
-                            offset: off,
-                            lsn: seg.base() + off,
-                            reason,
-                        }));
-                    }
-                };
-                if frame.kind == FrameKind::Record && after.is_none_or(|a| frame.lsn > a) {
-                    f(Lsn(frame.lsn), frame.body).map_err(ReplayError::Handler)?;
-                }
-                off += frame.frame_len;
-            }
-        }
-        Ok(())
+        self.replay_view().for_each(|_| true, f)
     }
 
+    /// The records after the snapshot's LSN as they are now (records appended
+    /// later are not in it), for [`Replay::for_each`]: several threads can walk
+    /// one view at once and split the records between them.
+    pub fn replay_view(&self) -> Replay {
+        let after = self.inner.snapshot.lock().as_ref().map(|(l, _)| *l);
+        let segs = self
+            .inner
+            .segs
+            .read()
+            .iter()
+            .map(|seg| (Arc::clone(seg), seg.map.completed()))
+            .collect();
+        Replay { segs, after }
+    }
     /// Appends one record and returns its LSN once its bytes are in the mapping
     /// (not yet durable: see [`Log::wait_durable`]). Space is reserved with one
     /// atomic add on the active segment's tail; no lock is taken.

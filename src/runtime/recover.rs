@@ -63,7 +63,7 @@ impl Core {
         let Some(log) = self.store.log() else {
             return Ok(());
         };
-        let mut names = std::collections::HashSet::new();
+        let mut names = codec::Interner::default();
         if let Some((_, bytes)) = log.snapshot() {
             let (counter, shards, entries) = decode_snapshot(&bytes)?;
             self.store.observe_id(TaskId(
@@ -104,103 +104,118 @@ impl Core {
     ///
     /// Records of different tasks commute (I3), a workflow lives in one shard
     /// (I4) and a frame's records belong to one shard, so the shards are split
-    /// between applier threads: this thread scans the log (checksums) and hands
-    /// each frame, copied into batches, to the applier owning its first task's
-    /// shard ([`codec::peek_task_id`]); the applier decodes and applies. One
-    /// task's records are still applied in log order, and what a record
-    /// allocates is freed by the thread that allocated it.
+    /// between walker threads (this one and up to three more), each owning a
+    /// contiguous range of shards. Every walker reads every frame header of one
+    /// [`crate::log::Replay`] view, routes each frame by its first task's shard
+    /// ([`codec::peek_task_id`]), and verifies, decodes and applies only its
+    /// own, straight from the mapping: nothing is copied or handed between
+    /// threads, and one task's records are still applied in log order.
+    ///
+    /// A frame is applied only after its checksum is verified. Each walker stops
+    /// at the first invalid frame it meets; the one with the lowest LSN among
+    /// them is the first in the log (see [`crate::log::Replay::for_each`]) and is
+    /// reported, and the open fails, so what was applied past it is never seen.
+    /// A record that does not decode stops that walker's applying but not its
+    /// verifying, so damage to the log is still reported in preference.
     fn replay_records(
         &self,
         log: &crate::log::Log,
-        names: &mut std::collections::HashSet<std::sync::Arc<str>>,
+        names: &mut codec::Interner,
     ) -> Result<(u64, u64)> {
-        /// Bytes of frames handed to an applier at a time.
-        const BATCH_BYTES: usize = 64 << 10;
-        let appliers = std::thread::available_parallelism()
+        let walkers = std::thread::available_parallelism()
             .map_or(1, std::num::NonZero::get)
             .clamp(1, 4);
+        let view = log.replay_view();
         let store = &self.store;
-        let seed = names.clone();
-        std::thread::scope(|scope| {
-            let mut senders = Vec::with_capacity(appliers);
-            let mut handles = Vec::with_capacity(appliers);
-            for k in 0..appliers {
-                // Frames, each as a u32 little-endian length and its bytes.
-                let (tx, rx) = crossbeam::channel::bounded::<Vec<u8>>(8);
-                senders.push(tx);
-                let mut names = seed.clone();
-                let thread = std::thread::Builder::new().name(format!("fibflow-replay-{k}"));
-                handles.push(
-                    thread
-                        .spawn_scoped(
-                            scope,
-                            move || -> std::result::Result<(u64, u64), codec::DecodeError> {
-                                let (mut replayed, mut refused) = (0u64, 0u64);
-                                for batch in rx {
-                                    let mut rest = &batch[..];
-                                    while let Some((len, after)) = rest.split_first_chunk::<4>() {
-                                        let len = u32::from_le_bytes(*len) as usize;
-                                        let (frame, after) = after.split_at(len.min(after.len()));
-                                        rest = after;
-                                        for mut record in codec::decode(frame)? {
-                                            replayed += 1;
-                                            store.prepare_replay(&mut record, &mut names);
-                                            if store.lock(record.task_id()).apply(record).is_err() {
-                                                refused += 1;
-                                            }
-                                        }
-                                    }
-                                }
-                                Ok((replayed, refused))
-                            },
-                        )
-                        .map_err(|source| Error::Io {
-                            context: "cannot spawn a replay thread",
-                            source,
-                        })?,
-                );
-            }
-            let mut pending: Vec<Vec<u8>> = (0..appliers)
-                .map(|_| Vec::with_capacity(BATCH_BYTES))
-                .collect();
-            let scanned = log.replay(
-                |_lsn, bytes| -> std::result::Result<(), codec::DecodeError> {
-                    let id = codec::peek_task_id(bytes).unwrap_or(TaskId(0));
-                    let k = super::store::shard_of(id) % appliers;
-                    let len = u32::try_from(bytes.len()).map_err(|_| codec::DecodeError::Empty)?;
-                    if let (Some(batch), Some(tx)) = (pending.get_mut(k), senders.get(k)) {
-                        batch.extend_from_slice(&len.to_le_bytes());
-                        batch.extend_from_slice(bytes);
-                        if batch.len() >= BATCH_BYTES {
-                            let full = std::mem::replace(batch, Vec::with_capacity(BATCH_BYTES));
-                            // An applier stops early only on an error, reported below.
-                            let _ = tx.send(full);
+        let seed = &*names;
+        let walk = |k: usize| -> Walk {
+            let mut names = seed.clone();
+            let mut walk = Walk::default();
+            let mut batch = Vec::new();
+            let mine = |body: &[u8]| {
+                let id = codec::peek_task_id(body).unwrap_or(TaskId(0));
+                super::store::shard_of(id) * walkers / super::store::SHARDS == k
+            };
+            let scanned = names.install(|| {
+                view.for_each(mine, |lsn, body| {
+                    if walk.undecodable.is_some() {
+                        return Ok::<(), std::convert::Infallible>(());
+                    }
+                    if let Err(e) = codec::decode_into(body, &mut batch) {
+                        walk.undecodable = Some((lsn, e));
+                        return Ok(());
+                    }
+                    for record in batch.drain(..) {
+                        walk.replayed += 1;
+                        if let Record::Submit(t) = &record {
+                            walk.max_id = walk.max_id.max(Some(t.id));
+                        }
+                        if store.lock(record.task_id()).apply(record).is_err() {
+                            walk.refused += 1;
                         }
                     }
                     Ok(())
-                },
-            );
-            for (batch, tx) in pending.into_iter().zip(&senders) {
-                if !batch.is_empty() {
-                    let _ = tx.send(batch);
+                })
+            });
+            if let Err(crate::log::ReplayError::Log(e)) = scanned {
+                walk.corrupt = Some(e);
+            }
+            walk
+        };
+        let walks: Vec<std::thread::Result<Walk>> =
+            std::thread::scope(|scope| {
+                let mut handles = Vec::with_capacity(walkers);
+                for k in 1..walkers {
+                    let thread = std::thread::Builder::new().name(format!("fibflow-replay-{k}"));
+                    handles.push(thread.spawn_scoped(scope, move || walk(k)).map_err(
+                        |source| Error::Io {
+                            context: "cannot spawn a replay thread",
+                            source,
+                        },
+                    )?);
+                }
+                let mut walks = vec![Ok(walk(0))];
+                walks.extend(handles.into_iter().map(|h| h.join()));
+                Ok::<_, Error>(walks)
+            })?;
+        let (mut replayed, mut refused) = (0u64, 0u64);
+        let mut corrupt: Option<crate::log::LogError> = None;
+        let mut undecodable: Option<(Lsn, codec::DecodeError)> = None;
+        let mut panicked = false;
+        for w in walks {
+            let Ok(w) = w else {
+                panicked = true;
+                continue;
+            };
+            replayed += w.replayed;
+            refused += w.refused;
+            if let Some(id) = w.max_id {
+                self.store.observe_id(id);
+            }
+            if let Some(e) = w.corrupt {
+                if corrupt
+                    .as_ref()
+                    .is_none_or(|c| corrupt_lsn(&e) < corrupt_lsn(c))
+                {
+                    corrupt = Some(e);
                 }
             }
-            drop(senders);
-            let (mut replayed, mut refused) = (0u64, 0u64);
-            let mut failed = None;
-            for h in handles {
-                match h.join() {
-                    Ok(Ok((n, r))) => {
-                        replayed += n;
-                        refused += r;
-                    }
-                    Ok(Err(e)) => failed = Some(Error::Recovery(e.to_string())),
-                    Err(_) => failed = Some(Error::Recovery("a replay thread panicked".into())),
+            if let Some((lsn, e)) = w.undecodable {
+                if undecodable.as_ref().is_none_or(|(l, _)| lsn < *l) {
+                    undecodable = Some((lsn, e));
                 }
             }
-            scanned.map_err(|e| Error::Recovery(e.to_string()))?;
-            failed.map_or(Ok((replayed, refused)), Err)
-        })
+        }
+        if let Some(e) = corrupt {
+            return Err(Error::Recovery(e.to_string()));
+        }
+        if let Some((_, e)) = undecodable {
+            return Err(Error::Recovery(e.to_string()));
+        }
+        if panicked {
+            return Err(Error::Recovery("a replay thread panicked".into()));
+        }
+        Ok((replayed, refused))
     }
 
     /// After replay: SPEC §12 recovery and rebuilding of queues, timers, dedup keys
@@ -362,6 +377,29 @@ impl Core {
         drop(guards);
         log.write_snapshot(lsn, &bytes)?;
         Ok(())
+    }
+}
+
+/// What one replay walker did.
+#[derive(Default)]
+struct Walk {
+    /// Records applied (refused ones included).
+    replayed: u64,
+    /// Records the engine refused.
+    refused: u64,
+    /// The highest id a `Submit` created.
+    max_id: Option<TaskId>,
+    /// The first invalid frame met.
+    corrupt: Option<crate::log::LogError>,
+    /// The first record that did not decode, with its LSN.
+    undecodable: Option<(Lsn, codec::DecodeError)>,
+}
+
+/// Where a corruption error lies, for picking the first of several.
+fn corrupt_lsn(e: &crate::log::LogError) -> u64 {
+    match e {
+        crate::log::LogError::Corrupt { lsn, .. } => *lsn,
+        _ => u64::MAX,
     }
 }
 

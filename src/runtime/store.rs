@@ -18,7 +18,7 @@ use crate::log::{Log, Lsn};
 use arc_swap::ArcSwapOption;
 use parking_lot::{Mutex, MutexGuard};
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -171,40 +171,18 @@ impl Store {
             _ => Ok(()),
         }
     }
-
-    /// Readies a replayed record for `Shard::apply` (which replay calls without
-    /// logging): notes its id, and interns the names it carries.
-    ///
-    /// Handler and worker names are interned: live operation shares one `Arc<str>`
-    /// per name, and replay must not give every task and attempt its own copy.
-    pub(crate) fn prepare_replay(&self, record: &mut Record, names: &mut HashSet<Arc<str>>) {
-        match record {
-            Record::Submit(t) => {
-                self.observe_id(t.id);
-                t.name = intern(names, &t.name);
-            }
-            Record::Claim { worker, .. } => *worker = intern(names, worker),
-            _ => {}
-        }
-    }
 }
 
-/// Interns the names a snapshot entry holds (see [`Store::prepare_replay`]).
-pub(crate) fn intern_entry(names: &mut HashSet<Arc<str>>, entry: &mut crate::engine::TaskEntry) {
-    entry.task.name = intern(names, &entry.task.name);
+/// Interns the names a snapshot entry holds: live operation shares one
+/// `Arc<str>` per handler and worker name, and a restart must not give every
+/// task and attempt its own copy (replayed records are interned as they are
+/// decoded, see [`codec::Interner`]).
+pub(crate) fn intern_entry(names: &mut codec::Interner, entry: &mut crate::engine::TaskEntry) {
+    entry.task.name = names.intern_arc(&entry.task.name);
     if let Some(w) = &entry.task.worker {
-        entry.task.worker = Some(intern(names, w));
+        entry.task.worker = Some(names.intern_arc(w));
     }
     for a in &mut entry.attempts {
-        a.worker = intern(names, &a.worker);
+        a.worker = names.intern_arc(&a.worker);
     }
-}
-
-/// The shared copy of `name`.
-fn intern(names: &mut HashSet<Arc<str>>, name: &Arc<str>) -> Arc<str> {
-    if let Some(n) = names.get(name) {
-        return n.clone();
-    }
-    names.insert(name.clone());
-    name.clone()
 }
