@@ -116,12 +116,9 @@ impl Core {
                     let item = entry.value();
                     match self.registry.get(&item.name) {
                         Some(r) if !r.slots.is_full() => {
-                            if best
-                                .as_ref()
-                                .is_none_or(|(_, b, _): &(usize, Entry<'_, ReadyItem>, _)| {
-                                    item < b.value()
-                                })
-                            {
+                            if best.as_ref().is_none_or(
+                                |(_, b, _): &(usize, Entry<'_, ReadyItem>, _)| item < b.value(),
+                            ) {
                                 best = Some((qi, entry, r));
                             }
                             break;
@@ -336,18 +333,16 @@ impl Core {
                     ),
                 }
             }
-            Ok(Outcome::Suspend { reason, context }) if !reason.trim().is_empty() => {
-                (
-                    Record::Suspend {
-                        id,
-                        attempt,
-                        reason,
-                        context,
-                        at_ms: now,
-                    },
-                    Vec::new(),
-                )
-            }
+            Ok(Outcome::Suspend { reason, context }) if !reason.trim().is_empty() => (
+                Record::Suspend {
+                    id,
+                    attempt,
+                    reason,
+                    context,
+                    at_ms: now,
+                },
+                Vec::new(),
+            ),
             Ok(Outcome::Suspend { .. }) => {
                 let err =
                     "Suspension requires a non-empty reason: return Outcome::Suspend with a reason"
