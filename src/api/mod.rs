@@ -547,7 +547,7 @@ fn timer_main(core: &Arc<Core>, mut retention: Option<(RetentionPolicy, Duration
             }
         }
         for ctl in std::mem::take(&mut due.attempts) {
-            core.attempt_due(&ctl);
+            core.attempt_due(&ctl.ctl);
         }
         if let Some((policy, every, last)) = &mut retention {
             let t = core.now();

@@ -123,7 +123,8 @@ pub struct TaskContext {
 
 pub(crate) struct ContextInner {
     pub(crate) core: Weak<Core>,
-    pub(crate) ctl: Arc<AttemptCtl>,
+    /// The attempt's control block, in the same allocation as the context.
+    pub(crate) ctl: AttemptCtl,
     pub(crate) name: Arc<str>,
     pub(crate) payload: Value,
     pub(crate) result: Option<Value>,

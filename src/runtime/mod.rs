@@ -350,7 +350,8 @@ impl Core {
             .filter_map(|s| s.lock().clone())
             .collect();
         let mut out = Vec::new();
-        for ctl in ctls {
+        for inner in ctls {
+            let ctl = &inner.ctl;
             let _wakes = self.dispatch.defer_wakes();
             let mut shard = self.store.lock(ctl.id);
             let owns = shard.live(ctl.id).is_some_and(|e| {

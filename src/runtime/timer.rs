@@ -10,7 +10,7 @@
 //! The timer thread sleeps until the earliest due time (system clock), or until the
 //! clock is advanced by hand (manual clock), or until an earlier entry arrives.
 
-use super::context::AttemptCtl;
+use super::context::ContextInner;
 use crate::codec::TaskId;
 use parking_lot::{Condvar, Mutex};
 use std::cmp::Reverse;
@@ -28,7 +28,7 @@ pub(crate) struct Timer {
     /// The time the timer thread plans to wake at next (ms), for cheap "is mine earlier?" checks.
     planned_wake: AtomicU64,
     /// The attempt each worker runs, for timeouts and heartbeats.
-    pub(crate) slots: Vec<Mutex<Option<Arc<AttemptCtl>>>>,
+    pub(crate) slots: Vec<Mutex<Option<Arc<ContextInner>>>>,
 }
 
 #[derive(Default)]
@@ -47,7 +47,7 @@ struct TimerState {
 /// What the timer thread found due.
 pub(crate) struct Due {
     pub(crate) tasks: Vec<(u64, TaskId)>,
-    pub(crate) attempts: Vec<Arc<AttemptCtl>>,
+    pub(crate) attempts: Vec<Arc<ContextInner>>,
     /// The kicks this round answers.
     kicks: u64,
 }
@@ -72,8 +72,8 @@ impl Timer {
     }
 
     /// Worker `w` starts (`Some`) or ends (`None`) an attempt.
-    pub(crate) fn set_slot(&self, w: usize, ctl: Option<Arc<AttemptCtl>>) {
-        let check = ctl.as_ref().map_or(u64::MAX, |c| c.next_check_ms());
+    pub(crate) fn set_slot(&self, w: usize, ctl: Option<Arc<ContextInner>>) {
+        let check = ctl.as_ref().map_or(u64::MAX, |c| c.ctl.next_check_ms());
         if let Some(slot) = self.slots.get(w) {
             *slot.lock() = ctl;
         }
@@ -160,7 +160,7 @@ impl Timer {
             let mut next = st.due.peek().map_or(u64::MAX, |Reverse((at, _))| *at);
             for slot in &self.slots {
                 if let Some(ctl) = slot.lock().as_ref() {
-                    let c = ctl.next_check_ms();
+                    let c = ctl.ctl.next_check_ms();
                     if c <= t {
                         due.attempts.push(ctl.clone());
                     } else {

@@ -189,7 +189,7 @@ impl Core {
             .options
             .heartbeat_window
             .map_or(0, |d| d.as_millis() as u64);
-        let ctl = Arc::new(AttemptCtl::new(t.id, t.attempt, deadline, hb, now));
+        let ctl = AttemptCtl::new(t.id, t.attempt, deadline, hb, now);
         let inner = ContextInner {
             core: Arc::downgrade(self),
             ctl,
@@ -216,10 +216,10 @@ impl Core {
 
     /// Runs the handler of a claimed task and records its outcome.
     fn run_job(self: &Arc<Self>, w: usize, job: Job) {
-        let ctl = job.ctx.inner.ctl.clone();
-        self.timer.set_slot(w, Some(ctl.clone()));
+        let inner = job.ctx.inner.clone();
+        self.timer.set_slot(w, Some(inner.clone()));
         let result = self.call(&job);
-        ctl.done.store(true, Ordering::Release);
+        inner.ctl.done.store(true, Ordering::Release);
         self.timer.set_slot(w, None);
         self.finish(w, &job, result);
         let cap_was_hit = job.reg.slots.release();
@@ -234,13 +234,13 @@ impl Core {
         let outcome = match &job.reg.handler {
             Handler::Sync(f) => catch_unwind(AssertUnwindSafe(|| f(&job.ctx))),
             Handler::Async(f) => {
-                let ctl = job.ctx.inner.ctl.clone();
+                let inner = job.ctx.inner.clone();
                 let fut = f(job.ctx.clone());
                 catch_unwind(AssertUnwindSafe(|| {
                     self.block_on(async move {
                         tokio::select! {
                             r = fut => r,
-                            () = ctl.notify.notified() => Err("the attempt was cancelled at an await point (timeout or stop)".into()),
+                            () = inner.ctl.notify.notified() => Err("the attempt was cancelled at an await point (timeout or stop)".into()),
                         }
                     })
                     .unwrap_or_else(|| Err("the task manager is shutting down".into()))
