@@ -335,6 +335,19 @@ impl Registry {
         self.current.load().get(name).cloned()
     }
 
+    /// Calls `f` with the registration of `name` now, without taking a
+    /// reference: submitters and workers read the same registrations for
+    /// every task, and a reference count that both change moves its cache
+    /// line between their cores each time.
+    pub(crate) fn with<R>(&self, name: &str, f: impl FnOnce(&Arc<Registered>) -> R) -> Option<R> {
+        self.current.load().get(name).map(f)
+    }
+
+    /// Whether `name` is registered now.
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.current.load().contains_key(name)
+    }
+
     /// Registers or replaces handlers; later claims use the new ones.
     pub(crate) fn register(&self, items: Vec<(String, Handler, HandlerOptions)>) {
         let mut slots = self.writer.lock();

@@ -206,11 +206,9 @@ impl Core {
         if name.trim().is_empty() {
             return Err(Error::EmptyName);
         }
-        let reg = self
-            .registry
-            .get(name)
-            .ok_or_else(|| Error::NoHandler(name.to_owned()))?;
-        self.new_task(&reg, payload, o)
+        self.registry
+            .with(name, |reg| self.new_task(reg, payload, o))
+            .ok_or_else(|| Error::NoHandler(name.to_owned()))?
     }
 
     /// Records a submission checked by [`Core::prepare_submit`].

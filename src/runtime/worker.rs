@@ -114,25 +114,38 @@ impl Core {
             for (qi, q) in queues.iter().enumerate() {
                 for entry in q.set.iter().take(SCAN_LIMIT) {
                     let item = entry.value();
-                    match self.registry.get(&item.name) {
-                        Some(r) if !r.slots.is_full() => {
+                    // Looked at without taking a reference; only the chosen
+                    // registration is cloned, once, below.
+                    let free = self.registry.with(&item.name, |r| {
+                        if r.slots.is_full() {
+                            Err(r.slots.clone())
+                        } else {
+                            Ok(())
+                        }
+                    });
+                    match free {
+                        Some(Ok(())) => {
                             if best.as_ref().is_none_or(
-                                |(_, b, _): &(usize, Entry<'_, ReadyItem>, _)| item < b.value(),
+                                |(_, b): &(usize, Entry<'_, ReadyItem>)| item < b.value(),
                             ) {
-                                best = Some((qi, entry, r));
+                                best = Some((qi, entry));
                             }
                             break;
                         }
                         // At its cap: held until one of its slots frees.
-                        Some(r) => self.dispatch.hold(q, item, || r.slots.is_full()),
+                        Some(Err(slots)) => self.dispatch.hold(q, item, || slots.is_full()),
                         // Not registered: held until it is.
                         None => self
                             .dispatch
-                            .hold(q, item, || self.registry.get(&item.name).is_none()),
+                            .hold(q, item, || !self.registry.contains(&item.name)),
                     }
                 }
             }
-            let (qi, entry, reg) = best?;
+            let (qi, entry) = best?;
+            // Unregistered since the scan: the next scan holds it.
+            let Some(reg) = self.registry.get(&entry.value().name) else {
+                continue;
+            };
             if entry.remove() {
                 return Some((queues[qi].clone(), entry.value().clone(), reg));
             }
