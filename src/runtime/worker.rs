@@ -125,9 +125,12 @@ impl Core {
                     });
                     match free {
                         Some(Ok(())) => {
-                            if best.as_ref().is_none_or(
-                                |(_, b): &(usize, Entry<'_, ReadyItem>)| item < b.value(),
-                            ) {
+                            if best
+                                .as_ref()
+                                .is_none_or(|(_, b): &(usize, Entry<'_, ReadyItem>)| {
+                                    item < b.value()
+                                })
+                            {
                                 best = Some((qi, entry));
                             }
                             break;
