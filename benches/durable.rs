@@ -293,9 +293,9 @@ const REOPEN_CHILD: &str = "FIBFLOW_BENCH_REOPEN_CHILD";
 /// Times one reopen of `dir` in a fresh process, as a restart after a kill
 /// does: a process that has just built and dropped a million tasks has a
 /// fragmented heap that a restarted one does not (a second reopen in one
-/// process ran about a tenth slower than the first in one A/B; here the
-/// build and the reopens differ by less than the noise). Returns the time
-/// and the records replayed
+/// process ran about a tenth slower than the first in one A/B; for this
+/// bench, reopening in the process and in a child differed by less than the
+/// noise). Returns the time and the records replayed
 /// (`replay`) or the tasks loaded from the snapshot (`snapshot`).
 fn reopen_in_child(dir: &Path, how: &str) -> (Duration, u64) {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
