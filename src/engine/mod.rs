@@ -183,15 +183,22 @@ impl std::hash::Hasher for IdHasher {
         }
     }
     /// Ids of one shard that were made one after another land in neighbouring
-    /// buckets: the low bits are the id without its shard bits and the low
-    /// bits of the counter (`Store::alloc_id`), so a table walked in id order
-    /// (dispatch claims, replay, a burst of submits) is walked nearly in memory
-    /// order instead of missing the cache on every lookup. The top seven bits,
-    /// which hashbrown compares before keys, are mixed from the whole id.
+    /// buckets, so a table walked in id order (dispatch claims, replay, a burst
+    /// of submits) is walked nearly in memory order instead of missing the
+    /// cache on every lookup. An id is `counter << 4 | shard`
+    /// (`Store::alloc_id`): the tasks of one shard have counters 16 apart, so
+    /// the counter divided by 16 is their bucket, each in the lane of its
+    /// counter's low bits. Children share their parent's shard with
+    /// consecutive counters: they take the 16 lanes in turn, each lane again
+    /// one task per bucket, where one lane would stack 16 children on each
+    /// bucket and cluster a large fan-out. The top seven bits, which hashbrown
+    /// compares before keys, are mixed from the whole id.
     fn write_u64(&mut self, n: u64) {
         let n = self.0 ^ n;
+        let counter = n >> 4;
+        let lane = (counter & 15).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let mixed = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.0 = (n >> 8) ^ (mixed & (0x7F << 57));
+        self.0 = ((counter >> 4).wrapping_add(lane) & !(0x7F << 57)) | (mixed & (0x7F << 57));
     }
 }
 
