@@ -277,14 +277,7 @@ trait Sink: Sized {
     }
 
     /// JSON text, with `null` (the common payload and result) as an empty text.
-    fn json(&mut self, v: &Value) {
-        if v.is_null() {
-            self.u64(0);
-            return;
-        }
-        let text = serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec());
-        self.bytes(&text);
-    }
+    fn json(&mut self, v: &Value);
 
     /// A rare nested value, as a length-prefixed postcard blob.
     fn blob<T: serde::Serialize>(&mut self, v: &T) {
@@ -368,6 +361,31 @@ impl Sink for Local {
             self.pos += b.len();
         }
     }
+
+    /// The text is written after room for the longest length prefix, then
+    /// moved up behind the prefix it turns out to need.
+    fn json(&mut self, v: &Value) {
+        if v.is_null() {
+            self.u64(0);
+            return;
+        }
+        if !self.fits(10) {
+            return;
+        }
+        let start = self.pos + 10;
+        let mut rest = &mut self.buf[start..];
+        let room = rest.len();
+        if serde_json::to_writer(&mut rest, v).is_err() {
+            // Too long for the stack buffer (or, never for a `Value`, not
+            // serializable): the whole entry is written again by `Spill`.
+            self.fits(LOCAL + 1);
+            return;
+        }
+        let len = room - rest.len();
+        self.pos += varint(len as u64, &mut self.buf[self.pos..]);
+        self.buf.copy_within(start..start + len, self.pos);
+        self.pos += len;
+    }
 }
 
 /// Appends to a vector, for entries too large for [`Local`].
@@ -388,6 +406,22 @@ impl Sink for Spill<'_> {
 
     fn raw(&mut self, b: &[u8]) {
         self.buf.extend_from_slice(b);
+    }
+
+    /// Written in place, then its length is put in front of it.
+    fn json(&mut self, v: &Value) {
+        if v.is_null() {
+            self.u64(0);
+            return;
+        }
+        let at = self.buf.len();
+        if serde_json::to_writer(&mut *self.buf, v).is_err() {
+            self.buf.truncate(at);
+            self.buf.extend_from_slice(b"null");
+        }
+        let mut len = [0u8; 10];
+        let n = varint((self.buf.len() - at) as u64, &mut len);
+        self.buf.splice(at..at, len[..n].iter().copied());
     }
 }
 
@@ -590,6 +624,27 @@ mod tests {
         let mut out = Vec::new();
         write(&e, &mut out);
         assert_eq!(read(&out), Some(e));
+    }
+
+    /// A payload that fits the stack buffer, one whose text alone does not,
+    /// and one that fits only until later fields overflow it: the bytes are the
+    /// same either way (`Local` or `Spill`), and they read back.
+    #[test]
+    fn json_round_trips_on_the_stack_and_spilled() {
+        let long = "x".repeat(LOCAL * 2);
+        let near = "y".repeat(LOCAL - 120);
+        for payload in [json!({"a": [1, 2.5, "z"]}), json!(long), json!(near)] {
+            let mut e = full();
+            e.task.payload = payload.clone();
+            e.task.result = Some(payload);
+            let mut out = Vec::new();
+            write(&e, &mut out);
+            let mut spilled = Vec::new();
+            fields(&e, &mut Spill { buf: &mut spilled });
+            assert_eq!(out, spilled);
+            assert_eq!(&*to_box(&e), &out[..]);
+            assert_eq!(read(&out), Some(e));
+        }
     }
 
     #[test]
