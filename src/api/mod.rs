@@ -432,7 +432,7 @@ impl TaskManager {
     pub fn wait(&self, id: TaskId, timeout: Duration) -> Result<Task> {
         let until = Instant::now() + timeout;
         let w = &self.core.waiters;
-        w.count.fetch_add(1, Ordering::AcqRel);
+        w.enter(id);
         let result = loop {
             let epoch = *w.epoch.lock();
             match self.get_task(id) {
@@ -448,7 +448,7 @@ impl TaskManager {
                 });
             }
         };
-        w.count.fetch_sub(1, Ordering::AcqRel);
+        w.leave(id);
         let task = result?;
         if let Some(log) = self.core.store.log() {
             if let Some(last) = log.stats().last_lsn {
@@ -560,4 +560,73 @@ fn timer_main(core: &Arc<Core>, mut retention: Option<(RetentionPolicy, Duration
         core.timer.round_done(&due);
     }
     core.timer.set_running(false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Waits (with a generous deadline) until `f` holds.
+    fn until(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            std::thread::yield_now();
+        }
+    }
+
+    /// `wait` is woken by its own task only: another task finishing does not
+    /// wake it (a caller waiting for a workflow's root would otherwise wake,
+    /// and lock the workflow's shard, once per child); its own task finishing,
+    /// or being deleted, does.
+    #[test]
+    fn wait_is_woken_by_its_own_task_only() {
+        let mgr = TaskManager::builder().memory().build().unwrap();
+        let (release, gate) = crossbeam::channel::unbounded::<()>();
+        mgr.register("mine", move |_| {
+            let _ = gate.recv();
+            Ok(json!("done").into())
+        })
+        .unwrap();
+        mgr.register("other", |_| Ok(json!(null).into())).unwrap();
+        mgr.start().unwrap();
+        let mine = mgr.submit("mine", json!(1)).unwrap();
+        let gone = mgr
+            .submit_with(
+                "other",
+                json!(2),
+                SubmitOptions::new().delay(Duration::from_secs(3600)),
+            )
+            .unwrap();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| mgr.wait(mine, Duration::from_secs(120)));
+            let gone_waiter = s.spawn(|| mgr.wait(gone, Duration::from_secs(120)));
+            until("both waiters wait", || {
+                mgr.core.waiters.waits_for(mine) && mgr.core.waiters.waits_for(gone)
+            });
+            let epoch = *mgr.core.waiters.epoch.lock();
+            let other = mgr.submit("other", json!(3)).unwrap();
+            until("the other task completes", || {
+                mgr.get_task(other)
+                    .is_some_and(|t| t.status == TaskStatus::Completed)
+            });
+            assert_eq!(
+                *mgr.core.waiters.epoch.lock(),
+                epoch,
+                "woken by another task"
+            );
+            release.send(()).unwrap();
+            let done = waiter.join().unwrap().unwrap();
+            assert_eq!(done.result, Some(json!("done")));
+            assert_eq!(
+                mgr.delete_tasks(&TaskFilter::all().status(TaskStatus::Pending))
+                    .unwrap(),
+                1
+            );
+            let r = gone_waiter.join().unwrap();
+            assert!(matches!(r, Err(Error::NotFound(id)) if id == gone), "{r:?}");
+        });
+        assert!(!mgr.core.waiters.waits_for(mine) && !mgr.core.waiters.waits_for(gone));
+    }
 }

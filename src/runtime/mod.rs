@@ -94,17 +94,53 @@ impl GlobalSlots {
 /// Wakes `wait` callers when a task reaches a terminal status.
 #[derive(Default)]
 pub(crate) struct Waiters {
-    pub(crate) count: AtomicUsize,
+    /// Callers in `wait`; 0 makes `notify` one load.
+    count: AtomicUsize,
+    /// The tasks they wait for, with how many callers wait for each: a task
+    /// that finishes wakes the waiters only if one of them waits for it, so a
+    /// caller waiting for a workflow's root is not woken (and does not take
+    /// the workflow's shard lock to look) once per child that finishes.
+    ids: Mutex<crate::engine::IdMap<usize>>,
     pub(crate) epoch: Mutex<u64>,
     pub(crate) cv: Condvar,
 }
 
 impl Waiters {
-    fn notify(&self) {
-        if self.count.load(Ordering::Acquire) > 0 {
-            *self.epoch.lock() += 1;
-            self.cv.notify_all();
+    /// Task `id` reached a status `wait` returns at, or was deleted (called
+    /// under its shard lock, after the change: a waiter registers before it
+    /// reads the status under the same lock, so it either sees the change or
+    /// is woken).
+    fn notify(&self, id: TaskId) {
+        if self.count.load(Ordering::Acquire) == 0 || !self.ids.lock().contains_key(&id) {
+            return;
         }
+        *self.epoch.lock() += 1;
+        self.cv.notify_all();
+    }
+
+    /// A caller starts waiting for `id`.
+    pub(crate) fn enter(&self, id: TaskId) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        *self.ids.lock().entry(id).or_default() += 1;
+    }
+
+    /// Whether a caller waits for `id` now.
+    #[cfg(test)]
+    pub(crate) fn waits_for(&self, id: TaskId) -> bool {
+        self.ids.lock().contains_key(&id)
+    }
+
+    /// A caller stops waiting for `id`.
+    pub(crate) fn leave(&self, id: TaskId) {
+        let mut ids = self.ids.lock();
+        if let Some(n) = ids.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                ids.remove(&id);
+            }
+        }
+        drop(ids);
+        self.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -215,7 +251,7 @@ impl Core {
             self.retry_when_due(shard, id, at, lsn);
         }
         if applied.terminal {
-            self.waiters.notify();
+            self.waiters.notify(id);
         }
         if let Some(n) = applied.notify_parent {
             let record = Record::ChildDone {
@@ -324,6 +360,11 @@ impl Core {
             lsn = l.or(lsn);
             let deleted = applied.deleted.take();
             self.settle(&mut shard, id, applied, &mut lsn);
+            if deleted.is_some() {
+                // It will never reach a terminal status: its waiters return
+                // now (`wait` reports it as not found).
+                self.waiters.notify(id);
+            }
             deleted
         };
         // Lock order is dedup -> shard (submit), so the key is freed after the shard is released.
