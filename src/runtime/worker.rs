@@ -114,24 +114,21 @@ impl Core {
             for (qi, q) in queues.iter().enumerate() {
                 for entry in q.set.iter().take(SCAN_LIMIT) {
                     let item = entry.value();
-                    // Looked at without taking a reference; only the chosen
-                    // registration is cloned, once, below.
+                    // One lookup: the registration is cloned only for the
+                    // entry that stops this queue's scan.
                     let free = self.registry.with(&item.name, |r| {
                         if r.slots.is_full() {
                             Err(r.slots.clone())
                         } else {
-                            Ok(())
+                            Ok(r.clone())
                         }
                     });
                     match free {
-                        Some(Ok(())) => {
-                            if best
-                                .as_ref()
-                                .is_none_or(|(_, b): &(usize, Entry<'_, ReadyItem>)| {
-                                    item < b.value()
-                                })
-                            {
-                                best = Some((qi, entry));
+                        Some(Ok(reg)) => {
+                            if best.as_ref().is_none_or(
+                                |(_, b, _): &(usize, Entry<'_, ReadyItem>, _)| item < b.value(),
+                            ) {
+                                best = Some((qi, entry, reg));
                             }
                             break;
                         }
@@ -144,11 +141,7 @@ impl Core {
                     }
                 }
             }
-            let (qi, entry) = best?;
-            // Unregistered since the scan: the next scan holds it.
-            let Some(reg) = self.registry.get(&entry.value().name) else {
-                continue;
-            };
+            let (qi, entry, reg) = best?;
             if entry.remove() {
                 return Some((queues[qi].clone(), entry.value().clone(), reg));
             }

@@ -7,7 +7,7 @@
 //! message and metadata, a child round) go through postcard as a length-prefixed
 //! blob. The layout is private to one process (it is never written to disk
 //! except inside a snapshot, whose version names it), and unit tests check on
-//! every freeze that [`read`] returns exactly what [`write`] was given.
+//! every freeze that [`read`] returns exactly what [`to_box`] was given.
 
 use crate::codec::{OnChildFailure, TaskId, TaskKind};
 use crate::engine::audit::{EventExtra, EventRow, EventType};
@@ -20,7 +20,9 @@ use std::sync::Arc;
 /// Bytes a plain entry fits in, written on the stack first.
 const LOCAL: usize = 512;
 
-/// Appends the encoding of `e` to `out`.
+/// Appends the encoding of `e` to `out` (the tests' entry point; freezing
+/// uses [`to_box`]).
+#[cfg(test)]
 pub(super) fn write(e: &TaskEntry, out: &mut Vec<u8>) {
     let mut local = Local::new();
     fields(e, &mut local);
@@ -40,7 +42,7 @@ pub(super) fn to_box(e: &TaskEntry) -> Box<[u8]> {
         Some(b) => Box::from(b),
         None => {
             let mut out = Vec::new();
-            write(e, &mut out);
+            fields(e, &mut Spill { buf: &mut out });
             out.into_boxed_slice()
         }
     }
@@ -118,7 +120,7 @@ fn fields(e: &TaskEntry, w: &mut impl Sink) {
     w.u64(e.interruptions.into());
 }
 
-/// Reads an entry written by [`write`]; `None` if the bytes are not one.
+/// Reads an entry written by [`to_box`]; `None` if the bytes are not one.
 pub(super) fn read(bytes: &[u8]) -> Option<TaskEntry> {
     read_entry(&mut Reader(bytes)).ok()
 }
@@ -325,16 +327,21 @@ impl Local {
         (!self.overflow).then(|| &self.buf[..self.pos])
     }
 
-    /// Whether `n` more bytes fit; marks the overflow (and restarts the
-    /// cursor, so later writes stay in bounds) when not.
+    /// Whether `n` more bytes fit; marks the overflow when not.
     #[inline]
     fn fits(&mut self, n: usize) -> bool {
         if self.pos + n <= LOCAL {
             return true;
         }
+        self.spill();
+        false
+    }
+
+    /// Gives up on the stack buffer: [`to_box`] starts again through [`Spill`].
+    /// The cursor restarts so that later writes stay in bounds.
+    fn spill(&mut self) {
         self.overflow = true;
         self.pos = 0;
-        n <= LOCAL
     }
 }
 
@@ -378,7 +385,7 @@ impl Sink for Local {
         if serde_json::to_writer(&mut rest, v).is_err() {
             // Too long for the stack buffer (or, never for a `Value`, not
             // serializable): the whole entry is written again by `Spill`.
-            self.fits(LOCAL + 1);
+            self.spill();
             return;
         }
         let len = room - rest.len();
