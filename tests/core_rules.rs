@@ -351,6 +351,46 @@ fn per_handler_concurrency_cap_is_respected() {
     assert_eq!(peak.load(Ordering::SeqCst), 1);
 }
 
+/// Workers racing for a capped handler's last slot must not let a worse entry
+/// run first: the slot is taken before the entry leaves its queue.
+#[test]
+fn a_capped_handler_runs_its_tasks_in_priority_order_with_many_workers() {
+    let (mgr, _clock) = manual(4);
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let o = order.clone();
+    mgr.register_with(
+        "capped",
+        HandlerOptions::new().max_concurrent_tasks(1),
+        move |ctx| {
+            o.lock().unwrap().push(ctx.payload().as_i64().unwrap());
+            Ok(json!(null).into())
+        },
+    )
+    .unwrap();
+    for round in 0..20 {
+        mgr.pause();
+        let ids: Vec<_> = (0..40)
+            .map(|p| {
+                let opts = SubmitOptions::new().priority(p);
+                mgr.submit_with("capped", json!(p), opts).unwrap()
+            })
+            .collect();
+        if round == 0 {
+            mgr.start().unwrap();
+        }
+        mgr.resume();
+        for id in ids {
+            mgr.wait(id, PATIENCE).unwrap();
+        }
+        let ran = std::mem::take(&mut *order.lock().unwrap());
+        let want: Vec<i64> = (0..40).rev().collect();
+        assert_eq!(
+            ran, want,
+            "round {round}: a capped handler ran out of order"
+        );
+    }
+}
+
 #[test]
 fn manager_pause_gates_claims_but_not_submission() {
     let (mgr, _clock) = manual(2);

@@ -284,9 +284,21 @@ impl Handler {
 pub(crate) struct Slots {
     running: AtomicUsize,
     cap: AtomicUsize,
+    /// Serializes taking a slot with removing the handler's best entry, and
+    /// freeing a slot with returning a held entry, when the cap can bind (see
+    /// [`Slots::tight`]); otherwise two workers could each take a different
+    /// entry of the handler and the worse one could run first.
+    pub(crate) gate: Mutex<()>,
 }
 
 impl Slots {
+    /// Whether the cap can bind with `workers` workers. Each worker runs one
+    /// attempt at a time and holds no slot while it looks for work, so a cap of
+    /// at least the worker count is never full when a worker looks at it.
+    pub(crate) fn tight(&self, workers: usize) -> bool {
+        self.cap.load(Ordering::Relaxed) < workers
+    }
+
     /// Takes a slot if the cap allows.
     pub(crate) fn try_acquire(&self) -> bool {
         let cap = self.cap.load(Ordering::Relaxed);
@@ -360,6 +372,7 @@ impl Registry {
                     Arc::new(Slots {
                         running: AtomicUsize::new(0),
                         cap: AtomicUsize::new(cap),
+                        gate: Mutex::new(()),
                     })
                 })
                 .clone();

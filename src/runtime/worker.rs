@@ -80,29 +80,52 @@ impl Core {
                 return None;
             }
             let (queue, item, reg) = self.pick(w)?;
-            if !reg.slots.try_acquire() {
-                queue.set.insert(item); // lost the last slot to another worker: put back
-                continue;
-            }
             if !self.global.try_acquire() {
-                reg.slots.release();
-                queue.set.insert(item);
-                self.dispatch.release_held(&reg.name, 1);
+                self.give_back(&reg, Some((&queue, item)));
                 return None;
             }
             if let Some(job) = self.claim(w, &item, reg.clone()) {
                 return Some(job);
             }
-            reg.slots.release();
-            self.dispatch.release_held(&reg.name, 1);
+            let paused = self.paused.load(Ordering::Acquire);
+            // Paused, the task waits in its queue for `resume`; otherwise it is no
+            // longer runnable and its entry is dropped.
+            self.give_back(&reg, paused.then_some((&*queue, item)));
             if self.global.release() {
                 self.dispatch.wake_each_pool();
+            }
+            if paused {
+                return None;
             }
         }
         None
     }
 
-    /// Removes the best runnable entry from the queues this worker's pool serves.
+    /// Frees a slot of `reg` (putting `unrun` back in its queue first), and
+    /// returns one held entry of the handler to its queue.
+    fn give_back(&self, reg: &Registered, unrun: Option<(&Queue, ReadyItem)>) {
+        let gate = reg
+            .slots
+            .tight(self.workers.len())
+            .then(|| reg.slots.gate.lock());
+        if let Some((queue, item)) = unrun {
+            queue.set.insert(item);
+        }
+        let cap_was_hit = reg.slots.release();
+        self.dispatch.release_held(&reg.name, 1);
+        drop(gate);
+        if cap_was_hit {
+            self.dispatch.wake_each_pool();
+        }
+    }
+
+    /// Removes the best runnable entry from the queues this worker's pool
+    /// serves, holding one of its handler's slots.
+    ///
+    /// The slot is taken *before* the entry is removed. Taken after, two workers
+    /// could race for a handler's last slot, each holding a different entry of it,
+    /// and the loser of the better entry would put it back while the winner ran
+    /// the worse one: a per-handler cap would then break priority order.
     fn pick(&self, w: usize) -> Option<(Arc<Queue>, ReadyItem, Arc<Registered>)> {
         let pool = &self.dispatch.pools[self.workers[w].pool];
         // A guard, not an Arc clone: workers would otherwise contend on one refcount.
@@ -133,7 +156,10 @@ impl Core {
                             break;
                         }
                         // At its cap: held until one of its slots frees.
-                        Some(Err(slots)) => self.dispatch.hold(q, item, || slots.is_full()),
+                        Some(Err(slots)) => {
+                            let _gate = slots.tight(self.workers.len()).then(|| slots.gate.lock());
+                            self.dispatch.hold(q, item, || slots.is_full());
+                        }
                         // Not registered: held until it is.
                         None => self
                             .dispatch
@@ -142,10 +168,44 @@ impl Core {
                 }
             }
             let (qi, entry, reg) = best?;
-            if entry.remove() {
-                return Some((queues[qi].clone(), entry.value().clone(), reg));
+            let q = &queues[qi];
+            if reg.slots.tight(self.workers.len()) {
+                let slots = reg.slots.clone();
+                let gate = slots.gate.lock();
+                if !reg.slots.try_acquire() {
+                    continue; // its last slot went to another worker: scan again
+                }
+                // A slot freed since the scan may have put a better entry of
+                // this handler back in the queue: take the best one now.
+                if let Some(item) = Self::take_first_of(q, &reg.name)
+                    .or_else(|| entry.remove().then(|| entry.value().clone()))
+                {
+                    drop(gate);
+                    return Some((q.clone(), item, reg));
+                }
+                drop(gate);
+                self.give_back(&reg, None);
+                continue;
             }
+            // The cap cannot bind, so no gate is needed.
+            if !reg.slots.try_acquire() {
+                continue; // the cap was lowered since the scan
+            }
+            if entry.remove() {
+                return Some((q.clone(), entry.value().clone(), reg));
+            }
+            // Another worker took or held the entry (or the cap was lowered).
+            self.give_back(&reg, None);
         }
+    }
+
+    /// Removes the first entry of handler `name` within the scan limit of `q`.
+    fn take_first_of(q: &Queue, name: &str) -> Option<ReadyItem> {
+        q.set
+            .iter()
+            .take(SCAN_LIMIT)
+            .find(|e| &*e.value().name == name && e.remove())
+            .map(|e| e.value().clone())
     }
 
     /// Claims `item` under its shard lock; `None` if the task is no longer runnable.
@@ -158,6 +218,12 @@ impl Core {
         // before `stop` cannot claim a task that `stop` has just given back.
         // (The dropped queue entry is rebuilt from the table at the next open.)
         if self.stopping.load(Ordering::Acquire) {
+            return None;
+        }
+        // Likewise `pause`: a task submitted after `pause()` returned reaches
+        // its shard after the flag, so a worker that passed the gate before the
+        // pause cannot claim it. `try_take` puts the entry back.
+        if self.paused.load(Ordering::Acquire) {
             return None;
         }
         let e = shard.live(item.id)?;
@@ -231,10 +297,8 @@ impl Core {
         inner.ctl.done.store(true, Ordering::Release);
         self.timer.set_slot(w, None);
         self.finish(w, &job, result);
-        let cap_was_hit = job.reg.slots.release();
-        self.dispatch.release_held(&job.reg.name, 1);
-        let global_was_hit = self.global.release();
-        if cap_was_hit || global_was_hit {
+        self.give_back(&job.reg, None);
+        if self.global.release() {
             self.dispatch.wake_each_pool();
         }
     }
