@@ -391,6 +391,29 @@ fn a_capped_handler_runs_its_tasks_in_priority_order_with_many_workers() {
     }
 }
 
+/// A task queued when due must still run after the clock is set back before a
+/// worker claims it: the claim hands it to the timer instead of dropping it.
+#[test]
+fn a_queued_task_survives_the_clock_being_set_back() {
+    let (mgr, clock) = manual(2);
+    mgr.register("t", |_| Ok(json!("ran").into())).unwrap();
+    mgr.start().unwrap();
+    mgr.pause();
+    let id = mgr.submit("t", json!(null)).unwrap();
+    let at = mgr.get_task(id).unwrap().next_run_time;
+    clock.set(at - 10_000);
+    // A worker takes the queued entry, finds the task not due on the
+    // stepped-back clock, and must leave it with the timer.
+    mgr.resume();
+    assert_eq!(mgr.get_task(id).unwrap().status, TaskStatus::Pending);
+    clock.set(at);
+    assert_eq!(
+        mgr.wait(id, PATIENCE).unwrap().result,
+        Some(json!("ran")),
+        "the task ran once its time came again"
+    );
+}
+
 #[test]
 fn manager_pause_gates_claims_but_not_submission() {
     let (mgr, _clock) = manual(2);

@@ -227,7 +227,15 @@ impl Core {
             return None;
         }
         let e = shard.live(item.id)?;
-        if e.task.status != TaskStatus::Pending || e.task.next_run_time > now {
+        if e.task.status != TaskStatus::Pending {
+            return None;
+        }
+        if e.task.next_run_time > now {
+            // Queued when due, so either a stale entry of a task rescheduled
+            // since (the timer already holds it) or a system clock set back
+            // since: the timer queues it again when due, so a clock step never
+            // leaves a task pending with no entry anywhere.
+            self.timer.schedule(e.task.next_run_time, item.id);
             return None;
         }
         let attempt = e.task.attempt + 1;
