@@ -93,7 +93,8 @@ impl Pool {
 /// # drop(mgr);
 /// ```
 pub struct Builder {
-    storage: Storage,
+    /// `None` until the user chooses (SPEC §13: storage is explicit).
+    storage: Option<Storage>,
     durability: Durability,
     recovery: RecoveryMode,
     segment_size: Option<u64>,
@@ -112,7 +113,7 @@ pub struct Builder {
 impl Default for Builder {
     fn default() -> Self {
         Builder {
-            storage: Storage::Memory,
+            storage: None,
             durability: Durability::Sync,
             recovery: RecoveryMode::StopAtTornTail,
             segment_size: None,
@@ -138,12 +139,12 @@ impl Default for Builder {
 impl Builder {
     /// Keeps state in memory only (`Durability::Memory`).
     pub fn memory(mut self) -> Self {
-        self.storage = Storage::Memory;
+        self.storage = Some(Storage::Memory);
         self
     }
     /// Keeps state in a log directory (created if missing).
     pub fn dir(mut self, path: impl Into<PathBuf>) -> Self {
-        self.storage = Storage::Dir(path.into());
+        self.storage = Some(Storage::Dir(path.into()));
         self
     }
     /// When a write is acknowledged (default `Sync`: on disk). `Memory` means no log.
@@ -221,6 +222,11 @@ impl Builder {
     }
 
     fn validate(&self) -> Result<()> {
+        if self.storage.is_none() && self.durability != Durability::Memory {
+            return Err(Error::InvalidOption(
+                "no storage chosen: call .dir(path) for a durable log or .memory() to keep state in memory only".into(),
+            ));
+        }
         if let Some(r) = &self.retention {
             r.validate()?;
         }
@@ -276,8 +282,8 @@ impl Builder {
             compact_after_bytes: self.compact_after_bytes,
         };
         let log = match (&self.storage, self.durability) {
-            (Storage::Memory, _) | (_, Durability::Memory) => None,
-            (Storage::Dir(dir), durability) => {
+            (None | Some(Storage::Memory), _) | (_, Durability::Memory) => None,
+            (Some(Storage::Dir(dir)), durability) => {
                 let mut lc = LogConfig {
                     durability,
                     recovery: self.recovery,

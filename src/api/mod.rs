@@ -85,7 +85,15 @@ impl std::fmt::Debug for TaskManager {
 }
 
 impl TaskManager {
-    /// A builder with the defaults of SPEC §13 (in memory until `dir` is called).
+    /// A builder with the defaults of SPEC §13. Storage is explicit: call
+    /// [`Builder::dir`] or [`Builder::memory`] before [`Builder::build`], which
+    /// otherwise refuses with [`Error::InvalidOption`].
+    ///
+    /// ```
+    /// use fibflow::TaskManager;
+    /// assert!(TaskManager::builder().build().is_err());
+    /// assert!(TaskManager::builder().memory().build().is_ok());
+    /// ```
     pub fn builder() -> Builder {
         Builder::default()
     }
