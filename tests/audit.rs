@@ -334,6 +334,60 @@ fn automatic_retention_runs_after_its_interval() {
     eventually("retention removed the task", || mgr.get_task(id).is_none());
 }
 
+/// A sweep deletes one bounded batch (100, fib-flow's size); while batches
+/// come back full the next one is due a millisecond later, not a whole
+/// interval later, so a backlog drains quickly (on a manual clock: one batch
+/// each time the clock moves). A pipeline finishing more tasks per interval
+/// than a batch holds would otherwise outgrow its retention.
+#[test]
+fn automatic_retention_drains_a_backlog_one_batch_per_clock_tick() {
+    let clock = fibflow::ManualClock::new(1_700_000_000_000);
+    let mgr = fibflow::TaskManager::builder()
+        .memory()
+        .clock(clock.clone())
+        .retention(
+            RetentionPolicy::new(Duration::from_secs(10)),
+            Duration::from_secs(60),
+        )
+        .build()
+        .unwrap();
+    mgr.register("ok", |_| Ok(json!(1).into())).unwrap();
+    mgr.start().unwrap();
+    const N: u64 = 250;
+    mgr.submit_batch((0..N).map(|_| ("ok".to_owned(), json!(null), SubmitOptions::new())))
+        .unwrap();
+    eventually("all completed", || {
+        mgr.count_by_status()[&TaskStatus::Completed] == N
+    });
+    let left = || mgr.count_by_status().values().sum::<u64>();
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(left(), 150, "the interval's sweep deletes one batch");
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(left(), 50, "a full batch makes the next one due 1 ms later");
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(left(), 0);
+}
+
+/// With the system clock, automatic retention runs on an idle manager too:
+/// the timer thread used to look at housekeeping only when a timer or an
+/// attempt fell due, so an idle manager never swept.
+#[test]
+fn automatic_retention_runs_on_an_idle_manager_with_the_system_clock() {
+    let mgr = fibflow::TaskManager::builder()
+        .memory()
+        .retention(
+            RetentionPolicy::new(Duration::from_millis(1)),
+            Duration::from_millis(100),
+        )
+        .build()
+        .unwrap();
+    mgr.register("ok", |_| Ok(json!(1).into())).unwrap();
+    mgr.start().unwrap();
+    let id = mgr.submit("ok", json!(null)).unwrap();
+    mgr.wait(id, PATIENCE).unwrap();
+    eventually("retention removed the task", || mgr.get_task(id).is_none());
+}
+
 #[test]
 fn stats_by_tag_and_delete_with_filters() {
     let (mgr, _clock) = manual(1);

@@ -394,16 +394,15 @@ pub(crate) fn retention_batch(
         .now()
         .saturating_sub(policy.expire_after.as_millis() as u64);
     let mut victims = Vec::new();
-    super::query::scan(core, &TaskFilter::default(), |s| {
-        if victims.len() < max
-            && policy.statuses.contains(&s.status())
-            && s.last_active_time() < cutoff
-        {
+    // Stops at `max`: a batch costs what it deletes, not a scan of every task.
+    super::query::scan_while(core, &TaskFilter::default(), |s| {
+        if policy.statuses.contains(&s.status()) && s.last_active_time() < cutoff {
             let (events, attempts) = s
                 .entry()
                 .map_or((0, 0), |e| (e.events.len() as u64, e.attempts.len() as u64));
             victims.push((s.id(), events, attempts));
         }
+        victims.len() < max
     });
     let mut report = RetentionReport::default();
     for (id, events, attempts) in victims {

@@ -537,15 +537,33 @@ impl Drop for TaskManager {
     }
 }
 
-/// Tasks deleted per automatic retention batch, so one run never holds up the timer for long.
-const RETENTION_BATCH: usize = 1_000;
+/// Tasks deleted per automatic retention batch (fib-flow's internal batch size),
+/// so that one batch never holds up due timers for long.
+const RETENTION_BATCH: usize = 100;
+
+/// How often, at least, the timer thread looks at housekeeping with a real
+/// clock (a manual clock's thread looks whenever the clock is moved).
+const HOUSEKEEPING_MS: u64 = 1_000;
 
 /// The timer thread: due tasks, due attempts, then housekeeping (automatic
 /// retention every `interval`, not at start; compaction when the log has grown).
+///
+/// A retention sweep deletes one batch. While batches come back full, the
+/// next batch is due 1 ms later (clock time) instead of a whole interval
+/// later, so a sweep's backlog drains at up to 100 tasks per millisecond
+/// without ever holding up due timers for long. On a manual clock that means
+/// one batch each time the clock moves, as fib-flow's "one batch per sweep".
 fn timer_main(core: &Arc<Core>, mut retention: Option<(RetentionPolicy, Duration, u64)>) {
     let now = || core.now();
     let real = core.clock.is_real();
-    while let Some(mut due) = core.timer.next_due(&now, real) {
+    // The clock time of the last batch of a sweep whose batches came back full.
+    let mut draining: Option<u64> = None;
+    let mut housekeeping_at = if real {
+        now().saturating_add(HOUSEKEEPING_MS)
+    } else {
+        u64::MAX
+    };
+    while let Some(mut due) = core.timer.next_due(&now, real, housekeeping_at) {
         {
             // Workers wake once every task due now is queued, so the first
             // claim already chooses among all of them by priority.
@@ -557,14 +575,24 @@ fn timer_main(core: &Arc<Core>, mut retention: Option<(RetentionPolicy, Duration
         for ctl in std::mem::take(&mut due.attempts) {
             core.attempt_due(&ctl.ctl);
         }
+        let t = core.now();
         if let Some((policy, every, last)) = &mut retention {
-            let t = core.now();
-            if t.saturating_sub(*last) >= every.as_millis() as u64 {
-                *last = t;
-                let _ = audit::retention_batch(core, policy, RETENTION_BATCH);
+            let next_batch = draining.is_some_and(|d| t > d);
+            if next_batch || t.saturating_sub(*last) >= every.as_millis() as u64 {
+                if !next_batch {
+                    *last = t;
+                }
+                let full = audit::retention_batch(core, policy, RETENTION_BATCH)
+                    .is_ok_and(|r| r.tasks >= RETENTION_BATCH as u64);
+                draining = full.then_some(t);
             }
         }
         core.maybe_compact();
+        housekeeping_at = match (draining, real) {
+            (Some(d), _) => d.saturating_add(1),
+            (None, true) => t.saturating_add(HOUSEKEEPING_MS),
+            (None, false) => u64::MAX,
+        };
         core.timer.round_done(&due);
     }
     core.timer.set_running(false);

@@ -162,12 +162,21 @@ impl<T> Paged<T> {
 /// follows the size of the answer, not of the history; finished tasks are decoded
 /// only when the filter reads more than their status (see `TaskFilter::cheap`).
 pub(crate) fn scan(core: &Core, filter: &TaskFilter, mut f: impl FnMut(SlotRef<'_>)) {
+    scan_while(core, filter, |s| {
+        f(s);
+        true
+    });
+}
+
+/// [`scan`] that stops as soon as `f` returns false.
+pub(crate) fn scan_while(core: &Core, filter: &TaskFilter, mut f: impl FnMut(SlotRef<'_>) -> bool) {
     let root = filter.workflow.or(filter.root_id);
     for i in 0..SHARDS {
         let shard = core.store.lock_index(i);
+        // `true` to go on.
         let mut visit = |s: SlotRef<'_>| {
             if filter.status.is_some_and(|st| st != s.status()) {
-                return;
+                return true;
             }
             let covered = if filter.tag.is_some() {
                 filter.covered_by_tag()
@@ -175,20 +184,25 @@ pub(crate) fn scan(core: &Core, filter: &TaskFilter, mut f: impl FnMut(SlotRef<'
                 filter.covered_by_root()
             };
             if covered || s.entry().is_some_and(|e| filter.matches(&e)) {
-                f(s);
+                return f(s);
             }
+            true
         };
-        if let Some(tag) = &filter.tag {
-            shard.with_tag(tag).for_each(&mut visit);
+        let go_on = if let Some(tag) = &filter.tag {
+            shard.with_tag(tag).all(&mut visit)
         } else if let Some(root) = root {
             // A workflow lives in one shard (I4), but scanning each shard's index is
             // as cheap and does not rely on it.
-            if let Some(s) = shard.slot(root).filter(|_| filter.workflow.is_some()) {
-                visit(s);
-            }
-            shard.under_root(root).for_each(&mut visit);
+            let first = match shard.slot(root).filter(|_| filter.workflow.is_some()) {
+                Some(s) => visit(s),
+                None => true,
+            };
+            first && shard.under_root(root).all(&mut visit)
         } else {
-            shard.slots().for_each(&mut visit);
+            shard.slots().all(&mut visit)
+        };
+        if !go_on {
+            return;
         }
     }
 }

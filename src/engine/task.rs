@@ -91,7 +91,7 @@ impl fmt::Display for TaskStatus {
 
 /// An unknown status name was given.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown task status `{0}`: use one of pending, running, completed, failed, timeout, permanently_failed, paused, suspended")]
+#[error("Invalid status value `{0}`: use one of pending, running, completed, failed, timeout, permanently_failed, paused, suspended")]
 pub struct UnknownStatus(pub String);
 
 impl FromStr for TaskStatus {

@@ -18,7 +18,7 @@ pub enum Error {
     #[error("No task registered with name: {0}")]
     NotRegistered(String),
     /// An empty task or handler name.
-    #[error("task name must not be empty")]
+    #[error("Task name is required: a task name must not be empty")]
     EmptyName,
     /// A capability tag that is empty or contains whitespace or commas, or an
     /// empty task tag.

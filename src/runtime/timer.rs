@@ -134,9 +134,16 @@ impl Timer {
         self.done.notify_all();
     }
 
-    /// Blocks until something is due; `None` when stopped. `real` is whether the
-    /// clock moves by itself (else only a kick wakes the thread).
-    pub(crate) fn next_due(&self, now: &dyn Fn() -> u64, real: bool) -> Option<Due> {
+    /// Blocks until something is due, or the clock reaches `housekeeping_at`
+    /// (the caller's next look at retention and compaction); `None` when
+    /// stopped. `real` is whether the clock moves by itself (else only a kick
+    /// wakes the thread).
+    pub(crate) fn next_due(
+        &self,
+        now: &dyn Fn() -> u64,
+        real: bool,
+        housekeeping_at: u64,
+    ) -> Option<Due> {
         let mut st = self.heap.lock();
         loop {
             if st.stopped {
@@ -157,7 +164,8 @@ impl Timer {
                     due.tasks.push(item);
                 }
             }
-            let mut next = st.due.peek().map_or(u64::MAX, |Reverse((at, _))| *at);
+            let mut next =
+                housekeeping_at.min(st.due.peek().map_or(u64::MAX, |Reverse((at, _))| *at));
             for slot in &self.slots {
                 if let Some(ctl) = slot.lock().as_ref() {
                     let c = ctl.ctl.next_check_ms();
@@ -168,20 +176,14 @@ impl Timer {
                     }
                 }
             }
-            if !due.tasks.is_empty() || !due.attempts.is_empty() || kicked {
+            if !due.tasks.is_empty() || !due.attempts.is_empty() || kicked || t >= housekeeping_at {
                 self.planned_wake.store(t, Ordering::Release);
                 return Some(due);
             }
-            // With a real clock the thread wakes at least once a second (for
-            // housekeeping: compaction, retention), so that is when it will look
-            // again. Storing the true wake time matters: a worker starting an
-            // attempt kicks this thread only if its deadline comes sooner, and a
-            // kick is a futex wake on the path from claim to handler start.
-            let wake_at = if real {
-                next.min(t.saturating_add(1_000))
-            } else {
-                next
-            };
+            // Storing the true wake time matters: a worker starting an attempt
+            // kicks this thread only if its deadline comes sooner, and a kick is
+            // a futex wake on the path from claim to handler start.
+            let wake_at = next;
             self.planned_wake.store(wake_at, Ordering::Release);
             if real {
                 let wait =
