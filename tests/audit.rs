@@ -312,8 +312,9 @@ fn retention_removes_exactly_the_eligible_tasks_with_their_history() {
     assert!(mgr.run_retention(Some(&bad)).is_err());
 }
 
-#[test]
-fn automatic_retention_runs_after_its_interval() {
+/// A started manager on a manual clock with handler "ok", whose automatic
+/// retention removes tasks finished over 10 s ago, every 60 s.
+fn auto_retention_manager() -> (fibflow::TaskManager, std::sync::Arc<fibflow::ManualClock>) {
     let clock = fibflow::ManualClock::new(1_700_000_000_000);
     let mgr = fibflow::TaskManager::builder()
         .memory()
@@ -326,6 +327,12 @@ fn automatic_retention_runs_after_its_interval() {
         .unwrap();
     mgr.register("ok", |_| Ok(json!(1).into())).unwrap();
     mgr.start().unwrap();
+    (mgr, clock)
+}
+
+#[test]
+fn automatic_retention_runs_after_its_interval() {
+    let (mgr, clock) = auto_retention_manager();
     let id = mgr.submit("ok", json!(null)).unwrap();
     mgr.wait(id, PATIENCE).unwrap();
     clock.advance(Duration::from_secs(30));
@@ -341,18 +348,7 @@ fn automatic_retention_runs_after_its_interval() {
 /// than a batch holds would otherwise outgrow its retention.
 #[test]
 fn automatic_retention_drains_a_backlog_one_batch_per_clock_tick() {
-    let clock = fibflow::ManualClock::new(1_700_000_000_000);
-    let mgr = fibflow::TaskManager::builder()
-        .memory()
-        .clock(clock.clone())
-        .retention(
-            RetentionPolicy::new(Duration::from_secs(10)),
-            Duration::from_secs(60),
-        )
-        .build()
-        .unwrap();
-    mgr.register("ok", |_| Ok(json!(1).into())).unwrap();
-    mgr.start().unwrap();
+    let (mgr, clock) = auto_retention_manager();
     const N: u64 = 250;
     mgr.submit_batch((0..N).map(|_| ("ok".to_owned(), json!(null), SubmitOptions::new())))
         .unwrap();
