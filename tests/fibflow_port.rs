@@ -10,35 +10,18 @@
 
 mod common;
 
+use common::fib::{events_of, fib_manager, ok, status_of, wait_status, SEC, T0};
+
 use common::{children_of, event_names, eventually, Gate, PATIENCE};
 use fibflow::{
     AttemptFilter, AttemptOutcome, ChildSpec, EventFilter, EventType, Handler, HandlerOptions,
-    ManualClock, Outcome, Page, Progress, RetentionPolicy, SubmitOptions, Task, TaskFilter, TaskId,
+    ManualClock, Outcome, Page, Progress, RetentionPolicy, SubmitOptions, TaskFilter, TaskId,
     TaskKind, TaskManager, TaskStatus, TimeZone,
 };
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
-
-/// 2023-11-14T22:13:20Z, on a whole second.
-const T0: u64 = 1_700_000_000_000;
-const SEC: Duration = Duration::from_secs(1);
-
-/// fib-flow's usual `beforeEach`: `max_retries: 2`, `max_concurrent_tasks: N`,
-/// here on a manual clock in UTC.
-fn fib_manager(concurrency: usize) -> (Arc<TaskManager>, Arc<ManualClock>) {
-    let clock = ManualClock::new(T0);
-    let mgr = TaskManager::builder()
-        .memory()
-        .clock(clock.clone())
-        .time_zone(TimeZone::from_name("UTC").unwrap())
-        .max_retries(2)
-        .max_concurrent_tasks(concurrency)
-        .build()
-        .unwrap();
-    (Arc::new(mgr), clock)
-}
 
 /// fib-flow's `new TaskManager({ dbConnection })`: every default, manual clock.
 fn default_manager() -> (Arc<TaskManager>, Arc<ManualClock>) {
@@ -50,18 +33,6 @@ fn default_manager() -> (Arc<TaskManager>, Arc<ManualClock>) {
         .build()
         .unwrap();
     (Arc::new(mgr), clock)
-}
-
-fn status_of(mgr: &TaskManager, id: TaskId) -> TaskStatus {
-    mgr.get_task(id).unwrap().status
-}
-
-/// fib-flow's `waitForStatus`.
-fn wait_status(mgr: &TaskManager, id: TaskId, status: TaskStatus) -> Task {
-    eventually(&format!("task {id} {status}"), || {
-        status_of(mgr, id) == status
-    });
-    mgr.get_task(id).unwrap()
 }
 
 /// Registers handler `test`, which records its payload's `id` in run order.
@@ -76,14 +47,6 @@ fn record_ids(mgr: &TaskManager) -> Arc<Mutex<Vec<i64>>> {
     })
     .unwrap();
     order
-}
-
-fn events_of(mgr: &TaskManager, id: TaskId, ty: EventType) -> Vec<fibflow::Event> {
-    mgr.events(id)
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.event_type == ty)
-        .collect()
 }
 
 fn cron(expr: &str) -> SubmitOptions {
@@ -111,10 +74,6 @@ fn run_until_interrupted(ctx: &fibflow::TaskContext) -> fibflow::HandlerResult {
 
 /// What handlers saw, in order.
 type Seen<T> = Arc<Mutex<Vec<T>>>;
-
-fn ok() -> fibflow::HandlerResult {
-    Ok(json!({ "success": true }).into())
-}
 
 /// Concurrency bookkeeping of fib-flow's concurrency tests.
 #[derive(Default)]

@@ -16,38 +16,22 @@
 
 mod common;
 
+use common::fib::{events_of, fib_manager, ok, status_of, wait_status, SEC, T0};
+
 use common::{children_of, eventually, Gate, PATIENCE};
 use fibflow::{
     AttemptOutcome, ChildSpec, ContextError, Error, EventFilter, EventType, HandlerInfo,
     HandlerOptions, ManualClock, Outcome, Page, Pool, Progress, RetentionPolicy, SubmitOptions,
-    Task, TaskFilter, TaskId, TaskKind, TaskManager, TaskStatus, TimeZone,
+    Task, TaskFilter, TaskId, TaskKind, TaskManager, TaskStatus,
 };
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// 2023-11-14T22:13:20Z, on a whole second.
-const T0: u64 = 1_700_000_000_000;
-const SEC: Duration = Duration::from_secs(1);
 const HOUR: Duration = Duration::from_secs(3600);
 /// fib-flow's automatic retention interval (`getAutoRetentionIntervalMs`: 5 min).
 const SWEEP: Duration = Duration::from_secs(300);
-
-/// fib-flow's usual `beforeEach`: `max_retries: 2`, `max_concurrent_tasks: N`,
-/// here on a manual clock in UTC.
-fn fib_manager(concurrency: usize) -> (Arc<TaskManager>, Arc<ManualClock>) {
-    let clock = ManualClock::new(T0);
-    let mgr = TaskManager::builder()
-        .memory()
-        .clock(clock.clone())
-        .time_zone(TimeZone::from_name("UTC").unwrap())
-        .max_retries(2)
-        .max_concurrent_tasks(concurrency)
-        .build()
-        .unwrap();
-    (Arc::new(mgr), clock)
-}
 
 /// A manager whose automatic retention (policy `policy`) sweeps every `SWEEP`.
 fn auto_retention_manager(policy: RetentionPolicy) -> (Arc<TaskManager>, Arc<ManualClock>) {
@@ -61,30 +45,6 @@ fn auto_retention_manager(policy: RetentionPolicy) -> (Arc<TaskManager>, Arc<Man
         .build()
         .unwrap();
     (Arc::new(mgr), clock)
-}
-
-fn status_of(mgr: &TaskManager, id: TaskId) -> TaskStatus {
-    mgr.get_task(id).unwrap().status
-}
-
-/// fib-flow's `waitForStatus`.
-fn wait_status(mgr: &TaskManager, id: TaskId, status: TaskStatus) -> Task {
-    eventually(&format!("task {id} {status}"), || {
-        status_of(mgr, id) == status
-    });
-    mgr.get_task(id).unwrap()
-}
-
-fn events_of(mgr: &TaskManager, id: TaskId, ty: EventType) -> Vec<fibflow::Event> {
-    mgr.events(id)
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.event_type == ty)
-        .collect()
-}
-
-fn ok() -> fibflow::HandlerResult {
-    Ok(json!({ "success": true }).into())
 }
 
 fn page(limit: usize) -> Page {

@@ -2,6 +2,8 @@
 //! never fixed sleeps.
 #![allow(dead_code)]
 
+pub mod fib;
+
 use fibflow::{EventType, ManualClock, Task, TaskFilter, TaskId, TaskManager};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
