@@ -179,12 +179,12 @@ impl Builder {
     }
     /// Default retry delay (default 0).
     pub fn retry_interval(mut self, d: Duration) -> Self {
-        self.defaults.retry_interval_ms = d.as_millis() as u64;
+        self.defaults.retry_interval_ms = crate::runtime::clock::ceil_ms(d);
         self
     }
     /// Default attempt time limit (default 60 s; zero means none).
     pub fn timeout(mut self, d: Duration) -> Self {
-        self.defaults.timeout_ms = d.as_millis() as u64;
+        self.defaults.timeout_ms = crate::runtime::clock::ceil_ms(d);
         self
     }
     /// Adds a worker pool besides the default one.

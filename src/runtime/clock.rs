@@ -9,8 +9,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A source of wall-clock time in milliseconds since the Unix epoch.
 pub trait Clock: Send + Sync + 'static {
-    /// The current time.
+    /// The current time, rounded down to the millisecond.
     fn now_ms(&self) -> u64;
+
+    /// The current time rounded up: the base of a time that must come no
+    /// earlier than a duration from now (a delay, a retry, a deadline), since
+    /// due times are compared with [`Clock::now_ms`]. A clock that only ever
+    /// stands on whole milliseconds need not override it.
+    fn now_ms_ceil(&self) -> u64 {
+        self.now_ms()
+    }
 
     /// Whether time moves on its own. A manual clock returns `false`, and the
     /// timer then waits for [`Clock::on_advance`] instead of a deadline.
@@ -32,6 +40,18 @@ impl Clock for SystemClock {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
     }
+
+    fn now_ms_ceil(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, ceil_ms)
+    }
+}
+
+/// `d` in whole milliseconds, rounded up (saturating): a non-zero timeout,
+/// delay or interval never becomes 0 ("none"), nor shorter than asked.
+pub(crate) fn ceil_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
 /// A clock that only moves when told to: for deterministic tests.

@@ -195,7 +195,12 @@ impl TaskContext {
 
     /// Records that the handler is alive (see `HandlerOptions::heartbeat_window`).
     pub fn heartbeat(&self) {
-        let now = self.inner.core.upgrade().map_or(0, |c| c.clock.now_ms());
+        // Rounded up: the window after this beat never ends early.
+        let now = self
+            .inner
+            .core
+            .upgrade()
+            .map_or(0, |c| c.clock.now_ms_ceil());
         self.inner
             .ctl
             .last_heartbeat_ms

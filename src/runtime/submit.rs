@@ -95,9 +95,7 @@ impl SubmitOptions {
     }
 }
 
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
+use super::clock::ceil_ms as ms;
 
 /// Sorted, deduplicated, validated capability tags.
 pub(crate) fn normalize_tags(mut tags: Vec<String>) -> Result<Vec<String>> {
@@ -132,9 +130,12 @@ impl Core {
                 (TaskKind::Cron, next)
             }
             None => {
+                // Rounded up: a task never runs before the time asked for.
                 let at = match (o.run_at, o.delay) {
                     (Some(t), _) => t.duration_since(UNIX_EPOCH).map_or(0, ms),
-                    (None, Some(delay)) => now.saturating_add(ms(delay)),
+                    (None, Some(delay)) => {
+                        self.clock.now_ms_ceil().max(now).saturating_add(ms(delay))
+                    }
                     (None, None) => now,
                 };
                 (TaskKind::Async, at)

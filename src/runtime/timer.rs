@@ -150,6 +150,11 @@ impl Timer {
                 return None;
             }
             let kicked = std::mem::take(&mut st.kicked);
+            // While the slots are read, any attempt that starts must kick: one
+            // published just after its slot was read would otherwise compare
+            // its deadline with the previous round's time, not kick, and wait
+            // for the wake-up planned below without it (up to a second late).
+            self.planned_wake.store(u64::MAX, Ordering::Release);
             let t = now();
             let mut due = Due {
                 tasks: Vec::new(),

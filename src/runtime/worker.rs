@@ -263,16 +263,18 @@ impl Core {
         now: u64,
     ) -> Job {
         let t = &e.task;
+        // Windows count from `now` rounded up, so none ends early.
+        let base = self.clock.now_ms_ceil().max(now);
         let deadline = if t.timeout_ms == 0 {
             u64::MAX
         } else {
-            now.saturating_add(t.timeout_ms)
+            base.saturating_add(t.timeout_ms)
         };
         let hb = reg
             .options
             .heartbeat_window
-            .map_or(0, |d| d.as_millis() as u64);
-        let ctl = AttemptCtl::new(t.id, t.attempt, deadline, hb, now);
+            .map_or(0, super::clock::ceil_ms);
+        let ctl = AttemptCtl::new(t.id, t.attempt, deadline, hb, base);
         let inner = ContextInner {
             core: Arc::downgrade(self),
             ctl,
@@ -358,7 +360,11 @@ impl Core {
                 RetryStrategy::fixed(std::time::Duration::from_millis(e.task.retry_interval_ms))
             });
         let d = strategy.delay(e.task.retry_count, rand::random::<f64>());
-        now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        // From `now` rounded up: a retry never comes before its interval.
+        self.clock
+            .now_ms_ceil()
+            .max(now)
+            .saturating_add(super::clock::ceil_ms(d))
     }
 
     /// Records the outcome of an attempt; a stale one (timed out, paused) is dropped.
@@ -532,7 +538,7 @@ impl Core {
                     .get(&c.name)
                     .ok_or_else(|| Error::NoHandler(c.name.clone()))?;
                 let o = &reg.options;
-                let ms = |d: std::time::Duration| d.as_millis() as u64;
+                let ms = super::clock::ceil_ms;
                 let requires = match c.requires {
                     Some(r) => r,
                     None if !o.requires.is_empty() => o.requires.clone(),
