@@ -2,11 +2,11 @@
 //! public API only. Time-dependent rules run on a manual clock; waits are on
 //! conditions with generous deadlines.
 //!
-//! The `deviations` module at the end holds the two known deviations that are
-//! not fixed (each test says why); they FAIL today and are compiled out of the
-//! default run. Run them with
+//! The `deviations` module at the end holds the known deviation that is not
+//! fixed (its test says why); it FAILS today and is compiled out of the
+//! default run. Run it with
 //! `RUSTFLAGS="--cfg spec_deviations" cargo test --test spec_audit deviations`.
-//! Seven others found by the same audit were fixed and their tests moved up.
+//! Eight others found by the same audit were fixed and their tests moved up.
 #![allow(unexpected_cfgs)]
 
 mod common;
@@ -733,12 +733,39 @@ fn s3_pending_tasks_of_an_unregistered_handler_do_not_block_others() {
     );
 }
 
-/// Known deviations, not fixed:
-/// - a submitted `retry_interval` loses to a handler's or pool's `RetryStrategy`:
-///   honouring it needs the record to say the interval was given explicitly, a
-///   change of record format v1;
-/// - pausing a running task keeps its handler slot until the handler returns,
-///   as fib-flow does (it releases its semaphore in `finally`).
+/// SPEC §3: "slots free on success, failure, suspension and pause". A task
+/// paused while its handler still runs frees its handler slot at once, though
+/// the handler runs on. (fib-flow holds its semaphore until the handler
+/// returns; this follows the SPEC.)
+#[test]
+fn s3_pausing_a_running_task_frees_its_handler_slot() {
+    let (mgr, _clock) = manual(2);
+    let gate = Gate::new();
+    let g = gate.clone();
+    mgr.register_with(
+        "one",
+        HandlerOptions::new().max_concurrent_tasks(1),
+        move |ctx| {
+            if ctx.payload() == &json!("block") {
+                g.wait();
+            }
+            Ok(json!(null).into())
+        },
+    )
+    .unwrap();
+    mgr.start().unwrap();
+    let a = mgr.submit("one", json!("block")).unwrap();
+    eventually("a runs", || status(&mgr, a) == TaskStatus::Running);
+    mgr.pause_task(a).unwrap();
+    let b = mgr.submit("one", json!("free")).unwrap();
+    let r = mgr.wait(b, Duration::from_secs(10));
+    gate.open();
+    assert_eq!(r.unwrap().status, TaskStatus::Completed);
+}
+
+/// Known deviation, not fixed: a submitted `retry_interval` loses to a
+/// handler's or pool's `RetryStrategy`: honouring it needs the record to say
+/// the interval was given explicitly, a change of record format v1.
 #[cfg(spec_deviations)]
 mod deviations {
     use super::*;
@@ -769,36 +796,6 @@ mod deviations {
             .unwrap();
         eventually("failed", || status(&mgr, id) == TaskStatus::Failed);
         assert_eq!(mgr.get_task(id).unwrap().next_run_time, T0 + 7000);
-    }
-
-    /// SPEC §3: "slots free on success, failure, suspension and pause". A task
-    /// paused while its handler still runs keeps its handler slot until the
-    /// handler returns. (fib-flow also holds its semaphore until the handler
-    /// returns, so this one is a reading of the SPEC, not of fib-flow.)
-    #[test]
-    fn s3_pausing_a_running_task_frees_its_handler_slot() {
-        let (mgr, _clock) = manual(2);
-        let gate = Gate::new();
-        let g = gate.clone();
-        mgr.register_with(
-            "one",
-            HandlerOptions::new().max_concurrent_tasks(1),
-            move |ctx| {
-                if ctx.payload() == &json!("block") {
-                    g.wait();
-                }
-                Ok(json!(null).into())
-            },
-        )
-        .unwrap();
-        mgr.start().unwrap();
-        let a = mgr.submit("one", json!("block")).unwrap();
-        eventually("a runs", || status(&mgr, a) == TaskStatus::Running);
-        mgr.pause_task(a).unwrap();
-        let b = mgr.submit("one", json!("free")).unwrap();
-        let r = mgr.wait(b, Duration::from_secs(10));
-        gate.open();
-        assert_eq!(r.unwrap().status, TaskStatus::Completed);
     }
 }
 

@@ -19,6 +19,10 @@ pub(crate) struct AttemptCtl {
     /// 0 = live, 1 = timed out (total), 2 = timed out (heartbeat), 3 = cancelled otherwise.
     pub(crate) stop_reason: AtomicU8,
     pub(crate) done: AtomicBool,
+    /// The attempt still holds its handler's concurrency slot. Whoever ends
+    /// the attempt's hold first (its worker when the handler returns, or a
+    /// pause while it runs: SPEC §3 "slots free on ... pause") frees the slot.
+    slot_held: AtomicBool,
     pub(crate) notify: tokio::sync::Notify,
 }
 
@@ -38,6 +42,7 @@ impl AttemptCtl {
             last_heartbeat_ms: AtomicU64::new(now),
             stop_reason: AtomicU8::new(0),
             done: AtomicBool::new(false),
+            slot_held: AtomicBool::new(true),
             notify: tokio::sync::Notify::new(),
         }
     }
@@ -55,6 +60,12 @@ impl AttemptCtl {
                 .saturating_add(self.heartbeat_window_ms)
         };
         hb.min(self.deadline_ms)
+    }
+
+    /// Ends the attempt's hold on its handler slot: true for the one caller
+    /// that must free it.
+    pub(crate) fn take_slot(&self) -> bool {
+        self.slot_held.swap(false, Ordering::AcqRel)
     }
 
     pub(crate) fn cancel(&self, reason: u8) {
@@ -125,6 +136,8 @@ pub(crate) struct ContextInner {
     pub(crate) core: Weak<Core>,
     /// The attempt's control block, in the same allocation as the context.
     pub(crate) ctl: AttemptCtl,
+    /// The registration the attempt runs with (kept across hot reloads).
+    pub(crate) reg: Arc<super::registry::Registered>,
     pub(crate) name: Arc<str>,
     pub(crate) payload: Value,
     pub(crate) result: Option<Value>,

@@ -350,11 +350,19 @@ impl Core {
     pub(crate) fn control(&self, record: Record) -> Result<()> {
         let id = record.task_id();
         let mut lsn = None;
+        let pause = matches!(record, Record::Pause { .. });
+        let mut paused_attempt = None;
         let deleted = {
             let _wakes = self.dispatch.defer_wakes();
             let mut shard = self.store.lock(id);
             if shard.status(id).is_none() {
                 return Err(Error::NotFound(id));
+            }
+            if pause {
+                paused_attempt = shard
+                    .live(id)
+                    .filter(|e| e.task.status == crate::engine::TaskStatus::Running)
+                    .map(|e| e.task.attempt);
             }
             let (mut applied, l) = self.store.commit(&mut shard, record)?;
             lsn = l.or(lsn);
@@ -367,6 +375,9 @@ impl Core {
             }
             deleted
         };
+        if let Some(attempt) = paused_attempt {
+            self.free_slot_of(id, attempt);
+        }
         // Lock order is dedup -> shard (submit), so the key is freed after the shard is released.
         if let Some(key) = deleted.and_then(|t| t.dedup_key) {
             let mut d = self.store.dedup.lock();
@@ -375,6 +386,23 @@ impl Core {
             }
         }
         self.store.wait(lsn)
+    }
+
+    /// SPEC §3: a running task that was paused frees its handler slot now,
+    /// though its handler runs on (its late result is discarded); the worker
+    /// then does not free it again when the handler returns.
+    fn free_slot_of(&self, id: TaskId, attempt: u32) {
+        let running = self.timer.slots.iter().find_map(|slot| {
+            slot.lock()
+                .as_ref()
+                .filter(|c| c.ctl.id == id && c.ctl.attempt == attempt)
+                .cloned()
+        });
+        if let Some(inner) = running {
+            if inner.ctl.take_slot() {
+                self.give_back(&inner.reg, None);
+            }
+        }
     }
 
     /// Whether workers may claim now.

@@ -23,7 +23,6 @@ const SCAN_LIMIT: usize = 256;
 
 /// A claimed task, ready to run.
 pub(crate) struct Job {
-    reg: Arc<Registered>,
     ctx: TaskContext,
     kind: TaskKind,
     cron: Option<String>,
@@ -103,7 +102,7 @@ impl Core {
 
     /// Frees a slot of `reg` (putting `unrun` back in its queue first), and
     /// returns one held entry of the handler to its queue.
-    fn give_back(&self, reg: &Registered, unrun: Option<(&Queue, ReadyItem)>) {
+    pub(super) fn give_back(&self, reg: &Registered, unrun: Option<(&Queue, ReadyItem)>) {
         let gate = reg
             .slots
             .tight(self.workers.len())
@@ -278,6 +277,7 @@ impl Core {
         let inner = ContextInner {
             core: Arc::downgrade(self),
             ctl,
+            reg,
             name: t.name.clone(),
             payload: t.payload.clone(),
             result: t.result.clone(),
@@ -289,7 +289,6 @@ impl Core {
             root_id: t.root_id,
         };
         Job {
-            reg,
             ctx: TaskContext {
                 inner: Arc::new(inner),
             },
@@ -307,14 +306,16 @@ impl Core {
         inner.ctl.done.store(true, Ordering::Release);
         self.timer.set_slot(w, None);
         self.finish(w, &job, result);
-        self.give_back(&job.reg, None);
+        if inner.ctl.take_slot() {
+            self.give_back(&inner.reg, None);
+        }
         if self.global.release() {
             self.dispatch.wake_each_pool();
         }
     }
 
     fn call(&self, job: &Job) -> HandlerResult {
-        let outcome = match &job.reg.handler {
+        let outcome = match &job.ctx.inner.reg.handler {
             Handler::Sync(f) => catch_unwind(AssertUnwindSafe(|| f(&job.ctx))),
             Handler::Async(f) => {
                 let inner = job.ctx.inner.clone();
@@ -410,7 +411,7 @@ impl Core {
                     Err(err) => (
                         self.fail_record(
                             e,
-                            Some(&job.reg),
+                            Some(&job.ctx.inner.reg),
                             w,
                             err.to_string(),
                             FailKind::Error,
@@ -434,12 +435,14 @@ impl Core {
                 let err =
                     "Suspension requires a non-empty reason: return Outcome::Suspend with a reason"
                         .to_owned();
-                let fail = self.fail_record(e, Some(&job.reg), w, err, FailKind::Error, now);
+                let fail =
+                    self.fail_record(e, Some(&job.ctx.inner.reg), w, err, FailKind::Error, now);
                 (fail, Vec::new())
             }
             Err(err) => {
                 let err = err.to_string();
-                let fail = self.fail_record(e, Some(&job.reg), w, err, FailKind::Error, now);
+                let fail =
+                    self.fail_record(e, Some(&job.ctx.inner.reg), w, err, FailKind::Error, now);
                 (fail, Vec::new())
             }
         };
