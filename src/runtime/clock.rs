@@ -20,6 +20,12 @@ pub trait Clock: Send + Sync + 'static {
         self.now_ms()
     }
 
+    /// [`Clock::now_ms`] and [`Clock::now_ms_ceil`] of one reading.
+    fn now_ms_floor_ceil(&self) -> (u64, u64) {
+        let floor = self.now_ms();
+        (floor, self.now_ms_ceil().max(floor))
+    }
+
     /// Whether time moves on its own. A manual clock returns `false`, and the
     /// timer then waits for [`Clock::on_advance`] instead of a deadline.
     fn is_real(&self) -> bool {
@@ -45,6 +51,12 @@ impl Clock for SystemClock {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, ceil_ms)
+    }
+
+    fn now_ms_floor_ceil(&self) -> (u64, u64) {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or((0, 0), |d| (d.as_millis() as u64, ceil_ms(d)))
     }
 }
 

@@ -209,7 +209,9 @@ impl Core {
 
     /// Claims `item` under its shard lock; `None` if the task is no longer runnable.
     fn claim(self: &Arc<Self>, w: usize, item: &ReadyItem, reg: Arc<Registered>) -> Option<Job> {
-        let now = self.now();
+        // `now` stamps the claim; windows count from `base`, `now` rounded up,
+        // so none ends early.
+        let (now, base) = self.clock.now_ms_floor_ceil();
         let _wakes = self.dispatch.defer_wakes();
         let mut shard = self.store.lock(item.id);
         // `stop` sets `stopping` before it records running attempts as
@@ -251,7 +253,7 @@ impl Core {
             Err(_) => return None,
         }
         let e = shard.live(item.id)?;
-        Some(self.job(e, reg, worker, now))
+        Some(self.job(e, reg, worker, base))
     }
 
     fn job(
@@ -259,11 +261,9 @@ impl Core {
         e: &TaskEntry,
         reg: Arc<Registered>,
         worker: Arc<str>,
-        now: u64,
+        base: u64,
     ) -> Job {
         let t = &e.task;
-        // Windows count from `now` rounded up, so none ends early.
-        let base = self.clock.now_ms_ceil().max(now);
         let deadline = if t.timeout_ms == 0 {
             u64::MAX
         } else {
