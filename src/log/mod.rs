@@ -496,6 +496,8 @@ struct Inner {
     // LSN of the last record found by recovery (appends since are tracked per mapping).
     recovered_last: Option<u64>,
     snapshot: Mutex<Option<(u64, Vec<u8>)>>,
+    /// Held while a snapshot is written and the files it covers are removed.
+    snapshot_writer: Mutex<()>,
     shutdown: Mutex<bool>,
     shutdown_cond: Condvar,
     _lock: Option<DirLock>,
@@ -587,6 +589,7 @@ impl Log {
             completion: Notify::default(),
             recovered_last: last.map(|l| l.0),
             snapshot: Mutex::new(snapshot),
+            snapshot_writer: Mutex::new(()),
             shutdown: Mutex::new(false),
             shutdown_cond: Condvar::new(),
             _lock: lock,
@@ -735,13 +738,26 @@ impl Log {
     /// Writes a snapshot covering every record with LSN `<= lsn` atomically
     /// (temp file, fsync, rename, fsync directory), then deletes older snapshots
     /// and every non-active segment all of whose records are `<= lsn`.
-    /// Appends may continue meanwhile.
+    /// Appends may continue meanwhile. Snapshots are written one at a time; one
+    /// at or below the LSN of the newest snapshot already written does nothing.
     pub fn write_snapshot(&self, lsn: Lsn, bytes: &[u8]) -> Result<(), LogError> {
         let inner = &*self.inner;
         inner.commit.check()?;
         let next = inner.reserved_end();
         if lsn.0 >= next {
             return Err(LogError::UnknownLsn { lsn: lsn.0, next });
+        }
+        // Two writers at one LSN would share a temp file, and each would delete
+        // the older files the other deletes; an older snapshot written after a
+        // newer one would move the snapshot LSN back.
+        let _writing = inner.snapshot_writer.lock();
+        if inner
+            .snapshot
+            .lock()
+            .as_ref()
+            .is_some_and(|(l, _)| *l >= lsn.0)
+        {
+            return Ok(());
         }
         let name = snapshot_name(lsn.0);
         inner
