@@ -23,6 +23,9 @@ pub(crate) struct AttemptCtl {
     /// the attempt's hold first (its worker when the handler returns, or a
     /// pause while it runs: SPEC §3 "slots free on ... pause") frees the slot.
     slot_held: AtomicBool,
+    /// The attempt no longer owns its task (it was paused, say): the timer
+    /// stops looking at it, and its handler runs on unchecked.
+    detached: AtomicBool,
     pub(crate) notify: tokio::sync::Notify,
 }
 
@@ -43,13 +46,17 @@ impl AttemptCtl {
             stop_reason: AtomicU8::new(0),
             done: AtomicBool::new(false),
             slot_held: AtomicBool::new(true),
+            detached: AtomicBool::new(false),
             notify: tokio::sync::Notify::new(),
         }
     }
 
     /// The next time the timer must look at this attempt.
     pub(crate) fn next_check_ms(&self) -> u64 {
-        if self.done.load(Ordering::Acquire) || self.stop_reason.load(Ordering::Acquire) != 0 {
+        if self.done.load(Ordering::Acquire)
+            || self.stop_reason.load(Ordering::Acquire) != 0
+            || self.detached.load(Ordering::Acquire)
+        {
             return u64::MAX;
         }
         let hb = if self.heartbeat_window_ms == 0 {
@@ -60,6 +67,11 @@ impl AttemptCtl {
                 .saturating_add(self.heartbeat_window_ms)
         };
         hb.min(self.deadline_ms)
+    }
+
+    /// The attempt no longer owns its task: no timeout or heartbeat applies.
+    pub(crate) fn detach(&self) {
+        self.detached.store(true, Ordering::Release);
     }
 
     /// Ends the attempt's hold on its handler slot: true for the one caller

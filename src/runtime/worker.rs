@@ -319,12 +319,18 @@ impl Core {
             Handler::Sync(f) => catch_unwind(AssertUnwindSafe(|| f(&job.ctx))),
             Handler::Async(f) => {
                 let inner = job.ctx.inner.clone();
-                let fut = f(job.ctx.clone());
+                // Making the future runs the closure's synchronous part, which
+                // may panic too: it is inside the guard.
                 catch_unwind(AssertUnwindSafe(|| {
+                    let fut = f(job.ctx.clone());
                     self.block_on(async move {
                         tokio::select! {
-                            r = fut => r,
+                            // Cancellation first: a handler that was cancelled
+                            // while busy between awaits never runs past its next
+                            // await (an unbiased select polls in random order).
+                            biased;
                             () = inner.ctl.notify.notified() => Err("the attempt was cancelled at an await point (timeout or stop)".into()),
+                            r = fut => r,
                         }
                     })
                     .unwrap_or_else(|| Err("the task manager is shutting down".into()))
@@ -586,10 +592,16 @@ impl Core {
         };
         let _wakes = self.dispatch.defer_wakes();
         let mut shard = self.store.lock(ctl.id);
-        let Some(e) = shard.live(ctl.id) else { return };
-        if e.task.status != TaskStatus::Running || e.task.attempt != ctl.attempt {
+        let owned = shard
+            .live(ctl.id)
+            .filter(|e| e.task.status == TaskStatus::Running && e.task.attempt == ctl.attempt);
+        let Some(e) = owned else {
+            // Paused (or otherwise ended) while its handler runs on: SPEC §4,
+            // it never times out, and the timer must not find it due again
+            // at every round (that was a busy loop until the handler returned).
+            ctl.detach();
             return;
-        }
+        };
         let reg = self.registry.get(&e.task.name);
         let error = match kind {
             // fib-flow's texts (its timeout sweep), which its tests match.
