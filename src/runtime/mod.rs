@@ -187,7 +187,10 @@ impl Core {
         let tokio = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("fibflow-async")
-            .enable_time()
+            // Every driver the application's tokio features compile in: an
+            // async handler doing network I/O (tokio's `net`, reqwest) needs
+            // the I/O driver, not only timers.
+            .enable_all()
             .build()
             .map_err(|source| Error::Io {
                 context: "cannot start the tokio runtime for async handlers",
