@@ -392,7 +392,7 @@ pub(crate) fn retention_batch(
     policy.validate()?;
     let cutoff = core
         .now()
-        .saturating_sub(policy.expire_after.as_millis() as u64);
+        .saturating_sub(crate::runtime::clock::ceil_ms(policy.expire_after));
     let mut victims = Vec::new();
     // Stops at `max`: a batch costs what it deletes, not a scan of every task.
     super::query::scan_while(core, &TaskFilter::default(), |s| {

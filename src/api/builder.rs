@@ -239,9 +239,18 @@ impl Builder {
                 "max_concurrent_tasks must be at least 1".into(),
             ));
         }
+        let mut names = std::collections::HashSet::from(["default"]);
         for p in &self.pools {
             if p.name.trim().is_empty() {
                 return Err(Error::InvalidOption("a pool needs a non-empty name".into()));
+            }
+            // Workers are named after their pool, and a timeout finds its
+            // attempt's pool by worker name.
+            if !names.insert(p.name.as_str()) {
+                return Err(Error::InvalidOption(format!(
+                    "two pools are named `{}` (`default` is the built-in pool): give each pool its own name",
+                    p.name
+                )));
             }
             if p.concurrency == 0 {
                 return Err(Error::InvalidOption(format!(

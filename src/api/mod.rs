@@ -366,7 +366,7 @@ impl TaskManager {
             return Ok(StopReport::default());
         }
         self.core.dispatch.wake_all();
-        let until = Instant::now() + deadline;
+        let until = instant_after(deadline);
         let all_done = {
             let mut live = self.core.live.0.lock();
             while *live > 0 {
@@ -438,7 +438,7 @@ impl TaskManager {
     /// Waits until the task is completed, permanently failed or paused, and its
     /// final record is durable; returns the task.
     pub fn wait(&self, id: TaskId, timeout: Duration) -> Result<Task> {
-        let until = Instant::now() + timeout;
+        let until = instant_after(timeout);
         let w = &self.core.waiters;
         w.enter(id);
         let result = loop {
@@ -537,6 +537,16 @@ impl Drop for TaskManager {
     }
 }
 
+/// The instant `d` from now; a duration too long to add (`Duration::MAX`, a
+/// caller's "forever") gives a point a century away instead of a panic.
+fn instant_after(d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let now = Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
+}
+
 /// Tasks deleted per automatic retention batch (fib-flow's internal batch size),
 /// so that one batch never holds up due timers for long.
 const RETENTION_BATCH: usize = 100;
@@ -578,7 +588,7 @@ fn timer_main(core: &Arc<Core>, mut retention: Option<(RetentionPolicy, Duration
         let t = core.now();
         if let Some((policy, every, last)) = &mut retention {
             let next_batch = draining.is_some_and(|d| t > d);
-            if next_batch || t.saturating_sub(*last) >= every.as_millis() as u64 {
+            if next_batch || t.saturating_sub(*last) >= crate::runtime::clock::ceil_ms(*every) {
                 if !next_batch {
                     *last = t;
                 }

@@ -549,6 +549,41 @@ pub fn peek_task_id(bytes: &[u8]) -> Option<TaskId> {
     varint().map(TaskId)
 }
 
+/// The deepest nesting of arrays and objects a stored JSON value may have.
+/// Stored values are parsed back with serde_json, which refuses more than 128
+/// levels; values deeper than this are refused when they come in (a payload,
+/// a result, children's payloads, event metadata), never stored unreadable.
+pub const MAX_JSON_DEPTH: usize = 100;
+
+/// Whether `v` nests arrays and objects at most [`MAX_JSON_DEPTH`] levels
+/// deep (without recursion, so any depth is checked safely).
+pub(crate) fn json_depth_ok(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    if !matches!(v, Value::Array(_) | Value::Object(_)) {
+        return true;
+    }
+    let mut stack = vec![(v, 1usize)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        if depth > MAX_JSON_DEPTH {
+            return false;
+        }
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    true
+}
+
+/// The error text for a value deeper than [`MAX_JSON_DEPTH`].
+pub(crate) fn too_deep(what: &str) -> String {
+    format!(
+        "{what} nests arrays or objects more than {MAX_JSON_DEPTH} levels deep, more than fibflow stores: flatten it"
+    )
+}
+
 /// Stores a JSON value as JSON text in binary formats (postcard cannot carry
 /// self-describing values), and as itself in human-readable ones (serde_json), so
 /// the public snapshot types still serialize to natural JSON.

@@ -269,6 +269,12 @@ fn normalize_field(field: Field, raw: &str) -> Result<String, String> {
             field.label()
         ));
     }
+    if text.split(',').any(str::is_empty) {
+        return Err(format!(
+            "the {} field `{raw}` has an empty item in its list",
+            field.label()
+        ));
+    }
     Ok(text.replace('?', "*"))
 }
 

@@ -104,7 +104,13 @@ impl ManualClock {
     /// so what a test checks next already sees it. Handlers still run on their
     /// own threads: wait for their effects.
     pub fn advance(&self, by: Duration) {
-        self.now.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+        let by = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        // Saturating: a huge step stops at the end of time, never wraps back.
+        let _ = self
+            .now
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
+                Some(t.saturating_add(by))
+            });
         self.notify();
     }
 

@@ -310,6 +310,9 @@ impl TaskContext {
 /// Metadata is a JSON object (or absent / null), as fib-flow requires.
 fn object(field: &str, v: Option<&Value>) -> Result<(), ContextError> {
     match v {
+        Some(v) if !crate::codec::json_depth_ok(v) => {
+            Err(ContextError::Invalid(crate::codec::too_deep(field)))
+        }
         None | Some(Value::Null | Value::Object(_)) => Ok(()),
         Some(_) => Err(ContextError::Invalid(format!(
             "{field} must be a JSON object (or absent)"

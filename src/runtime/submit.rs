@@ -114,6 +114,9 @@ impl Core {
         if let Some(tag) = &o.tag {
             super::error::check_task_tag(tag)?;
         }
+        if !crate::codec::json_depth_ok(&payload) {
+            return Err(Error::InvalidOption(crate::codec::too_deep("the payload")));
+        }
         let mut requires = reg.options.requires.clone();
         requires.extend(o.requires);
         let requires = normalize_tags(requires)?;

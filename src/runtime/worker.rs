@@ -386,6 +386,12 @@ impl Core {
             return; // stale: the manager drops its own late writes silently
         }
         // The outcome's record, and the children a spawn creates with it.
+        let result = match result {
+            Ok(Outcome::Complete(v)) if !crate::codec::json_depth_ok(&v) => {
+                Err(crate::codec::too_deep("the handler's result").into())
+            }
+            other => other,
+        };
         let (first, rest): (Record, Vec<Record>) = match result {
             Ok(Outcome::Complete(value)) => {
                 let next_run_ms = self.cron_next(job, now);
@@ -555,6 +561,12 @@ impl Core {
                 };
                 if let Some(t) = &c.tag {
                     super::error::check_task_tag(t)?;
+                }
+                if !crate::codec::json_depth_ok(&c.payload) {
+                    return Err(Error::InvalidOption(crate::codec::too_deep(&format!(
+                        "the payload of child `{}`",
+                        c.name
+                    ))));
                 }
                 Ok(NewTask {
                     id: self.store.alloc_id(Some(p.id)),
