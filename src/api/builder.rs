@@ -80,6 +80,9 @@ impl Pool {
     }
 }
 
+/// The most worker threads a manager runs, over all its pools.
+pub(crate) const MAX_WORKERS: usize = 4096;
+
 /// Configures and opens a [`TaskManager`].
 ///
 /// ```
@@ -238,6 +241,16 @@ impl Builder {
             return Err(Error::InvalidOption(
                 "max_concurrent_tasks must be at least 1".into(),
             ));
+        }
+        // Every worker is an OS thread.
+        let workers = self
+            .pools
+            .iter()
+            .fold(self.max_concurrent, |n, p| n.saturating_add(p.concurrency));
+        if workers > MAX_WORKERS {
+            return Err(Error::InvalidOption(format!(
+                "{workers} workers in all (max_concurrent_tasks plus the pools' concurrency); at most {MAX_WORKERS} are supported, one OS thread each"
+            )));
         }
         let mut names = std::collections::HashSet::from(["default"]);
         for p in &self.pools {

@@ -293,6 +293,9 @@ impl TaskManager {
             .into_iter()
             .map(|(name, payload, o)| self.core.prepare_submit(&name, payload, o))
             .collect::<Result<Vec<_>>>()?;
+        for new in &prepared {
+            self.core.store.check_submit_fits(new)?;
+        }
         let mut ids = Vec::with_capacity(prepared.len());
         let mut last = None;
         for new in prepared {

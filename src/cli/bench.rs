@@ -37,12 +37,27 @@ pub struct BenchArgs {
     /// One JSON object on the last stdout line.
     #[arg(long)]
     pub json: bool,
-    /// Total time budget in seconds (split over the four measurements).
-    #[arg(long, default_value_t = 8.0)]
+    /// Total time budget in seconds (split over the four measurements), from
+    /// 0.4 to 86,400.
+    #[arg(long, default_value_t = 8.0, value_parser = parse_seconds)]
     pub seconds: f64,
-    /// Pause before each latency sample, in microseconds, so the workers park.
-    #[arg(long, default_value_t = 300)]
+    /// Pause before each latency sample, in microseconds, so the workers park
+    /// (at most 1,000,000).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub gap_us: u64,
+}
+
+/// `--seconds`: a finite number from 0.4 to 86,400.
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if (0.4..=86_400.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{s} seconds is out of range: give 0.4 to 86400"))
+    }
 }
 
 /// Percentiles of latency samples, in microseconds.

@@ -42,8 +42,8 @@ pub struct CrashArgs {
     /// Seed of the kill points and of the demo pipeline.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Tasks of the demo workload.
-    #[arg(long, default_value_t = 5000)]
+    /// Tasks of the demo workload (at most 100,000,000).
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
     pub tasks: u64,
     /// Durability of the log.
     #[arg(long, value_enum, default_value_t = DurabilityArg::Sync)]

@@ -38,8 +38,8 @@ pub struct DemoArgs {
     /// The log directory (default: ./fibflow-data).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Number of tasks in the pipeline.
-    #[arg(long, default_value_t = 10_000)]
+    /// Number of tasks in the pipeline (at most 100,000,000).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
     pub tasks: u64,
     /// One JSON object on the last stdout line.
     #[arg(long)]

@@ -112,7 +112,7 @@ pub enum FrameError {
 
 /// Rounds `n` up to a multiple of [`FRAME_ALIGN`].
 pub const fn align_up(n: u64) -> u64 {
-    (n + FRAME_ALIGN - 1) & !(FRAME_ALIGN - 1)
+    n.saturating_add(FRAME_ALIGN - 1) & !(FRAME_ALIGN - 1)
 }
 
 /// Total on-disk length of a record frame with a body of `body_len` bytes.

@@ -533,6 +533,13 @@ impl Log {
     /// available from [`Log::snapshot`].
     pub fn open(dir: &Path, config: LogConfig) -> Result<(Log, RecoveryReport), LogError> {
         validate(&config)?;
+        if dir.as_os_str().is_empty() {
+            // `create_dir_all("")` succeeds, and the lock would land in the
+            // working directory.
+            return Err(LogError::InvalidConfig(
+                "the log directory path is empty: give a directory".into(),
+            ));
+        }
         std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let lock = lock::lock_dir(dir)?;
         // Sync appends by `pwritev` (see `MmapStorage::write_through`); the other
@@ -960,7 +967,7 @@ impl Inner {
     fn request_next(&self) {
         let a = self.active.load();
         let mut st = self.prep.lock();
-        st.want = Some((a.header.segment_id + 1, a.end()));
+        st.want = Some((a.header.segment_id.saturating_add(1), a.end()));
         self.prep_cond.notify_all();
     }
 
@@ -1072,6 +1079,9 @@ fn list(storage: &dyn Storage) -> Result<Listing, LogError> {
 }
 
 /// Newest valid snapshot `(log_id, lsn, body)`, and complaints about invalid ones.
+/// Above any segment id or LSN a log can reach: larger header values are corrupt.
+const MAX_POSITION: u64 = 1 << 62;
+
 /// A loaded snapshot: `(log_id, lsn, body)`.
 type LoadedSnapshot = (u64, u64, Vec<u8>);
 
@@ -1139,6 +1149,17 @@ fn check_headers(
                 h.segment_id, h.segment_len
             )));
         }
+        // LSNs are byte positions: no real log comes near 2^62, and every
+        // position arithmetic after this check stays far from overflow.
+        if h.segment_id >= MAX_POSITION
+            || h.base_lsn.saturating_add(h.segment_len) >= MAX_POSITION
+            || snap.is_some_and(|(_, l)| l >= MAX_POSITION)
+        {
+            return Err(corrupt(format!(
+                "header values out of range (segment {}, base LSN {})",
+                h.segment_id, h.base_lsn
+            )));
+        }
         match prev {
             Some(p)
                 if p.segment_id + 1 != h.segment_id || p.base_lsn + p.segment_len != h.base_lsn =>
@@ -1148,7 +1169,7 @@ fn check_headers(
                     p.segment_id
                 )));
             }
-            None if h.base_lsn > snap.map_or(0, |(_, l)| l + 1) => {
+            None if h.base_lsn > snap.map_or(0, |(_, l)| l.saturating_add(1)) => {
                 return Err(corrupt(
                     "records between the snapshot and this first segment are missing".to_owned(),
                 ));
@@ -1218,7 +1239,9 @@ fn recover(storage: &dyn Storage, config: &LogConfig) -> Result<Recovered, LogEr
     let (scan, repairs) = scan;
     apply_repairs(storage, &mut segs, &repairs, &mut report)?;
     if segs.is_empty() {
-        let base = snap.as_ref().map_or(0, |(_, l, _)| frame::align_up(l + 1));
+        let base = snap
+            .as_ref()
+            .map_or(0, |(_, l, _)| frame::align_up(l.saturating_add(1)));
         segs.push(new_segment(
             storage,
             SegmentHeader {
@@ -1352,7 +1375,9 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
     out.snapshot_lsn = snap.as_ref().map(|(_, l, _)| Lsn(*l));
     let mut files = Vec::new();
     for (_, name) in &listing.segments {
-        let bytes = std::fs::read(dir.join(name)).map_err(io_err(format!("reading {name}")))?;
+        let bytes = storage
+            .read_file(name)
+            .map_err(io_err(format!("reading {name}")))?;
         files.push((name.clone(), bytes));
     }
     let checked: Vec<_> = files

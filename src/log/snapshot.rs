@@ -95,7 +95,12 @@ pub fn decode_snapshot(b: &[u8]) -> Result<(u64, u64, &[u8]), SnapshotError> {
     if crc != u32::from_le_bytes(crc_bytes) {
         return Err(SnapshotError::Checksum);
     }
-    Ok((u64_at(header, 16), u64_at(header, 24), body))
+    let lsn = u64_at(header, 24);
+    // No log reaches 2^62 bytes: a larger LSN is not one this log wrote.
+    if lsn >= 1 << 62 {
+        return Err(SnapshotError::Format);
+    }
+    Ok((u64_at(header, 16), lsn, body))
 }
 
 #[cfg(test)]

@@ -138,7 +138,16 @@ impl Storage for MmapStorage {
     }
 
     fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {
-        fs::read(self.dir.join(name))
+        // Only regular files: a FIFO would block the open forever, and a link
+        // to a device read until memory runs out.
+        let path = self.dir.join(name);
+        if !fs::metadata(&path)?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", path.display()),
+            ));
+        }
+        fs::read(path)
     }
 
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()> {

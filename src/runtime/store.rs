@@ -128,6 +128,28 @@ impl Store {
         })
     }
 
+    /// Refuses a submission too large for one log record, before anything is
+    /// recorded: `submit_batch` checks every item first, so a refused batch
+    /// creates nothing (SPEC §13).
+    pub(crate) fn check_submit_fits(&self, new: &codec::NewTask) -> Result<()> {
+        /// The format version, the batch's length and the record's variant.
+        const FRAMING: usize = 16;
+        let guard = self.log.load();
+        let Some(log) = guard.as_deref() else {
+            return Ok(());
+        };
+        ENCODE_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let mut bytes = std::mem::take(&mut *buf);
+            bytes.clear();
+            let bytes = postcard::to_extend(new, bytes).map_err(codec::EncodeError::from)?;
+            let len = bytes.len();
+            *buf = bytes;
+            log.check_len(len.saturating_add(FRAMING))?;
+            Ok(())
+        })
+    }
+
     /// Applies and logs records that must land together (one frame). The first
     /// record is the one that can be refused; the rest (children) are fresh tasks.
     pub(crate) fn commit_batch(
