@@ -492,6 +492,8 @@ struct Inner {
     prep: Mutex<PrepState>,
     prep_cond: Condvar,
     commit: GroupCommit,
+    /// The synced watermark when the log was opened (see [`Inner::seal`]).
+    opened_synced: u64,
     completion: Notify,
     // LSN of the last record found by recovery (appends since are tracked per mapping).
     recovered_last: Option<u64>,
@@ -593,6 +595,7 @@ impl Log {
             prep: Mutex::new(PrepState::default()),
             prep_cond: Condvar::new(),
             commit: GroupCommit::new(synced),
+            opened_synced: synced,
             completion: Notify::default(),
             recovered_last: last.map(|l| l.0),
             snapshot: Mutex::new(snapshot),
@@ -684,16 +687,30 @@ impl Log {
                 max: inner.max_record,
             });
         }
+        inner.append_frame(Some(record))
+    }
+}
+
+impl Inner {
+    /// Appends a record frame, or with `None` a seal: an empty pad frame whose
+    /// `stable` is the synced watermark (see [`Inner::seal`]).
+    fn append_frame(&self, record: Option<&[u8]>) -> Result<Lsn, LogError> {
+        let inner = self;
         inner.commit.check()?;
-        let flen = frame_len(record.len() as u64);
+        let body = record.unwrap_or_default();
+        let flen = frame_len(body.len() as u64);
         loop {
             let seg = inner.active.load();
             match seg.map.reserve(flen) {
                 Reserve::Fits(mut slot) => {
                     let lsn = seg.base() + slot.start();
-                    let header = record_header(lsn, inner.commit.synced(), record);
+                    let stable = inner.commit.synced();
+                    let header = match record {
+                        Some(r) => record_header(lsn, stable, r),
+                        None => pad_header(lsn, stable, 0),
+                    };
                     // I3: the padding after the body is already zero.
-                    let ok = slot.write_parts(0, &[&header, record]);
+                    let ok = slot.write_parts(0, &[&header, body]);
                     drop(slot);
                     debug_assert!(ok, "slot sized by frame_len");
                     inner.completion.notify_all();
@@ -719,6 +736,24 @@ impl Log {
         }
     }
 
+    /// Seals a log that is being closed: after the final sync, an empty pad
+    /// frame records that everything before it is durable, then is synced
+    /// itself. Recovery takes damage before a frame whose `stable` is past it
+    /// for corruption, not a torn tail (`recovery.rs`, step 2); without a seal,
+    /// a flipped bit in the last synced batch of a cleanly closed log would be
+    /// cut off as a torn tail, with the acknowledged records after it. Only
+    /// when something was appended since the log was opened.
+    fn seal(&self) -> Result<(), LogError> {
+        self.flush_all()?;
+        if self.commit.synced() <= self.opened_synced {
+            return Ok(());
+        }
+        self.append_frame(None)?;
+        self.flush_all()
+    }
+}
+
+impl Log {
     /// Blocks until `lsn` and every record before it are complete and durable
     /// to the configured level. Do not call it while holding a lock appenders need.
     pub fn wait_durable(&self, lsn: Lsn) -> Result<(), LogError> {
@@ -837,6 +872,15 @@ impl Log {
 
 impl Drop for Log {
     fn drop(&mut self) {
+        if !matches!(
+            self.inner.config.durability,
+            Durability::Os | Durability::Memory
+        ) {
+            // Best effort, while the segment preparer still runs (a seal may
+            // need the next segment): a failure poisons nothing anyone can
+            // still observe, and recovery then treats the tail as before.
+            let _ = self.inner.seal();
+        }
         {
             let mut st = self.inner.prep.lock();
             st.shutdown = true;

@@ -23,10 +23,12 @@
 //!
 //! Correct because a record is acknowledged (I2 in `mod.rs`) only when it and
 //! every byte before it are synced, so for an acknowledged record every invalid
-//! frame before it has evidence (the record itself, or any later frame carries
-//! a `stable` at least as large) and cannot be mistaken for a torn tail; and a
-//! frame beyond a torn point was never acknowledged, so cutting it loses nothing
-//! that was promised.
+//! frame before it has evidence once any later frame was written (its `stable`
+//! is at least as large) and cannot be mistaken for a torn tail; and a frame
+//! beyond a torn point was never acknowledged, so cutting it loses nothing
+//! that was promised. The records of the last sync before a clean close get
+//! their evidence from the seal closing the log appends (`Inner::seal`); a
+//! crash leaves none, and damage to that last batch then reads as a torn tail.
 
 use super::frame::{
     decode_frame, pad_header, FrameError, FrameKind, FRAME_ALIGN, FRAME_HEADER_LEN,
