@@ -390,86 +390,56 @@ fn strategy(backoff: Backoff, base_ms: u64, cap_ms: Option<u64>, jitter: f64) ->
     }
 }
 
+/// A handler `name` with retry strategy `s` that always fails runs
+/// `executions` times, its retries spaced at least `floors` ms apart.
+fn strategy_spaces_retries(name: &str, executions: u32, s: RetryStrategy, floors: &[u64]) {
+    let mgr = memory(2);
+    let opts = HandlerOptions::new()
+        .max_retries(executions)
+        .retry_interval(Duration::ZERO)
+        .retry(s);
+    let marks = always_failing(&mgr, name, opts);
+    mgr.start().unwrap();
+    let id = mgr.submit(name, json!(null)).unwrap();
+    check_spacing(&mgr, id, &marks, executions as usize, floors);
+    mgr.stop(PATIENCE).unwrap();
+}
+
 /// `RetryStrategy::fixed` on the handler (it overrides the task's interval).
 #[test]
 fn fixed_strategy_spaces_retries() {
-    let mgr = memory(2);
-    let opts = HandlerOptions::new()
-        .max_retries(4)
-        .retry_interval(Duration::ZERO)
-        .retry(RetryStrategy::fixed(Duration::from_millis(70)));
-    let marks = always_failing(&mgr, "fixed", opts);
-    mgr.start().unwrap();
-    let id = mgr.submit("fixed", json!(null)).unwrap();
-    check_spacing(&mgr, id, &marks, 4, &[70, 70, 70]);
-    mgr.stop(PATIENCE).unwrap();
+    let fixed = RetryStrategy::fixed(Duration::from_millis(70));
+    strategy_spaces_retries("fixed", 4, fixed, &[70, 70, 70]);
 }
 
 /// Linear backoff: base × (retry_count + 1).
 #[test]
 fn linear_strategy_grows_the_spacing() {
-    let mgr = memory(2);
-    let opts = HandlerOptions::new()
-        .max_retries(4)
-        .retry(strategy(Backoff::Linear, 40, None, 0.0));
-    let marks = always_failing(&mgr, "linear", opts);
-    mgr.start().unwrap();
-    let id = mgr.submit("linear", json!(null)).unwrap();
-    check_spacing(&mgr, id, &marks, 4, &[40, 80, 120]);
-    mgr.stop(PATIENCE).unwrap();
+    let linear = strategy(Backoff::Linear, 40, None, 0.0);
+    strategy_spaces_retries("linear", 4, linear, &[40, 80, 120]);
 }
 
 /// Exponential backoff: base × 2^retry_count, bounded by its cap.
 #[test]
 fn exponential_strategy_doubles_the_spacing_up_to_its_cap() {
-    let mgr = memory(2);
-    let opts = HandlerOptions::new().max_retries(5).retry(strategy(
-        Backoff::Exponential,
-        30,
-        Some(100),
-        0.0,
-    ));
-    let marks = always_failing(&mgr, "exp", opts);
-    mgr.start().unwrap();
-    let id = mgr.submit("exp", json!(null)).unwrap();
-    check_spacing(&mgr, id, &marks, 5, &[30, 60, 100, 100]);
-    mgr.stop(PATIENCE).unwrap();
+    let exp = strategy(Backoff::Exponential, 30, Some(100), 0.0);
+    strategy_spaces_retries("exp", 5, exp, &[30, 60, 100, 100]);
 }
 
 /// The cap really bounds the delay: without it these retries would take
 /// 30 s + 60 s, longer than the test's patience.
 #[test]
 fn a_cap_bounds_a_huge_exponential_base() {
-    let mgr = memory(2);
-    let opts = HandlerOptions::new().max_retries(3).retry(strategy(
-        Backoff::Exponential,
-        30_000,
-        Some(90),
-        0.0,
-    ));
-    let marks = always_failing(&mgr, "capped", opts);
-    mgr.start().unwrap();
-    let id = mgr.submit("capped", json!(null)).unwrap();
-    check_spacing(&mgr, id, &marks, 3, &[90, 90]);
-    mgr.stop(PATIENCE).unwrap();
+    let capped = strategy(Backoff::Exponential, 30_000, Some(90), 0.0);
+    strategy_spaces_retries("capped", 3, capped, &[90, 90]);
 }
 
-/// Jitter subtracts at most its fraction of the (capped) delay.
+/// Jitter subtracts at most its fraction of the (capped) delay: 60, 120, 200
+/// (capped from 240), each less at most half.
 #[test]
 fn jittered_exponential_strategy_stays_above_its_jitter_floor() {
-    let mgr = memory(2);
-    let opts = HandlerOptions::new().max_retries(4).retry(strategy(
-        Backoff::Exponential,
-        60,
-        Some(200),
-        0.5,
-    ));
-    let marks = always_failing(&mgr, "jitter", opts);
-    mgr.start().unwrap();
-    let id = mgr.submit("jitter", json!(null)).unwrap();
-    // 60, 120, 200 (capped from 240), each less at most half.
-    check_spacing(&mgr, id, &marks, 4, &[30, 60, 100]);
-    mgr.stop(PATIENCE).unwrap();
+    let jitter = strategy(Backoff::Exponential, 60, Some(200), 0.5);
+    strategy_spaces_retries("jitter", 4, jitter, &[30, 60, 100]);
 }
 
 /// A pool's strategy spaces the retries of tasks it runs.
