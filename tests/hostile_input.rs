@@ -119,23 +119,10 @@ fn within_for<T: Send + 'static>(
     }
 }
 
-/// `TaskManager::open`, retried while the directory is locked: a manager
-/// that was just stopped has released its lock, but a child process another
-/// test is spawning at that moment holds a copy of the lock's descriptor from
-/// its fork until its exec closes it (flock locks belong to the shared open
-/// file description).
+/// `TaskManager::open`, retried while the directory is locked (see
+/// `common::build_unlocked`: this file's CLI tests spawn processes).
 fn open_dir(dir: &std::path::Path) -> fibflow::Result<TaskManager> {
-    let until = std::time::Instant::now() + PATIENCE;
-    loop {
-        match TaskManager::open(dir) {
-            Err(Error::Log(fibflow::log::LogError::Locked { .. }))
-                if std::time::Instant::now() < until =>
-            {
-                std::thread::yield_now();
-            }
-            other => return other,
-        }
-    }
+    common::build_unlocked(TaskManager::builder().dir(dir))
 }
 
 /// A JSON value nested `depth` arrays deep.

@@ -95,6 +95,7 @@ pub(crate) const MAX_WORKERS: usize = 4096;
 ///     .unwrap();
 /// # drop(mgr);
 /// ```
+#[derive(Clone)]
 pub struct Builder {
     /// `None` until the user chooses (SPEC §13: storage is explicit).
     storage: Option<Storage>,

@@ -710,7 +710,12 @@ fn recover(
     // instead of spawning its children again (issue 4: a workflow killed
     // mid-flight ends with the same result). For a task at stage 0 this is
     // SPEC §12's "pending at stage 0".
-    e.task.next_run_time = at;
+    // A cron task keeps the occurrence it was running, so that the catch-up
+    // policy (SPEC §7) sees it was missed: recovered at the next open after
+    // a crash, `at` would hide every occurrence the process was down for.
+    if e.task.kind != crate::codec::TaskKind::Cron {
+        e.task.next_run_time = at;
+    }
     // Nobody runs it now (fib-flow's recovery clears worker_id and start_time);
     // the attempt keeps its worker.
     e.task.worker = None;

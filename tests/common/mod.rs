@@ -87,3 +87,21 @@ pub fn children_of(mgr: &TaskManager, parent: TaskId) -> Vec<Task> {
     v.sort_by_key(|t| t.id);
     v
 }
+
+/// `builder.build()`, retried while its directory is locked. A manager that
+/// was just stopped has released its lock, but a child process another test
+/// spawns at that moment holds a copy of the lock's descriptor from its fork
+/// until its exec closes it (`flock` locks belong to the open file description).
+pub fn build_unlocked(builder: fibflow::Builder) -> fibflow::Result<TaskManager> {
+    let until = Instant::now() + PATIENCE;
+    loop {
+        match builder.clone().build() {
+            Err(fibflow::Error::Log(fibflow::log::LogError::Locked { .. }))
+                if Instant::now() < until =>
+            {
+                std::thread::yield_now();
+            }
+            other => return other,
+        }
+    }
+}
