@@ -76,6 +76,21 @@ fn running(mgr: &TaskManager, id: TaskId) -> bool {
     status(mgr, id) == TaskStatus::Running
 }
 
+/// Tasks `ids` of a handler capped at 1: exactly one of them runs; after
+/// `open` releases them, all complete, and at most one ever ran at once (`peak`).
+fn one_at_a_time(mgr: &TaskManager, ids: &[TaskId], open: impl FnOnce(), peak: &AtomicUsize) {
+    let n_running = ids.iter().filter(|id| running(mgr, **id)).count();
+    assert_eq!(n_running, 1, "the cap of 1 holds");
+    open();
+    for &id in ids {
+        assert_eq!(
+            mgr.wait(id, PATIENCE).unwrap().status,
+            TaskStatus::Completed
+        );
+    }
+    assert_eq!(peak.load(Ordering::SeqCst), 1);
+}
+
 /// SPEC §1, §4: an async handler's `Ok` completes its task, its `Err` fails the
 /// attempt; a retry follows at the handler's interval (manual clock) and sees
 /// `retry_count` 1; exhausted retries end `permanently_failed` with the last
@@ -520,16 +535,8 @@ fn many_async_tasks_respect_the_global_and_handler_caps() {
             TaskStatus::Completed
         );
     }
-    let n_running = capped.iter().filter(|id| running(&mgr, **id)).count();
-    assert_eq!(n_running, 1, "the handler cap holds while workers are free");
-    release.open();
-    for id in capped {
-        assert_eq!(
-            mgr.wait(id, PATIENCE).unwrap().status,
-            TaskStatus::Completed
-        );
-    }
-    assert_eq!(peak.load(Ordering::SeqCst), 1);
+    // The handler cap holds while workers are free.
+    one_at_a_time(&mgr, &capped, || release.open(), &peak);
     mgr.stop(PATIENCE).unwrap();
 }
 
@@ -887,16 +894,7 @@ fn resuming_a_paused_task_while_its_old_handler_awaits() {
         .map(|_| mgr.submit("one", json!("later")).unwrap())
         .collect();
     eventually("one of them runs", || live.load(Ordering::SeqCst) == 1);
-    let n_running = ids.iter().filter(|id| running(&mgr, **id)).count();
-    assert_eq!(n_running, 1, "the cap of 1 still holds");
-    later.open();
-    for id in ids {
-        assert_eq!(
-            mgr.wait(id, PATIENCE).unwrap().status,
-            TaskStatus::Completed
-        );
-    }
-    assert_eq!(peak.load(Ordering::SeqCst), 1);
+    one_at_a_time(&mgr, &ids, || later.open(), &peak);
     mgr.stop(PATIENCE).unwrap();
 }
 

@@ -555,15 +555,23 @@ fn events_and_attempts_are_identical_after_reopen() {
 
 type Ctl = (Mutex<mpsc::Sender<u32>>, Mutex<mpsc::Receiver<()>>);
 
+/// What a blocking handler shares with its test: it sends its attempt number
+/// on the first channel, then waits on the second; the test gets the other
+/// ends (attempts started, release).
+fn blocking_ctl() -> (Arc<Ctl>, mpsc::Receiver<u32>, mpsc::Sender<()>) {
+    let (started_tx, started_rx) = mpsc::channel::<u32>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let ctl = Arc::new((Mutex::new(started_tx), Mutex::new(release_rx)));
+    (ctl, started_rx, release_tx)
+}
+
 /// A handler that reports its attempt number, then blocks until released, and
 /// then fails on even attempts listed in `fail_on`, completes otherwise.
 fn register_stuck(
     mgr: &TaskManager,
     fail_on: &'static [u32],
 ) -> (mpsc::Receiver<u32>, mpsc::Sender<()>) {
-    let (started_tx, started_rx) = mpsc::channel::<u32>();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let ctl: Arc<Ctl> = Arc::new((Mutex::new(started_tx), Mutex::new(release_rx)));
+    let (ctl, started_rx, release_tx) = blocking_ctl();
     let opts = HandlerOptions::new().max_retries(2);
     mgr.register_with("stuck", opts, move |ctx| {
         let a = ctx.attempt();
@@ -796,39 +804,7 @@ fn after_a_snapshot_timers_workflows_dedup_and_interruptions_survive() {
 /// it is the next occurrence, not a burst.
 #[test]
 fn an_interrupted_cron_round_reruns_once_after_downtime() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(T0);
-    let (started_tx, started_rx) = mpsc::channel::<u32>();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let ctl: Arc<Ctl> = Arc::new((Mutex::new(started_tx), Mutex::new(release_rx)));
-    let id = {
-        let mgr = open(dir.path(), &clock);
-        let c = ctl.clone();
-        mgr.register("slowtick", move |ctx| {
-            let _ = c.0.lock().unwrap().send(ctx.attempt());
-            let _ = c.1.lock().unwrap().recv();
-            Ok(json!(null).into())
-        })
-        .unwrap();
-        let id = mgr
-            .submit_with(
-                "slowtick",
-                json!(null),
-                SubmitOptions::new().cron("*/10 * * * * *"),
-            )
-            .unwrap();
-        mgr.start().unwrap();
-        clock.advance(10 * SEC);
-        assert_eq!(started_rx.recv_timeout(PATIENCE).unwrap(), 1);
-        assert_eq!(mgr.stop(Duration::ZERO).unwrap().interrupted, vec![id]);
-        release_tx.send(()).unwrap();
-        drop(mgr);
-        id
-    };
-    clock.advance(35 * SEC); // T0 + 45 s
-    let mgr = open(dir.path(), &clock);
-    let runs = counter(&mgr, "slowtick");
-    mgr.start().unwrap();
+    let (_dir, mgr, id, runs) = cron_interrupted_then_down(None);
     rounds_done(&mgr, id, 2);
     assert_eq!(runs.load(Ordering::SeqCst), 1, "one run, no burst");
     assert_eq!(mgr.get_task(id).unwrap().next_run_time, T0 + 50_000);
@@ -840,9 +816,7 @@ fn an_interrupted_cron_round_reruns_once_after_downtime() {
 fn a_parent_interrupted_in_its_fan_in_stage_finishes_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
-    let (started_tx, started_rx) = mpsc::channel::<u32>();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let ctl: Arc<Ctl> = Arc::new((Mutex::new(started_tx), Mutex::new(release_rx)));
+    let (ctl, started_rx, release_tx) = blocking_ctl();
     let reg = |mgr: &TaskManager, block: bool| {
         mgr.register("leaf", |ctx| Ok(ctx.payload().clone().into()))
             .unwrap();
@@ -888,9 +862,7 @@ fn a_parent_interrupted_in_its_fan_in_stage_finishes_after_reopen() {
 fn a_child_interrupted_at_stop_completes_its_parent_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
-    let (started_tx, started_rx) = mpsc::channel::<u32>();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let ctl: Arc<Ctl> = Arc::new((Mutex::new(started_tx), Mutex::new(release_rx)));
+    let (ctl, started_rx, release_tx) = blocking_ctl();
     let reg = |mgr: &TaskManager, block: bool| {
         let c = ctl.clone();
         mgr.register("slowleaf", move |ctx| {
@@ -1063,9 +1035,7 @@ fn a_retry_due_while_down_runs_at_start() {
 fn a_child_quarantined_at_reopen_resumes_its_parent() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
-    let (started_tx, started_rx) = mpsc::channel::<u32>();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let ctl: Arc<Ctl> = Arc::new((Mutex::new(started_tx), Mutex::new(release_rx)));
+    let (ctl, started_rx, release_tx) = blocking_ctl();
     let reg = |mgr: &TaskManager| {
         let c = ctl.clone();
         mgr.register("slowleaf", move |ctx| {
@@ -1141,13 +1111,15 @@ fn automatic_retention_does_not_run_at_start_after_reopen() {
 }
 
 /// An interrupted cron round (stop past the deadline at T0 + 10 s) with the
-/// occurrences at 20, 30 and 40 s missed while down, reopened at T0 + 45 s.
-fn cron_interrupted_then_down(policy: CatchUp) -> (tempfile::TempDir, TaskManager, TaskId) {
+/// occurrences at 20, 30 and 40 s missed while down, reopened at T0 + 45 s
+/// with `policy` (`None`: the default) and started; also a counter of the
+/// handler's runs after the reopen.
+fn cron_interrupted_then_down(
+    policy: Option<CatchUp>,
+) -> (tempfile::TempDir, TaskManager, TaskId, Arc<AtomicUsize>) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
-    let (started_tx, started_rx) = mpsc::channel::<u32>();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let ctl: Arc<Ctl> = Arc::new((Mutex::new(started_tx), Mutex::new(release_rx)));
+    let (ctl, started_rx, release_tx) = blocking_ctl();
     let id = {
         let mgr = open(dir.path(), &clock);
         let c = ctl.clone();
@@ -1166,29 +1138,33 @@ fn cron_interrupted_then_down(policy: CatchUp) -> (tempfile::TempDir, TaskManage
             .unwrap();
         mgr.start().unwrap();
         clock.advance(10 * SEC);
-        started_rx.recv_timeout(PATIENCE).unwrap();
+        assert_eq!(started_rx.recv_timeout(PATIENCE).unwrap(), 1);
         assert_eq!(mgr.stop(Duration::ZERO).unwrap().interrupted, vec![id]);
         release_tx.send(()).unwrap();
         drop(mgr);
         id
     };
-    clock.advance(35 * SEC);
-    let mgr = build_unlocked(build(dir.path(), &clock).catch_up(policy)).unwrap();
-    counter(&mgr, "slowtick");
+    clock.advance(35 * SEC); // T0 + 45 s
+    let mut b = build(dir.path(), &clock);
+    if let Some(p) = policy {
+        b = b.catch_up(p);
+    }
+    let mgr = build_unlocked(b).unwrap();
+    let runs = counter(&mgr, "slowtick");
     mgr.start().unwrap();
-    (dir, mgr, id)
+    (dir, mgr, id, runs)
 }
 
 #[test]
 fn an_interrupted_cron_round_with_catch_up_all_runs_the_round_and_the_missed_ones() {
-    let (_dir, mgr, id) = cron_interrupted_then_down(CatchUp::All);
+    let (_dir, mgr, id, _) = cron_interrupted_then_down(Some(CatchUp::All));
     rounds_done(&mgr, id, 5);
     assert_eq!(mgr.get_task(id).unwrap().next_run_time, T0 + 50_000);
 }
 
 #[test]
 fn an_interrupted_cron_round_with_catch_up_skip_waits_for_the_next_occurrence() {
-    let (_dir, mgr, id) = cron_interrupted_then_down(CatchUp::Skip);
+    let (_dir, mgr, id, _) = cron_interrupted_then_down(Some(CatchUp::Skip));
     let t = mgr.get_task(id).unwrap();
     assert_eq!(
         (t.status, t.next_run_time),

@@ -47,6 +47,20 @@ fn memory(workers: usize) -> TaskManager {
         .unwrap()
 }
 
+/// A 2-worker memory manager with handler "gated": it returns "done" once the
+/// returned gate opens.
+fn gated_manager() -> (TaskManager, Arc<Gate>) {
+    let mgr = memory(2);
+    let gate = Gate::new();
+    let g = gate.clone();
+    mgr.register("gated", move |_| {
+        g.wait();
+        Ok(json!("done").into())
+    })
+    .unwrap();
+    (mgr, gate)
+}
+
 /// A fresh directory under the system temp dir, removed when dropped.
 struct TempDir(PathBuf);
 
@@ -1069,14 +1083,7 @@ fn stop_past_its_deadline_interrupts_a_running_handler() {
 /// and records its outcome.
 #[test]
 fn stop_returns_once_running_handlers_finish_before_the_deadline() {
-    let mgr = memory(2);
-    let gate = Gate::new();
-    let g = gate.clone();
-    mgr.register("gated", move |_| {
-        g.wait();
-        Ok(json!("done").into())
-    })
-    .unwrap();
+    let (mgr, gate) = gated_manager();
     mgr.start().unwrap();
     let id = mgr.submit("gated", json!(null)).unwrap();
     eventually("running", || task(&mgr, id).status == TaskStatus::Running);
@@ -1104,14 +1111,7 @@ fn stop_returns_once_running_handlers_finish_before_the_deadline() {
 /// once the task finishes; waiting on a delayed task returns after its delay.
 #[test]
 fn wait_honours_its_deadline_then_returns_the_result() {
-    let mgr = memory(2);
-    let gate = Gate::new();
-    let g = gate.clone();
-    mgr.register("gated", move |_| {
-        g.wait();
-        Ok(json!("done").into())
-    })
-    .unwrap();
+    let (mgr, gate) = gated_manager();
     mgr.register("quick", |_| Ok(json!("quick").into()))
         .unwrap();
     mgr.start().unwrap();
@@ -1177,14 +1177,7 @@ fn manager_pause_holds_due_tasks_until_resume() {
 /// Manager `pause()` does not stop running handlers.
 #[test]
 fn running_handlers_carry_on_while_the_manager_is_paused() {
-    let mgr = memory(2);
-    let gate = Gate::new();
-    let g = gate.clone();
-    mgr.register("gated", move |_| {
-        g.wait();
-        Ok(json!("done").into())
-    })
-    .unwrap();
+    let (mgr, gate) = gated_manager();
     mgr.start().unwrap();
     let id = mgr.submit("gated", json!(null)).unwrap();
     eventually("running", || task(&mgr, id).status == TaskStatus::Running);

@@ -556,25 +556,19 @@ pub fn peek_task_id(bytes: &[u8]) -> Option<TaskId> {
 pub const MAX_JSON_DEPTH: usize = 100;
 
 /// Whether `v` nests arrays and objects at most [`MAX_JSON_DEPTH`] levels
-/// deep (without recursion, so any depth is checked safely).
+/// deep. It never allocates (every submit checks its payload), and its
+/// recursion stops at the limit, so any depth is checked safely.
 pub(crate) fn json_depth_ok(v: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    if !matches!(v, Value::Array(_) | Value::Object(_)) {
-        return true;
-    }
-    let mut stack = vec![(v, 1usize)];
-    while let Some((v, depth)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match v {
-            Value::Array(a) => Box::new(a.iter()),
-            Value::Object(o) => Box::new(o.values()),
-            _ => continue,
-        };
-        if depth > MAX_JSON_DEPTH {
-            return false;
+    /// Whether `v`, under `above` containers, stays within the limit.
+    fn within(v: &serde_json::Value, above: usize) -> bool {
+        use serde_json::Value;
+        match v {
+            Value::Array(a) => above < MAX_JSON_DEPTH && a.iter().all(|c| within(c, above + 1)),
+            Value::Object(o) => above < MAX_JSON_DEPTH && o.values().all(|c| within(c, above + 1)),
+            _ => true,
         }
-        stack.extend(children.map(|c| (c, depth + 1)));
     }
-    true
+    within(v, 0)
 }
 
 /// The error text for a value deeper than [`MAX_JSON_DEPTH`].

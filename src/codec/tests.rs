@@ -209,3 +209,23 @@ fn decoding_interns_names_into_the_installed_table() {
     assert!(!Arc::ptr_eq(&plain[0], &plain[1]));
     assert_eq!(plain, names);
 }
+
+/// The depth check accepts exactly `MAX_JSON_DEPTH` levels, arrays and
+/// objects alike, and refuses one more.
+#[test]
+fn json_depth_limit_is_exact() {
+    let nest = |levels: usize, object: bool| {
+        (0..levels).fold(json!(0), |v, _| {
+            if object {
+                json!({ "k": v })
+            } else {
+                json!([v])
+            }
+        })
+    };
+    for object in [false, true] {
+        assert!(json_depth_ok(&nest(MAX_JSON_DEPTH, object)));
+        assert!(!json_depth_ok(&nest(MAX_JSON_DEPTH + 1, object)));
+    }
+    assert!(json_depth_ok(&json!("scalar")));
+}
