@@ -223,6 +223,9 @@ pub struct Replay {
     segs: Vec<(Arc<Segment>, u64)>,
     /// The snapshot's LSN: records at or below it are skipped.
     after: Option<u64>,
+    /// Frames ending at or below this LSN were verified by the scan at open
+    /// (see [`walk_frames`]).
+    checked_below: u64,
 }
 
 impl Replay {
@@ -232,7 +235,9 @@ impl Replay {
     /// Every frame's header is checked (position, kind, version, length) and
     /// pad frames are verified, but a record frame's checksum is verified only
     /// if `pick` selects it (records at or below the snapshot included), before
-    /// `f` sees it. So threads that split the
+    /// `f` sees it, and only if it lies past what the scan at open verified
+    /// (each frame of the valid prefix it kept; recovery's repairs write only
+    /// pad frames, which are always verified). So threads that split the
     /// records between them with disjoint `pick`s verify each frame once, and
     /// none of them hands out a frame that fails its checksum. `pick` sees the
     /// body *before* its checksum is checked: use it only to route.
@@ -251,15 +256,19 @@ impl Replay {
             let bytes = seg.map.read(0, *end).unwrap_or_default();
             (seg.name.as_str(), seg.base(), bytes)
         });
-        walk_frames(segs, self.after, pick, f)
+        walk_frames(segs, self.after, self.checked_below, pick, f)
     }
 }
 
 /// [`Replay::for_each`] over segments given as (name, base LSN, bytes up to
-/// the end of their completed frames).
+/// the end of their completed frames). A record frame that ends at or below
+/// `checked_below` is not verified again: the open's scan verified it in the
+/// same mapping, which only this process writes (the directory lock), and
+/// only past its end. That scan is half the checksum work of an open.
 fn walk_frames<'a, E>(
     segs: impl Iterator<Item = (&'a str, u64, &'a [u8])>,
     after: Option<u64>,
+    checked_below: u64,
     mut pick: impl FnMut(&[u8]) -> bool,
     mut f: impl FnMut(Lsn, &'a [u8]) -> Result<(), E>,
 ) -> Result<(), ReplayError<E>> {
@@ -270,10 +279,12 @@ fn walk_frames<'a, E>(
             let rest = bytes.get(off as usize..).unwrap_or_default();
             let checked = decode_header(rest).and_then(|fr| {
                 let lsn = base + off;
-                let mine = fr.kind == FrameKind::Pad || pick(fr.body);
+                let pad = fr.kind == FrameKind::Pad;
+                let mine = pad || pick(fr.body);
+                let checked = !pad && lsn.saturating_add(fr.frame_len) <= checked_below;
                 // A frame at the wrong position is verified by every walker,
                 // so that all of them give the same reason for it.
-                if mine || fr.lsn != lsn {
+                if (mine && !checked) || fr.lsn != lsn {
                     verify_frame(rest, &fr)?;
                 }
                 if fr.lsn != lsn {
@@ -332,8 +343,18 @@ mod replay_tests {
 
     /// The records each walker is handed, and the error each stops with.
     fn walk(img: &[u8], pick: impl Fn(&[u8]) -> bool) -> (Vec<u8>, Option<(String, u64, String)>) {
+        walk_checked(img, 0, pick)
+    }
+
+    /// [`walk`] with frames ending at or below `checked_below` taken as verified.
+    fn walk_checked(
+        img: &[u8],
+        checked_below: u64,
+        pick: impl Fn(&[u8]) -> bool,
+    ) -> (Vec<u8>, Option<(String, u64, String)>) {
         let mut got = Vec::new();
-        let r = walk_frames(std::iter::once(("seg", 0, img)), None, pick, |_, body| {
+        let seg = std::iter::once(("seg", 0, img));
+        let r = walk_frames(seg, None, checked_below, pick, |_, body| {
             got.push(body[1]);
             Ok::<(), ()>(())
         });
@@ -385,6 +406,27 @@ mod replay_tests {
                 "{what}: the split walkers hand out what one does"
             );
         }
+    }
+
+    /// Checksums are skipped only below the open scan's end: a damaged body
+    /// past it is still refused, and a damaged header anywhere.
+    #[test]
+    fn only_frames_the_open_scan_verified_skip_their_checksum() {
+        let (clean, offsets) = image(20);
+        let scanned = offsets[10]; // frames 0..10 end at or below it
+        let mut body = clean.clone();
+        body[offsets[12] as usize + 33] ^= 0x10;
+        let (got, err) = walk_checked(&body, scanned, |_| true);
+        assert_eq!(got, (0..12).collect::<Vec<u8>>());
+        assert_eq!(err.unwrap().1, offsets[12]);
+        let mut lsn = clean.clone();
+        lsn[offsets[4] as usize + 8] ^= 0x10;
+        let (got, err) = walk_checked(&lsn, scanned, |_| true);
+        assert_eq!(got, (0..4).collect::<Vec<u8>>());
+        assert_eq!(err.unwrap().1, offsets[4]);
+        // Inside the scanned prefix the scan's verdict stands.
+        let (got, err) = walk_checked(&clean, scanned, |_| true);
+        assert_eq!((got, err), ((0..20).collect::<Vec<u8>>(), None));
     }
 }
 
@@ -659,7 +701,11 @@ impl Log {
             .iter()
             .map(|seg| (Arc::clone(seg), seg.map.completed()))
             .collect();
-        Replay { segs, after }
+        Replay {
+            segs,
+            after,
+            checked_below: self.inner.opened_synced,
+        }
     }
     /// Appends one record and returns its LSN once its bytes are in the mapping
     /// (not yet durable: see [`Log::wait_durable`]). Space is reserved with one
