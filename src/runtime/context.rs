@@ -145,12 +145,14 @@ pub struct TaskContext {
 }
 
 pub(crate) struct ContextInner {
-    pub(crate) core: Weak<Core>,
+    /// The manager, through its worker's own handle: cloning one `Weak` of
+    /// the core per attempt would make every worker change the core's one
+    /// weak count, a cache line all their cores then pass around.
+    pub(crate) core: Arc<Weak<Core>>,
     /// The attempt's control block, in the same allocation as the context.
     pub(crate) ctl: AttemptCtl,
     /// The registration the attempt runs with (kept across hot reloads).
     pub(crate) reg: Arc<super::registry::Registered>,
-    pub(crate) name: Arc<str>,
     pub(crate) payload: Value,
     pub(crate) result: Option<Value>,
     pub(crate) context: Option<Vec<u8>>,
@@ -165,7 +167,7 @@ impl std::fmt::Debug for TaskContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TaskContext")
             .field("id", &self.id())
-            .field("name", &self.inner.name)
+            .field("name", &self.inner.reg.name)
             .field("attempt", &self.attempt())
             .finish_non_exhaustive()
     }
@@ -178,7 +180,8 @@ impl TaskContext {
     }
     /// The handler name.
     pub fn name(&self) -> &str {
-        &self.inner.name
+        // The task's name is the name it was claimed by.
+        &self.inner.reg.name
     }
     /// The payload given at submit.
     pub fn payload(&self) -> &Value {

@@ -195,7 +195,16 @@ impl Dispatcher {
 
     /// Queues a ready task and wakes one idle worker that can run it.
     pub(crate) fn push(&self, item: ReadyItem, requires: &[String]) {
-        let q = self.queue_for(requires);
+        if requires.is_empty() {
+            // No clone of the default queue's Arc: producers and workers would
+            // all change its one reference count.
+            self.push_to(&self.default_queue, item);
+        } else {
+            self.push_to(&self.queue_for(requires), item);
+        }
+    }
+
+    fn push_to(&self, q: &Arc<Queue>, item: ReadyItem) {
         q.set.insert(item);
         // Pairs with the fence in `stop_searching`: either this load sees the
         // searcher, or the searcher's re-scan sees the item (Dekker's pattern).
@@ -207,10 +216,10 @@ impl Dispatcher {
             return; // a spinning worker of a serving pool will find it
         }
         if DEFER.with(|d| d.depth.get()) > 0 {
-            DEFER.with(|d| d.queues.borrow_mut().push(q));
+            DEFER.with(|d| d.queues.borrow_mut().push(q.clone()));
             return;
         }
-        self.wake_for(&q);
+        self.wake_for(q);
     }
 
     /// Moves `item` out of queue `q` while `blocked()` says its handler cannot

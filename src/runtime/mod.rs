@@ -65,29 +65,68 @@ pub(crate) struct Config {
     pub(crate) compact_after_bytes: u64,
 }
 
-/// The global concurrency limit.
+/// The global concurrency limit, and which workers hold a slot of it.
 pub(crate) struct GlobalSlots {
+    /// Slots held, counted only when the cap can bind (`binding`).
     running: AtomicUsize,
     cap: usize,
+    /// The cap is below the number of workers. Otherwise a worker, which runs
+    /// one attempt at a time, always finds a slot, and no counter is shared:
+    /// one that every worker changes twice per task would move its cache line
+    /// between their cores each time.
+    binding: bool,
+    /// Whether worker `w` holds a slot, each flag on its own cache line.
+    busy: Box<[crossbeam::utils::CachePadded<AtomicBool>]>,
 }
 
 impl GlobalSlots {
-    fn try_acquire(&self) -> bool {
-        self.running
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                (n < self.cap).then_some(n + 1)
-            })
-            .is_ok()
+    fn new(cap: usize, workers: usize) -> GlobalSlots {
+        GlobalSlots {
+            running: AtomicUsize::new(0),
+            cap,
+            binding: cap < workers,
+            busy: (0..workers)
+                .map(|_| crossbeam::utils::CachePadded::new(AtomicBool::new(false)))
+                .collect(),
+        }
+    }
+    /// Worker `w` takes a slot; false if the limit is reached.
+    fn try_acquire(&self, w: usize) -> bool {
+        if self.binding
+            && self
+                .running
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                    (n < self.cap).then_some(n + 1)
+                })
+                .is_err()
+        {
+            return false;
+        }
+        if let Some(b) = self.busy.get(w) {
+            b.store(true, Ordering::Release);
+        }
+        true
     }
     fn is_full(&self) -> bool {
-        self.running.load(Ordering::Relaxed) >= self.cap
+        self.binding && self.running.load(Ordering::Relaxed) >= self.cap
     }
-    /// Returns a slot; true if the limit was reached before.
-    fn release(&self) -> bool {
-        self.running.fetch_sub(1, Ordering::AcqRel) >= self.cap
+    /// Worker `w` returns its slot; true if the limit was reached before.
+    fn release(&self, w: usize) -> bool {
+        if let Some(b) = self.busy.get(w) {
+            b.store(false, Ordering::Release);
+        }
+        self.binding && self.running.fetch_sub(1, Ordering::AcqRel) >= self.cap
     }
+    /// Slots held now.
     pub(crate) fn running(&self) -> usize {
-        self.running.load(Ordering::Relaxed)
+        if self.binding {
+            self.running.load(Ordering::Acquire)
+        } else {
+            self.busy
+                .iter()
+                .filter(|b| b.load(Ordering::Acquire))
+                .count()
+        }
     }
 }
 
@@ -197,10 +236,7 @@ impl Core {
                 source,
             })?;
         Ok(Core {
-            global: GlobalSlots {
-                running: AtomicUsize::new(0),
-                cap: config.max_concurrent,
-            },
+            global: GlobalSlots::new(config.max_concurrent, workers.len()),
             timer: Timer::new(workers.len()),
             dispatch: Dispatcher::new(pools, unparkers),
             clock,

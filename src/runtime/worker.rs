@@ -21,6 +21,9 @@ use std::sync::Arc;
 /// (`Dispatcher::hold`), so a later pick does not meet them again.
 const SCAN_LIMIT: usize = 256;
 
+/// A worker's handle on its core (see [`ContextInner::core`]).
+type Handle = Arc<std::sync::Weak<Core>>;
+
 /// A claimed task, ready to run.
 pub(crate) struct Job {
     ctx: TaskContext,
@@ -32,12 +35,17 @@ pub(crate) struct Job {
 /// The body of worker thread `w`.
 pub(crate) fn worker_main(core: &Arc<Core>, w: usize, parker: &Parker) {
     let pool = core.workers[w].pool;
+    // This worker's handle on the core, shared by the contexts it makes.
+    let me = Arc::new(Arc::downgrade(core));
     while !core.stopping.load(Ordering::Acquire) {
-        let job = match core.try_take(w).or_else(|| core.spin_for_work(w, pool)) {
+        let job = match core
+            .try_take(w, &me)
+            .or_else(|| core.spin_for_work(w, pool, &me))
+        {
             Some(job) => job,
             None => {
                 core.dispatch.go_idle(pool, w);
-                match core.try_take(w) {
+                match core.try_take(w, &me) {
                     Some(job) => {
                         core.dispatch.leave_idle(pool, w);
                         job
@@ -58,39 +66,43 @@ pub(crate) fn worker_main(core: &Arc<Core>, w: usize, parker: &Parker) {
 impl Core {
     /// Spins briefly before parking: a futex sleep and wake costs several
     /// microseconds, more than a short burst of polling when work keeps coming.
-    fn spin_for_work(self: &Arc<Self>, w: usize, pool: usize) -> Option<Job> {
+    fn spin_for_work(&self, w: usize, pool: usize, me: &Handle) -> Option<Job> {
         self.dispatch.start_searching(pool);
         let backoff = crossbeam::utils::Backoff::new();
         let mut found = None;
         while found.is_none() && !backoff.is_completed() && self.gate_open() {
             backoff.snooze();
-            found = self.try_take(w);
+            found = self.try_take(w, me);
         }
         self.dispatch.stop_searching(pool);
-        found.or_else(|| self.try_take(w))
+        found.or_else(|| self.try_take(w, me))
     }
 
     /// Takes the best task this worker may run, with its slots, and claims it.
-    fn try_take(self: &Arc<Self>, w: usize) -> Option<Job> {
+    fn try_take(&self, w: usize, me: &Handle) -> Option<Job> {
         // The global slot is taken only once there is a task to run, so
         // `running()` never counts workers that are merely looking for work.
+        let pool = &self.dispatch.pools[self.workers[w].pool];
+        // A guard, not an Arc clone: workers would otherwise contend on one refcount.
+        let queues = pool.queues.load();
         for _ in 0..64 {
             if !self.gate_open() || self.global.is_full() {
                 return None;
             }
-            let (queue, item, reg) = self.pick(w)?;
-            if !self.global.try_acquire() {
-                self.give_back(&reg, Some((&queue, item)));
+            let (qi, item, reg) = self.pick(&queues)?;
+            let queue = &*queues[qi];
+            if !self.global.try_acquire(w) {
+                self.give_back(&reg, Some((queue, item)));
                 return None;
             }
-            if let Some(job) = self.claim(w, &item, reg.clone()) {
+            if let Some(job) = self.claim(w, &item, reg.clone(), me) {
                 return Some(job);
             }
             let paused = self.paused.load(Ordering::Acquire);
             // Paused, the task waits in its queue for `resume`; otherwise it is no
             // longer runnable and its entry is dropped.
-            self.give_back(&reg, paused.then_some((&*queue, item)));
-            if self.global.release() {
+            self.give_back(&reg, paused.then_some((queue, item)));
+            if self.global.release(w) {
                 self.dispatch.wake_each_pool();
             }
             if paused {
@@ -125,10 +137,7 @@ impl Core {
     /// could race for a handler's last slot, each holding a different entry of it,
     /// and the loser of the better entry would put it back while the winner ran
     /// the worse one: a per-handler cap would then break priority order.
-    fn pick(&self, w: usize) -> Option<(Arc<Queue>, ReadyItem, Arc<Registered>)> {
-        let pool = &self.dispatch.pools[self.workers[w].pool];
-        // A guard, not an Arc clone: workers would otherwise contend on one refcount.
-        let queues = pool.queues.load();
+    fn pick(&self, queues: &[Arc<Queue>]) -> Option<(usize, ReadyItem, Arc<Registered>)> {
         loop {
             // The best entry is removed through its own handle, which saves the
             // search that removing by key would repeat.
@@ -180,7 +189,7 @@ impl Core {
                     .or_else(|| entry.remove().then(|| entry.value().clone()))
                 {
                     drop(gate);
-                    return Some((q.clone(), item, reg));
+                    return Some((qi, item, reg));
                 }
                 drop(gate);
                 self.give_back(&reg, None);
@@ -191,7 +200,7 @@ impl Core {
                 continue; // the cap was lowered since the scan
             }
             if entry.remove() {
-                return Some((q.clone(), entry.value().clone(), reg));
+                return Some((qi, entry.value().clone(), reg));
             }
             // Another worker took or held the entry (or the cap was lowered).
             self.give_back(&reg, None);
@@ -208,7 +217,7 @@ impl Core {
     }
 
     /// Claims `item` under its shard lock; `None` if the task is no longer runnable.
-    fn claim(self: &Arc<Self>, w: usize, item: &ReadyItem, reg: Arc<Registered>) -> Option<Job> {
+    fn claim(&self, w: usize, item: &ReadyItem, reg: Arc<Registered>, me: &Handle) -> Option<Job> {
         // `now` stamps the claim; windows count from `base`, `now` rounded up,
         // so none ends early.
         let (now, base) = self.clock.now_ms_floor_ceil();
@@ -253,16 +262,10 @@ impl Core {
             Err(_) => return None,
         }
         let e = shard.live(item.id)?;
-        Some(self.job(e, reg, worker, base))
+        Some(Self::job(e, reg, worker, base, me))
     }
 
-    fn job(
-        self: &Arc<Self>,
-        e: &TaskEntry,
-        reg: Arc<Registered>,
-        worker: Arc<str>,
-        base: u64,
-    ) -> Job {
+    fn job(e: &TaskEntry, reg: Arc<Registered>, worker: Arc<str>, base: u64, me: &Handle) -> Job {
         let t = &e.task;
         let deadline = if t.timeout_ms == 0 {
             u64::MAX
@@ -275,10 +278,9 @@ impl Core {
             .map_or(0, super::clock::ceil_ms);
         let ctl = AttemptCtl::new(t.id, t.attempt, deadline, hb, base);
         let inner = ContextInner {
-            core: Arc::downgrade(self),
+            core: Arc::clone(me),
             ctl,
             reg,
-            name: t.name.clone(),
             payload: t.payload.clone(),
             result: t.result.clone(),
             context: t.context.clone(),
@@ -309,7 +311,7 @@ impl Core {
         if inner.ctl.take_slot() {
             self.give_back(&inner.reg, None);
         }
-        if self.global.release() {
+        if self.global.release(w) {
             self.dispatch.wake_each_pool();
         }
     }
