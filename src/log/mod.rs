@@ -1349,9 +1349,15 @@ fn recover(storage: &dyn Storage, config: &LogConfig) -> Result<Recovered, LogEr
         map.prefault();
     }
     // Recovered bytes may be only in the page cache (an Os-mode run that was
-    // killed): make them durable before anything counts as synced.
+    // killed): make them durable before anything counts as synced. A segment
+    // below the highest `stable` the scan saw was durable already (after a
+    // clean close, the seal proves every segment is), and repairs synced what
+    // they wrote.
     for s in &segs {
         let end = s.map.completed();
+        if s.base().saturating_add(end) <= scan.durable {
+            continue;
+        }
         storage
             .sync(&s.name, &s.map, 0, end)
             .map_err(io_err(format!("syncing recovered segment {}", s.name)))?;

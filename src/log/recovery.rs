@@ -87,6 +87,9 @@ pub struct ScanResult {
     pub records: u64,
     /// LSN of the last valid record.
     pub last_lsn: Option<u64>,
+    /// The highest `stable` of the frames kept: every byte below it was
+    /// durable before this open (a sealed log proves all of it).
+    pub durable: u64,
     /// Where the valid log ends: appends continue here.
     pub end: Pos,
     /// Torn tail that was found (and is to be cut), if any.
@@ -224,6 +227,8 @@ struct SegWalk {
     records: u64,
     /// LSN of the last of them.
     last_lsn: Option<u64>,
+    /// The highest `stable` of the frames before `stop`.
+    durable: u64,
     /// Offset of the first invalid frame, or of the dead space at the end.
     stop: u64,
     /// Whether `stop` is an invalid frame (rather than the segment's end).
@@ -248,6 +253,7 @@ fn walk_segment(segs: &[SegView<'_>], i: usize) -> SegWalk {
                     w.records += 1;
                     w.last_lsn = Some(f.lsn);
                 }
+                w.durable = w.durable.max(f.stable);
                 p.offset += f.frame_len;
             }
             Err(_) => {
@@ -268,7 +274,7 @@ const PARALLEL_SCAN_BYTES: u64 = 8 << 20;
 /// segments on several threads at once: a frame never straddles segments, so
 /// the scan enters every segment at its first frame until it meets an invalid
 /// one. `None` when the log is too small to be worth it.
-fn parallel_prefix(segs: &[SegView<'_>], min_bytes: u64) -> Option<(Pos, u64, Option<u64>)> {
+fn parallel_prefix(segs: &[SegView<'_>], min_bytes: u64) -> Option<(Pos, SegWalk)> {
     let bytes: u64 = segs.iter().map(|s| s.bytes.len() as u64).sum();
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let threads = threads.min(4).min(segs.len());
@@ -314,21 +320,20 @@ fn parallel_prefix(segs: &[SegView<'_>], min_bytes: u64) -> Option<(Pos, u64, Op
     if !complete {
         return None;
     }
-    let (mut records, mut last_lsn) = (0u64, None);
+    // The sum of the walks up to the first invalid frame.
+    let mut sum = SegWalk::default();
     let last = segs.len().saturating_sub(1);
     for (i, w) in walks.into_iter().enumerate() {
         let w = w?;
-        records += w.records;
-        last_lsn = w.last_lsn.or(last_lsn);
+        sum.records += w.records;
+        sum.last_lsn = w.last_lsn.or(sum.last_lsn);
+        sum.durable = sum.durable.max(w.durable);
         if w.invalid || i == last {
-            return Some((
-                Pos {
-                    seg: i,
-                    offset: w.stop,
-                },
-                records,
-                last_lsn,
-            ));
+            let at = Pos {
+                seg: i,
+                offset: w.stop,
+            };
+            return Some((at, sum));
         }
     }
     None
@@ -347,10 +352,11 @@ fn scan_with(segs: &[SegView<'_>], mode: RecoveryMode, parallel_min: u64) -> Sca
     let mut p = Pos::default();
     // The valid prefix of a large log is checked in parallel; from the first
     // invalid frame (or the end) on, the scan goes on as below.
-    if let Some((at, records, last_lsn)) = parallel_prefix(segs, parallel_min) {
+    if let Some((at, walked)) = parallel_prefix(segs, parallel_min) {
         p = at;
-        out.records = records;
-        out.last_lsn = last_lsn;
+        out.records = walked.records;
+        out.last_lsn = walked.last_lsn;
+        out.durable = walked.durable;
     }
     loop {
         let Some(seg) = segs.get(p.seg) else {
@@ -381,6 +387,7 @@ fn scan_with(segs: &[SegView<'_>], mode: RecoveryMode, parallel_min: u64) -> Sca
                     out.records += 1;
                     out.last_lsn = Some(f.lsn);
                 }
+                out.durable = out.durable.max(f.stable);
                 p.offset += f.frame_len;
             }
             Err(e) => {

@@ -202,6 +202,11 @@ impl SimStorage {
         self.state.lock().crashed
     }
 
+    /// Segment syncs asked for so far.
+    pub fn syncs(&self) -> u64 {
+        self.state.lock().syncs
+    }
+
     /// The durable bytes of every file (what a clean power loss right now keeps).
     pub fn durable_files(&self) -> BTreeMap<String, Vec<u8>> {
         self.state
