@@ -346,26 +346,42 @@ impl Local {
 }
 
 impl Sink for Local {
+    // Each primitive checks the room it needs once, through `get_mut`; the
+    // writes after that are into a fixed-size place the compiler can see.
     #[inline]
     fn u8(&mut self, v: u8) {
-        if self.fits(1) {
-            self.buf[self.pos] = v;
-            self.pos += 1;
+        match self.buf.get_mut(self.pos) {
+            Some(b) => {
+                *b = v;
+                self.pos += 1;
+            }
+            None => self.spill(),
         }
     }
 
     #[inline]
     fn u64(&mut self, v: u64) {
-        if self.fits(10) {
-            self.pos += varint(v, &mut self.buf[self.pos..]);
+        if v < 0x80 {
+            return self.u8(v as u8);
+        }
+        let room = self
+            .buf
+            .get_mut(self.pos..self.pos + 10)
+            .and_then(|r| <&mut [u8; 10]>::try_from(r).ok());
+        match room {
+            Some(out) => self.pos += varint10(v, out),
+            None => self.spill(),
         }
     }
 
     #[inline]
     fn raw(&mut self, b: &[u8]) {
-        if self.fits(b.len()) {
-            self.buf[self.pos..self.pos + b.len()].copy_from_slice(b);
-            self.pos += b.len();
+        match self.buf.get_mut(self.pos..self.pos + b.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(b);
+                self.pos += b.len();
+            }
+            None => self.spill(),
         }
     }
 
@@ -430,6 +446,21 @@ impl Sink for Spill<'_> {
         let n = varint((self.buf.len() - at) as u64, &mut len);
         self.buf.splice(at..at, len[..n].iter().copied());
     }
+}
+
+/// [`varint`] into exactly the room the longest one needs, so that no write
+/// is checked.
+#[inline]
+fn varint10(mut v: u64, out: &mut [u8; 10]) -> usize {
+    for (i, b) in out.iter_mut().enumerate() {
+        if v < 0x80 {
+            *b = v as u8;
+            return i + 1;
+        }
+        *b = (v as u8) | 0x80;
+        v >>= 7;
+    }
+    10 // unreachable: a u64 takes at most 10 groups of 7 bits
 }
 
 /// Writes `v` as a LEB128 varint at the start of `out` (at least 10 bytes
