@@ -525,6 +525,23 @@ mod interned {
 /// frame's records all belong to one shard, since a batch is applied and
 /// appended under one shard lock.
 pub fn peek_task_id(bytes: &[u8]) -> Option<TaskId> {
+    // Every replay walker peeks at every frame: the common shape (a count and
+    // a variant of one byte each) is read without the general loop.
+    if let [FORMAT_VERSION, 1..=0x7f, 0..=0x7f, id @ ..] = bytes {
+        let mut v = 0u64;
+        for (i, &b) in id.iter().take(10).enumerate() {
+            v |= u64::from(b & 0x7f).checked_shl(7 * i as u32)?;
+            if b & 0x80 == 0 {
+                return Some(TaskId(v));
+            }
+        }
+        return None;
+    }
+    peek_task_id_general(bytes)
+}
+
+/// [`peek_task_id`] for any shape of batch.
+fn peek_task_id_general(bytes: &[u8]) -> Option<TaskId> {
     let (&version, mut rest) = bytes.split_first()?;
     if version != FORMAT_VERSION {
         return None;

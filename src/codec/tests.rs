@@ -154,6 +154,18 @@ proptest! {
     }
 
     #[test]
+    fn peeks_short_form_agrees_with_the_general_one(
+        head in prop::collection::vec(0u8..=255, 0..4),
+        tail in prop::collection::vec(0u8..=255, 0..14),
+    ) {
+        let mut bytes = vec![FORMAT_VERSION];
+        bytes.extend(head);
+        bytes.extend(tail);
+        prop_assert_eq!(peek_task_id(&bytes), peek_task_id_general(&bytes));
+        prop_assert_eq!(peek_task_id(&bytes[1..]), peek_task_id_general(&bytes[1..]));
+    }
+
+    #[test]
     fn peek_names_the_first_records_task(batch in prop::collection::vec(arb_record(), 1..4)) {
         let bytes = encode(&batch).unwrap();
         prop_assert_eq!(peek_task_id(&bytes), Some(batch[0].task_id()));
