@@ -2090,6 +2090,13 @@ fn cli_bad_arguments_and_directories() {
     std::fs::create_dir(&empty).unwrap();
     let empty = empty.to_str().unwrap();
     assert_eq!(fibflow(&["verify", empty]).code, Some(0));
+    // `inspect` reads a log: it does not create one in a directory without.
+    cli_refuses(&["inspect", empty], "holds no fibflow log");
+    assert_eq!(std::fs::read_dir(empty).unwrap().count(), 0);
+    // A log with no tasks.
+    let fresh = tmp.path().join("fresh");
+    drop(TaskManager::builder().dir(&fresh).build().unwrap());
+    let fresh = fresh.to_str().unwrap();
     cli_refuses(&["inspect", empty, "--task", "abc"], "invalid value");
     cli_refuses(&["inspect", empty, "--task", "-1"], "");
     cli_refuses(
@@ -2097,10 +2104,10 @@ fn cli_bad_arguments_and_directories() {
         "invalid value",
     );
     cli_refuses(
-        &["inspect", empty, "--task", "18446744073709551615"],
+        &["inspect", fresh, "--task", "18446744073709551615"],
         "not found",
     );
-    cli_refuses(&["inspect", empty, "--workflow", "0"], "not found");
+    cli_refuses(&["inspect", fresh, "--workflow", "0"], "not found");
     cli_refuses(
         &["inspect", empty, "--task", "1", "--workflow", "1"],
         "cannot be used with",

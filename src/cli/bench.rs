@@ -14,7 +14,7 @@
 //! Ratios are fibflow / baseline: above 1 means slower for latency and faster for
 //! throughput.
 
-use super::out::{cores, print_json, round, CliResult};
+use super::out::{cores, outln, print_json, round, CliResult};
 use clap::Args;
 use crossbeam::channel;
 use fibflow::{TaskManager, TaskStatus};
@@ -299,26 +299,35 @@ pub fn run(a: &BenchArgs) -> CliResult {
     if a.json {
         print_json(&v)?;
     } else {
-        println!("fibflow bench: {n} workers, in memory, baseline = crossbeam channel to {n} parked threads");
-        println!("submit -> handler start (idle workers), microseconds:");
-        println!(
+        outln!("fibflow bench: {n} workers, in memory, baseline = crossbeam channel to {n} parked threads")?;
+        outln!("submit -> handler start (idle workers), microseconds:")?;
+        outln!(
             "             {:>10} {:>10} {:>10} {:>8}",
-            "p50", "p99", "p99.9", "samples"
-        );
+            "p50",
+            "p99",
+            "p99.9",
+            "samples"
+        )?;
         for (name, p) in [("fibflow", fib_lat), ("baseline", base_lat)] {
-            println!(
+            outln!(
                 "  {name:<10} {:>10.1} {:>10.1} {:>10.1} {:>8}",
-                p.p50, p.p99, p.p999, p.samples
-            );
+                p.p50,
+                p.p99,
+                p.p999,
+                p.samples
+            )?;
         }
-        println!(
+        outln!(
             "  {:<10} {:>10} {:>10} {:>10}",
-            "ratio", v["ratio_p50"], v["ratio_p99"], v["ratio_p999"]
-        );
-        println!("end-to-end no-op throughput:");
-        println!("  fibflow    {fib_tput:>12.0} tasks/s  (median of {fib_rounds} rounds of {TASKS_PER_ROUND})");
-        println!("  baseline   {base_tput:>12.0} jobs/s   (median of {base_rounds} rounds of {JOBS_PER_ROUND})");
-        println!("  ratio      {:>12}", v["ratio_throughput"]);
+            "ratio",
+            v["ratio_p50"],
+            v["ratio_p99"],
+            v["ratio_p999"]
+        )?;
+        outln!("end-to-end no-op throughput:")?;
+        outln!("  fibflow    {fib_tput:>12.0} tasks/s  (median of {fib_rounds} rounds of {TASKS_PER_ROUND})")?;
+        outln!("  baseline   {base_tput:>12.0} jobs/s   (median of {base_rounds} rounds of {JOBS_PER_ROUND})")?;
+        outln!("  ratio      {:>12}", v["ratio_throughput"])?;
     }
     Ok(ExitCode::SUCCESS)
 }

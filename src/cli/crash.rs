@@ -19,7 +19,7 @@
 //! that exactly `M` tasks exist and all `M` completed.
 
 use super::demo::{self, DurabilityArg};
-use super::out::{print_json, round, CliResult};
+use super::out::{outln, print_json, round, CliResult};
 use clap::Args;
 use fibflow::crash_test::{Ack, CrashReport, CrashTest, CrashTestError, ENV_KILLS};
 use fibflow::{TaskFilter, TaskManager, TaskStatus};
@@ -230,17 +230,20 @@ fn print_report(
             "ok": ok,
         }));
     }
-    println!("{r}");
-    println!(
+    outln!("{r}")?;
+    outln!(
         "crash-test: {} kills, lost {}, re-run completions {}, interrupted attempts {}",
-        r.kills, r.lost, r.rerun_completions, r.interrupted_attempts
-    );
-    println!(
+        r.kills,
+        r.lost,
+        r.rerun_completions,
+        r.interrupted_attempts
+    )?;
+    outln!(
         "  completed {completed} of {} ({tasks_in_dir} tasks in the directory)",
         a.tasks
-    );
-    println!("  reopen times (ms): {recovery_ms:?}");
-    println!("{}", if ok { "PASS" } else { "FAIL" });
+    )?;
+    outln!("  reopen times (ms): {recovery_ms:?}")?;
+    outln!("{}", if ok { "PASS" } else { "FAIL" })?;
     Ok(())
 }
 

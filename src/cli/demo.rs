@@ -12,7 +12,7 @@
 //! `fibflow crash-test` (`crash.rs`) runs this same pipeline under the library's
 //! SIGKILL harness: it reuses [`configure`], [`register`] and [`batch`].
 
-use super::out::{cores, print_json, round, stdout_is_tty, CliResult};
+use super::out::{cores, outln, print_json, round, stdout_is_tty, CliResult};
 use clap::{Args, ValueEnum};
 use fibflow::{
     Builder, Durability, HandlerOptions, Pool, SubmitOptions, Task, TaskContext, TaskId,
@@ -314,25 +314,27 @@ fn report(
         let place = dir
             .as_deref()
             .map_or_else(|| "in memory".to_owned(), |d| format!("in {d}"));
-        println!(
+        outln!(
             "fibflow demo: {} tasks {place} ({} durability) in {:.3} s = {:.0} tasks/s",
             a.tasks,
             durability_name(a),
             secs,
             per_s
-        );
-        println!(
+        )?;
+        outln!(
             "  completed {}, permanently failed {}, retried {}",
-            o.completed, o.failed, o.retried
-        );
+            o.completed,
+            o.failed,
+            o.retried
+        )?;
         if preexisting > 0 {
-            println!("  resumed: {preexisting} tasks were already in the directory (opened in {open_ms:.1} ms)");
+            outln!("  resumed: {preexisting} tasks were already in the directory (opened in {open_ms:.1} ms)")?;
         }
         let parts: Vec<String> = TaskStatus::ALL
             .iter()
             .map(|s| format!("{} {}", s.as_str(), counts[s]))
             .collect();
-        println!("  by status: {}", parts.join(", "));
+        outln!("  by status: {}", parts.join(", "))?;
     }
     if a.json {
         print_json(&json!({

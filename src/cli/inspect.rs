@@ -8,7 +8,7 @@
 //! as the next `demo` run would.
 
 use super::demo::by_status_json;
-use super::out::{print_json, CliResult};
+use super::out::{outln, print_json, CliResult};
 use chrono::{DateTime, Utc};
 use fibflow::{Task, TaskId, TaskManager};
 use serde_json::{json, Value};
@@ -18,6 +18,15 @@ use std::process::ExitCode;
 fn open_existing(dir: &Path) -> Result<TaskManager, Box<dyn std::error::Error>> {
     if !dir.is_dir() {
         return Err(format!("{} is not a directory (nothing to inspect)", dir.display()).into());
+    }
+    // Opening a manager on a directory creates a log there: refuse one that
+    // holds none, rather than write into it and report 0 tasks.
+    if !fibflow::log::holds_log(dir)? {
+        return Err(format!(
+            "{} holds no fibflow log (no segment or snapshot files): give the directory a manager wrote (`fibflow crash-test --dir D` keeps its log in D/log)",
+            dir.display()
+        )
+        .into());
     }
     Ok(TaskManager::builder().dir(dir).build()?)
 }
@@ -72,25 +81,27 @@ fn inspect_open(
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{}: {total} tasks", dir.display());
+    outln!("{}: {total} tasks", dir.display())?;
     for (s, n) in &counts {
-        println!("  {:<20} {n}", s.as_str());
+        outln!("  {:<20} {n}", s.as_str())?;
     }
     if let Some(s) = stats {
         let lsn =
             |l: Option<fibflow::log::Lsn>| l.map_or_else(|| "-".to_owned(), |l| l.0.to_string());
-        println!(
+        outln!(
             "log: {} bytes in {} segments, last LSN {}, snapshot LSN {}",
             s.bytes_on_disk,
             s.segments,
             lsn(s.last_lsn),
             lsn(s.snapshot_lsn)
-        );
+        )?;
     }
-    println!(
+    outln!(
         "recovery: {} tasks from snapshot, {} records replayed, {} refused",
-        rec.snapshot_tasks, rec.records_replayed, rec.records_refused
-    );
+        rec.snapshot_tasks,
+        rec.records_replayed,
+        rec.records_refused
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -108,26 +119,26 @@ fn inspect_task(mgr: &TaskManager, id: TaskId, json_out: bool) -> CliResult {
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "task {} `{}`: {} (stage {}, attempt {})",
         task.id,
         task.name,
         task.status.as_str(),
         task.stage,
         task.attempt
-    );
-    println!("  payload  {}", task.payload);
+    )?;
+    outln!("  payload  {}", task.payload)?;
     if let Some(r) = &task.result {
-        println!("  result   {r}");
+        outln!("  result   {r}")?;
     }
     if let Some(e) = &task.error {
-        println!("  error    {e}");
+        outln!("  error    {e}")?;
     }
     if let Some(k) = &task.dedup_key {
-        println!("  dedup    {k}");
+        outln!("  dedup    {k}")?;
     }
-    println!("  retries  {}/{}", task.retry_count, task.max_retries);
-    println!("events:");
+    outln!("  retries  {}/{}", task.retry_count, task.max_retries)?;
+    outln!("events:")?;
     for e in &events {
         let change = match (e.from_status, e.to_status) {
             (Some(f), Some(t)) => format!(" {} -> {}", f.as_str(), t.as_str()),
@@ -144,13 +155,13 @@ fn inspect_task(mgr: &TaskManager, id: TaskId, json_out: bool) -> CliResult {
             .as_deref()
             .map(|m| format!(": {m}"))
             .unwrap_or_default();
-        println!(
+        outln!(
             "  {}  {}{change}{who}{msg}",
             time(e.time),
             e.event_type.as_str()
-        );
+        )?;
     }
-    println!("attempts:");
+    outln!("attempts:")?;
     for a in &attempts {
         let end = a.ended_at.map_or_else(|| "(open)".to_owned(), time);
         let outcome = a.outcome.map_or("running", fibflow::AttemptOutcome::as_str);
@@ -159,12 +170,12 @@ fn inspect_task(mgr: &TaskManager, id: TaskId, json_out: bool) -> CliResult {
             .as_deref()
             .map(|e| format!(": {e}"))
             .unwrap_or_default();
-        println!(
+        outln!(
             "  #{} on {}  {} .. {end}  {outcome}{err}",
             a.number,
             a.worker,
             time(a.started_at)
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -209,61 +220,61 @@ fn inspect_workflow(mgr: &TaskManager, root: TaskId, json_out: bool) -> CliResul
         )?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("workflow {root}: {} tasks", tasks.len());
+    outln!("workflow {root}: {} tasks", tasks.len())?;
     for (t, depth) in &rows {
         let err = t
             .error
             .as_deref()
             .map(|e| format!(": {e}"))
             .unwrap_or_default();
-        println!(
+        outln!(
             "  {}{} `{}` {} (stage {}){err}",
             "  ".repeat(*depth),
             t.id,
             t.name,
             t.status.as_str(),
             t.stage
-        );
+        )?;
     }
     let counts: Vec<String> = summary
         .status_counts
         .iter()
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
-    println!("statuses: {}", counts.join(", "));
+    outln!("statuses: {}", counts.join(", "))?;
     let outcomes: Vec<String> = summary
         .attempt_outcomes
         .iter()
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
-    println!("attempts: {}", outcomes.join(", "));
-    println!("workers: {}", summary.workers.join(", "));
+    outln!("attempts: {}", outcomes.join(", "))?;
+    outln!("workers: {}", summary.workers.join(", "))?;
     if let Some(d) = summary.timing.duration_ms {
-        println!("duration: {d} ms");
+        outln!("duration: {d} ms")?;
     }
     let path: Vec<String> = summary
         .critical_path
         .iter()
         .map(ToString::to_string)
         .collect();
-    println!("critical path: {}", path.join(" -> "));
+    outln!("critical path: {}", path.join(" -> "))?;
     for a in &summary.slowest_attempts {
-        println!(
+        outln!(
             "slow: task {} attempt {} on {}: {} ms",
             a.task_id,
             a.number,
             a.worker,
             a.duration_ms().unwrap_or(0)
-        );
+        )?;
     }
     for f in &summary.failed_tasks {
-        println!(
+        outln!(
             "failed: {} `{}` {}: {}",
             f.id,
             f.name,
             f.status.as_str(),
             f.error.as_deref().unwrap_or("")
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -299,21 +310,23 @@ pub fn verify(dir: &Path, json_out: bool) -> CliResult {
             "ok": !corrupt,
         }))?;
     } else {
-        println!(
+        outln!(
             "{}: {} segments, {} valid records, last LSN {}",
             dir.display(),
             r.segments,
             r.records,
             r.last_lsn
                 .map_or_else(|| "-".to_owned(), |l| l.0.to_string())
-        );
+        )?;
         for p in &r.problems {
-            println!(
+            outln!(
                 "  problem in {} at offset {}: {}",
-                p.segment, p.offset, p.reason
-            );
+                p.segment,
+                p.offset,
+                p.reason
+            )?;
         }
-        println!("{}", if corrupt { "CORRUPT" } else { "ok" });
+        outln!("{}", if corrupt { "CORRUPT" } else { "ok" })?;
     }
     Ok(if corrupt {
         ExitCode::FAILURE

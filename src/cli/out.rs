@@ -4,6 +4,16 @@ use serde_json::Value;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
+/// `println!` that returns the write's error instead of panicking on it: a
+/// closed pipe (`fibflow inspect D | head -1`) is an error like any other.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+pub(crate) use outln;
+
 /// What a command returns: an exit code, or an error printed by `main`.
 pub type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
