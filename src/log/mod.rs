@@ -762,24 +762,28 @@ impl Inner {
                     inner.completion.notify_all();
                     return Ok(Lsn(lsn));
                 }
-                Reserve::Straddles(mut slot) => {
-                    // Mark the rest of this segment dead so readers move on (a
-                    // remainder shorter than a header is left zero and skipped).
-                    if slot.len() >= FRAME_HEADER_LEN as u64 {
-                        let pad = pad_header(
-                            seg.base() + slot.start(),
-                            inner.commit.synced(),
-                            (slot.len() - FRAME_HEADER_LEN as u64) as u32,
-                        );
-                        slot.write(0, &pad);
-                    }
-                    drop(slot);
-                    inner.completion.notify_all();
+                Reserve::Straddles(slot) => {
+                    inner.pad_rest(&seg, slot);
                     inner.roll_over(&seg)?;
                 }
                 Reserve::Full => inner.roll_over(&seg)?,
             };
         }
+    }
+
+    /// Marks the rest of segment `seg`, reserved as `slot`, dead so readers
+    /// move on (a remainder shorter than a header is left zero and skipped).
+    fn pad_rest(&self, seg: &Segment, mut slot: mmap::Slot<'_>) {
+        if slot.len() >= FRAME_HEADER_LEN as u64 {
+            let pad = pad_header(
+                seg.base() + slot.start(),
+                self.commit.synced(),
+                (slot.len() - FRAME_HEADER_LEN as u64) as u32,
+            );
+            slot.write(0, &pad);
+        }
+        drop(slot);
+        self.completion.notify_all();
     }
 
     /// Seals a log that is being closed: after the final sync, an empty pad
@@ -821,6 +825,33 @@ impl Log {
     /// Makes everything appended so far durable (any durability mode).
     pub fn flush(&self) -> Result<(), LogError> {
         self.inner.flush_all()
+    }
+
+    /// Ends the active segment where it is: its rest becomes a pad frame and
+    /// appends go on in the next segment. A snapshot taken afterwards covers
+    /// every record of the old segment, so compaction deletes it, and with it
+    /// the records of tasks deleted since (SPEC §11: deleted history leaves
+    /// the log). Does nothing while the active segment holds no frame.
+    pub fn roll(&self) -> Result<(), LogError> {
+        let inner = &*self.inner;
+        inner.commit.check()?;
+        let seg = inner.active.load_full();
+        if seg.map.tail() <= SEGMENT_HEADER_LEN {
+            return Ok(());
+        }
+        // More than any segment has left: the reservation takes the rest.
+        match seg.map.reserve(seg.map.len()) {
+            Reserve::Straddles(slot) | Reserve::Fits(slot) => inner.pad_rest(&seg, slot),
+            Reserve::Full => {}
+        }
+        inner.roll_over(&seg)
+    }
+
+    /// The LSN a snapshot taken now covers: every frame reserved so far (a
+    /// caller that holds every lock under which records are appended knows
+    /// each of them is complete and in its state).
+    pub fn covered_lsn(&self) -> Option<Lsn> {
+        self.inner.reserved_end().checked_sub(1).map(Lsn)
     }
 
     /// Writes a snapshot covering every record with LSN `<= lsn` atomically
@@ -1457,6 +1488,19 @@ fn fill_report(
             reason: c.reason.clone(),
         })
         .collect();
+}
+
+/// Whether `dir` holds a log: at least one segment or snapshot file named as
+/// this module names them. Reads the listing only, so a command that means to
+/// read a log can refuse a directory that holds none instead of creating one.
+///
+/// ```
+/// let dir = tempfile::tempdir().unwrap();
+/// assert!(!fibflow::log::holds_log(dir.path()).unwrap());
+/// ```
+pub fn holds_log(dir: &Path) -> Result<bool, LogError> {
+    let l = list(&MmapStorage::new(dir))?;
+    Ok(!l.segments.is_empty() || !l.snapshots.is_empty())
 }
 
 /// Read-only check of every segment and snapshot in `dir`: headers, every

@@ -507,7 +507,7 @@ impl Core {
         let last = st.last_lsn.map_or(0, |l| l.0);
         let base = st.snapshot_lsn.map_or(0, |l| l.0);
         if last.saturating_sub(base) >= self.config.compact_after_bytes {
-            let _ = self.snapshot_now();
+            let _ = self.snapshot_now(false);
         }
     }
 

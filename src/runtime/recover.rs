@@ -358,14 +358,28 @@ impl Core {
     /// Writes a snapshot of every task and compacts the log below it.
     /// Every shard is locked while the state is copied: appends happen only under a
     /// shard lock, so the copy is exactly the state at the log's last LSN (I1).
-    pub(crate) fn snapshot_now(&self) -> Result<()> {
+    pub(crate) fn snapshot_now(&self, roll: bool) -> Result<()> {
         let Some(log) = self.store.log() else {
             return Ok(());
         };
+        if log.stats().last_lsn.is_none() {
+            return Ok(()); // no record yet
+        }
+        // With `roll`, the active segment ends here, so the snapshot covers
+        // all of it and the compaction below deletes it: the records of
+        // deleted tasks in it leave the disk now, not once the segment fills
+        // (SPEC §11). `compact()` asks for that; the automatic compaction
+        // does not, or a small `compact_after_bytes` would start a segment
+        // per compaction (the garbage it leaves is bounded by one segment).
+        if roll {
+            log.roll()?;
+        }
         let guards: Vec<_> = (0..super::store::SHARDS)
             .map(|i| self.store.lock_index(i))
             .collect();
-        let Some(lsn) = log.stats().last_lsn else {
+        // Every record is appended under its shard's lock, all held here, so
+        // every frame reserved so far is complete and in these images.
+        let Some(lsn) = log.covered_lsn() else {
             return Ok(());
         };
         let snap = SnapshotV2Ref {
