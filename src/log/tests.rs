@@ -141,6 +141,35 @@ fn record_too_large_and_unknown_lsn() {
     assert!(matches!(bad, Err(LogError::InvalidConfig(_))));
 }
 
+/// `roll` ends the active segment, so a snapshot at `covered_lsn` covers it
+/// and compaction deletes it with every record in it; rolling an empty
+/// segment does nothing.
+#[test]
+fn roll_lets_a_snapshot_delete_the_segment_being_written() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (log, _) = Log::open(dir.path(), cfg(Durability::Sync, 1 << 16)).unwrap();
+        for i in 0..10u32 {
+            log.append(&i.to_le_bytes().repeat(8)).unwrap();
+        }
+        let first = log.stats().segments;
+        log.roll().unwrap();
+        assert_eq!(log.stats().segments, first + 1);
+        log.roll().unwrap(); // nothing written since: no new segment
+        assert_eq!(log.stats().segments, first + 1);
+        let covered = log.covered_lsn().unwrap();
+        log.write_snapshot(covered, b"all ten").unwrap();
+        assert_eq!(log.stats().segments, 1, "the rolled segment is deleted");
+        log.append(b"after").unwrap();
+        log.flush().unwrap();
+    }
+    let (log, report) = Log::open(dir.path(), cfg(Durability::Sync, 1 << 16)).unwrap();
+    assert_eq!(log.snapshot().map(|(_, b)| b), Some(b"all ten".to_vec()));
+    assert_eq!(bodies(&log), vec![b"after".to_vec()]);
+    assert_eq!(report.segments, 1);
+    assert!(verify(dir.path()).unwrap().problems.is_empty());
+}
+
 #[test]
 fn snapshot_compacts_and_reopen_yields_the_rest() {
     let dir = tempfile::tempdir().unwrap();
