@@ -420,7 +420,8 @@ impl TaskManager {
 
     /// `suspended` → `pending` (stage + 1, `task_resumed`), or `paused` → `pending` (stage 0).
     pub fn resume_task(&self, id: TaskId, reason: Option<&str>) -> Result<()> {
-        let reason = reason.map(str::to_owned);
+        // An empty reason is no reason, as in fib-flow (`resume_reason || 'manual'`).
+        let reason = reason.filter(|r| !r.is_empty()).map(str::to_owned);
         self.core.control(Record::Resume {
             id,
             reason,
@@ -428,9 +429,10 @@ impl TaskManager {
         })
     }
 
-    /// `suspended` → `permanently_failed` with `reason` (default "Task cancelled").
+    /// `suspended` → `permanently_failed` with `reason` (default "Task
+    /// cancelled", also for an empty reason, as in fib-flow).
     pub fn cancel_task(&self, id: TaskId, reason: Option<&str>) -> Result<()> {
-        let reason = reason.map(str::to_owned);
+        let reason = reason.filter(|r| !r.is_empty()).map(str::to_owned);
         self.core.control(Record::Cancel {
             id,
             reason,
