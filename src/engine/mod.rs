@@ -375,6 +375,13 @@ impl Shard {
         Shard::default()
     }
 
+    /// Makes room for `n` more tasks in the task table, so that a replay
+    /// that knows roughly how many tasks are coming does not grow the table
+    /// (and move every entry) a dozen times on the way.
+    pub fn reserve(&mut self, n: usize) {
+        self.tasks.reserve(n);
+    }
+
     /// The entry of a task (decoded if the task is finished and frozen).
     pub fn get(&self, id: TaskId) -> Option<Cow<'_, TaskEntry>> {
         self.tasks.get(&id).and_then(Slot::entry)

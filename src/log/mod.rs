@@ -537,6 +537,8 @@ struct Inner {
     /// The synced watermark when the log was opened (see [`Inner::seal`]).
     opened_synced: u64,
     completion: Notify,
+    /// Record frames the open found (see [`Log::replay_records_hint`]).
+    recovered_records: u64,
     // LSN of the last record found by recovery (appends since are tracked per mapping).
     recovered_last: Option<u64>,
     snapshot: Mutex<Option<(u64, Vec<u8>)>>,
@@ -640,6 +642,7 @@ impl Log {
             opened_synced: synced,
             completion: Notify::default(),
             recovered_last: last.map(|l| l.0),
+            recovered_records: report.records,
             snapshot: Mutex::new(snapshot),
             snapshot_writer: Mutex::new(()),
             shutdown: Mutex::new(false),
@@ -845,6 +848,12 @@ impl Log {
             Reserve::Full => {}
         }
         inner.roll_over(&seg)
+    }
+
+    /// How many record frames the open found after the snapshot's LSN, at
+    /// most (records the snapshot covers included): what a replay can expect.
+    pub fn replay_records_hint(&self) -> u64 {
+        self.inner.recovered_records
     }
 
     /// The LSN a snapshot taken now covers: every frame reserved so far (a

@@ -127,6 +127,13 @@ impl Core {
             .clamp(1, 4);
         let view = log.replay_view();
         let store = &self.store;
+        // A finished task takes three records (submit, claim, complete):
+        // room for that many tasks, so the tables do not grow in steps.
+        let records = log.replay_records_hint();
+        let per_shard = usize::try_from(records / 3).unwrap_or(0) / super::store::SHARDS;
+        for i in 0..super::store::SHARDS {
+            store.lock_index(i).reserve(per_shard);
+        }
         let seed = &*names;
         let walk = |k: usize| -> Walk {
             let mut names = seed.clone();
