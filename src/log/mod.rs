@@ -277,6 +277,15 @@ fn walk_frames<'a, E>(
         let mut off = SEGMENT_HEADER_LEN;
         while off + FRAME_HEADER_LEN as u64 <= end {
             let rest = bytes.get(off as usize..).unwrap_or_default();
+            if base + off < checked_below {
+                // The open's scan verified this frame (header, position,
+                // checksum) in this mapping: its kind and length are all a
+                // walker needs. Anything unexpected takes the full path.
+                if let Some(next) = trusted_frame(rest, base + off, after, &mut pick, &mut f)? {
+                    off += next;
+                    continue;
+                }
+            }
             let checked = decode_header(rest).and_then(|fr| {
                 let lsn = base + off;
                 let pad = fr.kind == FrameKind::Pad;
@@ -321,6 +330,39 @@ fn walk_frames<'a, E>(
         }
     }
     Ok(())
+}
+
+/// One frame of the prefix the open's scan verified, for [`walk_frames`]:
+/// hands a picked record after `after` to `f`; returns the frame's length,
+/// or `None` if the header is not a record or pad one can step over.
+fn trusted_frame<'a, E>(
+    rest: &'a [u8],
+    lsn: u64,
+    after: Option<u64>,
+    pick: &mut impl FnMut(&[u8]) -> bool,
+    f: &mut impl FnMut(Lsn, &'a [u8]) -> Result<(), E>,
+) -> Result<Option<u64>, ReplayError<E>> {
+    let Some(header) = rest.first_chunk::<FRAME_HEADER_LEN>() else {
+        return Ok(None);
+    };
+    let body_len = u64::from(u32::from_le_bytes([
+        header[0], header[1], header[2], header[3],
+    ]));
+    let len = frame_len(body_len);
+    match header[24] {
+        1 => {
+            let Some(body) = rest.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + body_len as usize)
+            else {
+                return Ok(None);
+            };
+            if after.is_none_or(|a| lsn > a) && pick(body) {
+                f(Lsn(lsn), body).map_err(ReplayError::Handler)?;
+            }
+            Ok(Some(len))
+        }
+        2 if len <= rest.len() as u64 => Ok(Some(len)),
+        _ => Ok(None),
+    }
 }
 
 #[cfg(test)]
@@ -408,25 +450,27 @@ mod replay_tests {
         }
     }
 
-    /// Checksums are skipped only below the open scan's end: a damaged body
-    /// past it is still refused, and a damaged header anywhere.
+    /// Frames are checked again only past the open scan's end: there a
+    /// damaged body or header is refused; inside the scanned prefix the
+    /// scan's verdict stands (its checks ran on these very bytes).
     #[test]
-    fn only_frames_the_open_scan_verified_skip_their_checksum() {
+    fn only_frames_past_the_open_scan_are_checked_again() {
         let (clean, offsets) = image(20);
         let scanned = offsets[10]; // frames 0..10 end at or below it
-        let mut body = clean.clone();
-        body[offsets[12] as usize + 33] ^= 0x10;
-        let (got, err) = walk_checked(&body, scanned, |_| true);
-        assert_eq!(got, (0..12).collect::<Vec<u8>>());
-        assert_eq!(err.unwrap().1, offsets[12]);
-        let mut lsn = clean.clone();
-        lsn[offsets[4] as usize + 8] ^= 0x10;
-        let (got, err) = walk_checked(&lsn, scanned, |_| true);
-        assert_eq!(got, (0..4).collect::<Vec<u8>>());
-        assert_eq!(err.unwrap().1, offsets[4]);
-        // Inside the scanned prefix the scan's verdict stands.
+        for at in [33, 8] {
+            let mut past = clean.clone();
+            past[offsets[12] as usize + at] ^= 0x10;
+            let (got, err) = walk_checked(&past, scanned, |_| true);
+            assert_eq!(got, (0..12).collect::<Vec<u8>>(), "byte {at}");
+            assert_eq!(err.unwrap().1, offsets[12], "byte {at}");
+        }
         let (got, err) = walk_checked(&clean, scanned, |_| true);
         assert_eq!((got, err), ((0..20).collect::<Vec<u8>>(), None));
+        // The split between walkers is the same on both paths.
+        let (even, _) = walk_checked(&clean, scanned, |b| b[0] == 0);
+        let (odd, _) = walk_checked(&clean, scanned, |b| b[0] == 1);
+        assert_eq!(even, (0..20).step_by(2).collect::<Vec<u8>>());
+        assert_eq!(odd, (1..20).step_by(2).collect::<Vec<u8>>());
     }
 }
 
