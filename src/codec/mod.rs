@@ -450,6 +450,15 @@ impl Interner {
         shared
     }
 
+    /// The shared copy of the name whose UTF-8 bytes are `name`: a name seen
+    /// lately is found by its bytes, before they are validated again.
+    pub(crate) fn intern_bytes(&mut self, name: &[u8]) -> Result<Arc<str>, std::str::Utf8Error> {
+        if let Some(n) = self.recent.iter().flatten().find(|n| n.as_bytes() == name) {
+            return Ok(Arc::clone(n));
+        }
+        Ok(self.intern(std::str::from_utf8(name)?))
+    }
+
     /// The shared copy of `name`, which may already be one.
     pub(crate) fn intern_arc(&mut self, name: &Arc<str>) -> Arc<str> {
         if let Some(n) = self.names.get(name) {
@@ -501,17 +510,59 @@ impl<'de> serde::de::Visitor<'de> for StrVisitor {
     }
 }
 
+/// Borrows bytes from the input where the format allows.
+struct BytesVisitor;
+
+impl<'de> serde::de::Visitor<'de> for BytesVisitor {
+    type Value = std::borrow::Cow<'de, [u8]>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("bytes")
+    }
+
+    fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Borrowed(v))
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v.to_vec()))
+    }
+
+    fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v))
+    }
+
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Borrowed(v.as_bytes()))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v.as_bytes().to_vec()))
+    }
+}
+
 /// Reads a name through the installed [`Interner`], if any.
 mod interned {
     use serde::Deserializer;
     use std::sync::Arc;
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
-        let name = d.deserialize_str(super::StrVisitor)?;
-        Ok(super::INTERNER.with(|i| match i.borrow_mut().as_mut() {
-            Some(table) => table.intern(&name),
-            None => Arc::from(&*name),
-        }))
+        if d.is_human_readable() {
+            let name = d.deserialize_str(super::StrVisitor)?;
+            return Ok(super::INTERNER.with(|i| match i.borrow_mut().as_mut() {
+                Some(table) => table.intern(&name),
+                None => Arc::from(&*name),
+            }));
+        }
+        // postcard writes a string as its bytes: read them as bytes, so that
+        // a name met lately is not validated as UTF-8 again.
+        let name = d.deserialize_bytes(super::BytesVisitor)?;
+        super::INTERNER
+            .with(|i| match i.borrow_mut().as_mut() {
+                Some(table) => table.intern_bytes(&name),
+                None => std::str::from_utf8(&name).map(Arc::from),
+            })
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -624,12 +675,14 @@ pub(crate) mod json_value {
         if d.is_human_readable() {
             return Value::deserialize(d);
         }
-        let text = d.deserialize_str(super::StrVisitor)?;
+        // postcard writes the text as its bytes; serde_json checks the UTF-8
+        // of what it parses, so it is not validated twice.
+        let text = d.deserialize_bytes(super::BytesVisitor)?;
         // The most common value (no payload, no result) without a parser.
-        if *text == *"null" {
+        if *text == *b"null" {
             return Ok(Value::Null);
         }
-        serde_json::from_str(&text).map_err(serde::de::Error::custom)
+        serde_json::from_slice(&text).map_err(serde::de::Error::custom)
     }
 }
 
