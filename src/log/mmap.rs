@@ -236,7 +236,15 @@ impl Mapping {
     /// A write-through mapping is only read (appenders never store through it,
     /// and a store would dirty whole folios that a later sync must write back).
     pub fn prefault(&mut self) {
-        let mut off = 0u64;
+        self.prefault_from(0);
+    }
+
+    /// [`Mapping::prefault`] of the pages from the one holding `start` on. A
+    /// recovered segment is prefaulted from its tail: a store to the pages
+    /// below, which hold its frames, would dirty them for nothing, and the
+    /// sync that recovery makes next would write them all back.
+    pub fn prefault_from(&mut self, start: u64) {
+        let mut off = start - start % PAGE;
         while off < self.len {
             // SAFETY: M1 (off < len, so the byte is inside the mapping), M2, and
             // `&mut self` proves no slot or reader exists. Writing back the value just

@@ -1430,7 +1430,7 @@ fn recover(storage: &dyn Storage, config: &LogConfig) -> Result<Recovered, LogEr
             .ok_or_else(|| LogError::InvalidConfig("segment shared during recovery".into()))?;
         // Repairs removed every segment after the one the scan ended in.
         map.set_tail(scan.end.offset);
-        map.prefault();
+        map.prefault_from(scan.end.offset);
     }
     // Recovered bytes may be only in the page cache (an Os-mode run that was
     // killed): make them durable before anything counts as synced. A segment
