@@ -67,12 +67,17 @@ fn emit(entry: &mut TaskEntry, at: UnixMs, row: Row) {
     let t = &mut entry.task;
     t.last_event_time = Some(at);
     t.last_event_type = Some(row.ty);
-    let extra = (row.message.is_some() || !row.metadata.is_null()).then(|| {
-        Box::new(EventExtra {
+    let extra = if row.message.is_none() && row.metadata.is_null() {
+        // Most rows. A `null` owns nothing: forgetting it skips the
+        // out-of-line drop of a `Value` per row.
+        std::mem::forget(row.metadata);
+        None
+    } else {
+        Some(Box::new(EventExtra {
             message: row.message,
             metadata: row.metadata,
-        })
-    });
+        }))
+    };
     entry.events.push(EventRow {
         time: at,
         seq: 0, // stamped by `Shard::apply`, which knows the shard's order
