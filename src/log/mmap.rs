@@ -140,10 +140,24 @@ impl Mapping {
     /// Maps `len` bytes of `file` shared and read-write, prefaulting page tables.
     /// Keeps a duplicate of the file descriptor for write-through slots.
     pub fn map_file(file: &File, len: u64) -> io::Result<Mapping> {
-        let raw = MmapOptions::new()
-            .len(to_usize(len)?)
-            .populate()
-            .map_raw(file)?;
+        Self::map_file_with(file, len, true)
+    }
+
+    /// [`Mapping::map_file`] without prefaulting page tables, for a segment
+    /// that recovery reads once from start to end: its reads fault pages in
+    /// as they go (the kernel maps a run of cached pages per fault), which
+    /// costs less than mapping every page up front on one thread.
+    pub fn map_file_lazily(file: &File, len: u64) -> io::Result<Mapping> {
+        Self::map_file_with(file, len, false)
+    }
+
+    fn map_file_with(file: &File, len: u64, populate: bool) -> io::Result<Mapping> {
+        let mut options = MmapOptions::new();
+        options.len(to_usize(len)?);
+        if populate {
+            options.populate();
+        }
+        let raw = options.map_raw(file)?;
         Ok(Self::from_raw(Backing::File(raw, file.try_clone()?), len))
     }
 

@@ -123,7 +123,7 @@ impl Storage for MmapStorage {
             .write(true)
             .open(self.dir.join(name))?;
         let len = file.metadata()?.len();
-        let mut map = Mapping::map_file(&file, len)?;
+        let mut map = Mapping::map_file_lazily(&file, len)?;
         map.set_write_through(self.write_through);
         Ok(map)
     }
