@@ -855,7 +855,11 @@ fn retry(e: &mut TaskEntry, at: UnixMs) -> Result<Applied, TransitionError> {
     t.stage = 0;
     t.result = None;
     t.context = None;
-    t.next_run_time = at;
+    // Ready from when the retry was due (SPEC §4: `now + backoff`), not from
+    // when the timer got to it: a retry picked up late (a clock jump, a
+    // reopen after downtime) keeps its place in the order of SPEC §3.
+    let ready = t.next_run_time.min(at);
+    t.next_run_time = ready;
     let meta = json!({"retry_count": t.retry_count, "previous_status": from.as_str()});
     let attempt = t.attempt;
     emit(
@@ -867,7 +871,7 @@ fn retry(e: &mut TaskEntry, at: UnixMs) -> Result<Applied, TransitionError> {
             .meta(meta),
     );
     Ok(Applied {
-        ready_at: Some(at),
+        ready_at: Some(ready),
         ..Applied::default()
     })
 }
