@@ -65,7 +65,8 @@ impl Pool {
         self.concurrency = n;
         self
     }
-    /// Backoff used for tasks whose handler sets none, when run by this pool.
+    /// Backoff used for tasks whose handler sets neither a strategy nor a
+    /// `retry_interval`, when run by this pool.
     pub fn retry_strategy(mut self, s: RetryStrategy) -> Pool {
         self.retry = Some(s);
         self

@@ -359,10 +359,14 @@ impl Core {
         pool: Option<usize>,
         now: u64,
     ) -> u64 {
+        // A pool's strategy is for handlers that set neither a strategy nor
+        // an interval of their own (`Pool::retry_strategy`).
+        let handler_interval = reg.is_some_and(|r| r.options.retry_interval.is_some());
         let strategy = reg
             .and_then(|r| r.options.retry)
             .or_else(|| {
-                pool.and_then(|p| self.config.pools.get(p))
+                pool.filter(|_| !handler_interval)
+                    .and_then(|p| self.config.pools.get(p))
                     .and_then(|p| p.retry)
             })
             .unwrap_or_else(|| {
