@@ -27,7 +27,7 @@ use parking_lot::{Mutex, RwLock};
 use std::cell::{Cell, RefCell};
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::HashMap;
-use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// A queued task: ordered by priority (higher first), ready time, then id.
@@ -140,6 +140,10 @@ pub(crate) struct Dispatcher {
     default_queue: Arc<Queue>,
     pub(crate) pools: Vec<Arc<PoolState>>,
     unparkers: Vec<Unparker>,
+    /// `listed[w]`: worker `w` is on its pool's idle stack (changed under
+    /// that stack's lock), so that a woken worker knows without the lock
+    /// whether it must take itself off.
+    listed: Box<[crossbeam::utils::CachePadded<AtomicBool>]>,
     /// Entries held in all queues (see [`Queue::held`]).
     held_total: AtomicUsize,
 }
@@ -157,6 +161,10 @@ impl Dispatcher {
             queues: RwLock::new(HashMap::new()),
             default_queue,
             pools,
+            listed: unparkers
+                .iter()
+                .map(|_| crossbeam::utils::CachePadded::new(AtomicBool::new(false)))
+                .collect(),
             unparkers,
             held_total: AtomicUsize::new(0),
         }
@@ -307,6 +315,9 @@ impl Dispatcher {
         let w = {
             let mut idle = pool.idle.lock();
             let w = idle.pop();
+            if let Some(w) = w {
+                self.set_listed(w, false);
+            }
             pool.idle_count.store(idle.len(), Ordering::Release);
             w
         };
@@ -351,7 +362,9 @@ impl Dispatcher {
     pub(crate) fn wake_all(&self) {
         for pool in &self.pools {
             let mut idle = pool.idle.lock();
-            idle.clear();
+            for w in idle.drain(..) {
+                self.set_listed(w, false);
+            }
             pool.idle_count.store(0, Ordering::Release);
         }
         for u in &self.unparkers {
@@ -365,13 +378,28 @@ impl Dispatcher {
     /// scans the queues next.
     pub(crate) fn woke(&self, p: usize, w: usize) {
         let pool = &self.pools[p];
-        if pool.idle_count.load(Ordering::Acquire) == 0 {
+        // Usually the waker took it off, and its lock line stays where it
+        // is: this check reads only this worker's flag.
+        if !self
+            .listed
+            .get(w)
+            .is_some_and(|l| l.load(Ordering::Acquire))
+            || pool.idle_count.load(Ordering::Acquire) == 0
+        {
             return;
         }
         let mut idle = pool.idle.lock();
         if let Some(i) = idle.iter().position(|&x| x == w) {
             idle.swap_remove(i);
+            self.set_listed(w, false);
             pool.idle_count.store(idle.len(), Ordering::Release);
+        }
+    }
+
+    /// Records whether worker `w` is on its idle stack (under that stack's lock).
+    fn set_listed(&self, w: usize, on: bool) {
+        if let Some(l) = self.listed.get(w) {
+            l.store(on, Ordering::Release);
         }
     }
 
@@ -382,6 +410,7 @@ impl Dispatcher {
         if !idle.contains(&w) {
             idle.push(w);
         }
+        self.set_listed(w, true);
         pool.idle_count.store(idle.len(), Ordering::Release);
     }
 
@@ -395,6 +424,7 @@ impl Dispatcher {
             if let Some(i) = pos {
                 idle.swap_remove(i);
             }
+            self.set_listed(w, false);
             pool.idle_count.store(idle.len(), Ordering::Release);
             pos.is_some()
         };
