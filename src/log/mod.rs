@@ -223,7 +223,7 @@ pub struct Replay {
     segs: Vec<(Arc<Segment>, u64)>,
     /// The snapshot's LSN: records at or below it are skipped.
     after: Option<u64>,
-    /// Frames ending at or below this LSN were verified by the scan at open
+    /// Frames starting below this LSN were verified by the scan at open
     /// (see [`walk_frames`]).
     checked_below: u64,
 }
@@ -232,12 +232,12 @@ impl Replay {
     /// Walks every frame in LSN order and calls `f` for each record after the
     /// snapshot that `pick` selects, with a slice borrowed from the mapping.
     ///
-    /// Every frame's header is checked (position, kind, version, length) and
-    /// pad frames are verified, but a record frame's checksum is verified only
-    /// if `pick` selects it (records at or below the snapshot included), before
-    /// `f` sees it, and only if it lies past what the scan at open verified
-    /// (each frame of the valid prefix it kept; recovery's repairs write only
-    /// pad frames, which are always verified). So threads that split the
+    /// A frame below the end of what the open's scan verified (header,
+    /// position, checksum: every frame of the prefix it kept) is only stepped
+    /// over by its kind and length. Past it, every frame's header is checked
+    /// (position, kind, version, length) and pad frames are verified, but a
+    /// record frame's checksum is verified only if `pick` selects it (records
+    /// at or below the snapshot included), before `f` sees it. So threads that split the
     /// records between them with disjoint `pick`s verify each frame once, and
     /// none of them hands out a frame that fails its checksum. `pick` sees the
     /// body *before* its checksum is checked: use it only to route.
@@ -261,10 +261,11 @@ impl Replay {
 }
 
 /// [`Replay::for_each`] over segments given as (name, base LSN, bytes up to
-/// the end of their completed frames). A record frame that ends at or below
-/// `checked_below` is not verified again: the open's scan verified it in the
-/// same mapping, which only this process writes (the directory lock), and
-/// only past its end. That scan is half the checksum work of an open.
+/// the end of their completed frames). A frame that starts below
+/// `checked_below` is not checked again ([`trusted_frame`]): the open's scan
+/// verified it in the same mapping, which only this process writes (the
+/// directory lock), and recovery's repairs there are pad frames it wrote
+/// itself.
 fn walk_frames<'a, E>(
     segs: impl Iterator<Item = (&'a str, u64, &'a [u8])>,
     after: Option<u64>,
@@ -288,12 +289,10 @@ fn walk_frames<'a, E>(
             }
             let checked = decode_header(rest).and_then(|fr| {
                 let lsn = base + off;
-                let pad = fr.kind == FrameKind::Pad;
-                let mine = pad || pick(fr.body);
-                let checked = !pad && lsn.saturating_add(fr.frame_len) <= checked_below;
+                let mine = fr.kind == FrameKind::Pad || pick(fr.body);
                 // A frame at the wrong position is verified by every walker,
                 // so that all of them give the same reason for it.
-                if (mine && !checked) || fr.lsn != lsn {
+                if mine || fr.lsn != lsn {
                     verify_frame(rest, &fr)?;
                 }
                 if fr.lsn != lsn {
