@@ -53,6 +53,7 @@ mod tests;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -584,6 +585,10 @@ struct Inner {
     recovered_records: u64,
     // LSN of the last record found by recovery (appends since are tracked per mapping).
     recovered_last: Option<u64>,
+    /// The last record of the segments compaction removed (0: none), so that
+    /// `stats().last_lsn` does not go back when the segment holding the last
+    /// record is deleted (`compact` ends the segment being written).
+    compacted_last: AtomicU64,
     snapshot: Mutex<Option<(u64, Vec<u8>)>>,
     /// Held while a snapshot is written and the files it covers are removed.
     snapshot_writer: Mutex<()>,
@@ -685,6 +690,7 @@ impl Log {
             opened_synced: synced,
             completion: Notify::default(),
             recovered_last: last.map(|l| l.0),
+            compacted_last: AtomicU64::new(0),
             recovered_records: report.records,
             snapshot: Mutex::new(snapshot),
             snapshot_writer: Mutex::new(()),
@@ -959,6 +965,11 @@ impl Log {
             segs.drain(..n).collect()
         };
         for s in removable {
+            if let Some(o) = s.map.last_record() {
+                inner
+                    .compacted_last
+                    .fetch_max(s.base() + o, Ordering::AcqRel);
+            }
             inner
                 .storage
                 .remove(&s.name)
@@ -986,7 +997,12 @@ impl Log {
                 .iter()
                 .rev()
                 .find_map(|s| s.map.last_record().map(|o| s.base() + o))
-                .or(inner.recovered_last)
+                .or_else(|| {
+                    let compacted = inner.compacted_last.load(Ordering::Acquire);
+                    (compacted > 0)
+                        .then_some(compacted)
+                        .max(inner.recovered_last)
+                })
                 .map(Lsn),
             snapshot_lsn: snap.map(|(l, _)| Lsn(l)),
             synced_lsn: Lsn(inner.commit.synced()),

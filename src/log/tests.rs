@@ -153,6 +153,7 @@ fn roll_lets_a_snapshot_delete_the_segment_being_written() {
             log.append(&i.to_le_bytes().repeat(8)).unwrap();
         }
         let first = log.stats().segments;
+        let last = log.stats().last_lsn;
         log.roll().unwrap();
         assert_eq!(log.stats().segments, first + 1);
         log.roll().unwrap(); // nothing written since: no new segment
@@ -160,6 +161,7 @@ fn roll_lets_a_snapshot_delete_the_segment_being_written() {
         let covered = log.covered_lsn().unwrap();
         log.write_snapshot(covered, b"all ten").unwrap();
         assert_eq!(log.stats().segments, 1, "the rolled segment is deleted");
+        assert_eq!(log.stats().last_lsn, last, "the last record stays the last");
         log.append(b"after").unwrap();
         log.flush().unwrap();
     }
