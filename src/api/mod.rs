@@ -144,7 +144,9 @@ impl TaskManager {
         });
         clock.on_advance(Arc::downgrade(&hook));
         let mut recovery = RecoveryStats::default();
-        core.replay_log(&mut recovery)?;
+        // The records the open found size the task tables up front.
+        let records = log_report.as_ref().map_or(0, |r| r.records);
+        core.replay_log(&mut recovery, records)?;
         // SPEC §12: running tasks are recovered when the directory is opened.
         let lsn = core.rebuild(&mut recovery)?;
         core.store.wait(lsn)?;

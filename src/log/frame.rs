@@ -179,6 +179,12 @@ fn header_without_crc(kind: FrameKind, len: u32, lsn: u64, stable: u64) -> [u8; 
     h
 }
 
+/// The kind byte and body length of a frame header, unchecked: for frames
+/// already verified (replay of the prefix the open's scan checked).
+pub(super) fn kind_and_body_len(header: &[u8; FRAME_HEADER_LEN]) -> (u8, u64) {
+    (header[24], u64::from(read_u32(header, 0)))
+}
+
 fn read_u64(b: &[u8], at: usize) -> u64 {
     let mut v = [0u8; 8];
     if let Some(src) = b.get(at..at + 8) {

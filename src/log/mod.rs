@@ -345,11 +345,9 @@ fn trusted_frame<'a, E>(
     let Some(header) = rest.first_chunk::<FRAME_HEADER_LEN>() else {
         return Ok(None);
     };
-    let body_len = u64::from(u32::from_le_bytes([
-        header[0], header[1], header[2], header[3],
-    ]));
+    let (kind, body_len) = frame::kind_and_body_len(header);
     let len = frame_len(body_len);
-    match header[24] {
+    match kind {
         1 => {
             let Some(body) = rest.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + body_len as usize)
             else {
@@ -581,8 +579,6 @@ struct Inner {
     /// The synced watermark when the log was opened (see [`Inner::seal`]).
     opened_synced: u64,
     completion: Notify,
-    /// Record frames the open found (see [`Log::replay_records_hint`]).
-    recovered_records: u64,
     // LSN of the last record found by recovery (appends since are tracked per mapping).
     recovered_last: Option<u64>,
     /// The last record of the segments compaction removed (0: none), so that
@@ -691,7 +687,6 @@ impl Log {
             completion: Notify::default(),
             recovered_last: last.map(|l| l.0),
             compacted_last: AtomicU64::new(0),
-            recovered_records: report.records,
             snapshot: Mutex::new(snapshot),
             snapshot_writer: Mutex::new(()),
             shutdown: Mutex::new(false),
@@ -897,12 +892,6 @@ impl Log {
             Reserve::Full => {}
         }
         inner.roll_over(&seg)
-    }
-
-    /// How many record frames the open found after the snapshot's LSN, at
-    /// most (records the snapshot covers included): what a replay can expect.
-    pub fn replay_records_hint(&self) -> u64 {
-        self.inner.recovered_records
     }
 
     /// The LSN a snapshot taken now covers: every frame reserved so far (a

@@ -407,7 +407,11 @@ impl Dispatcher {
     pub(crate) fn go_idle(&self, p: usize, w: usize) {
         let pool = &self.pools[p];
         let mut idle = pool.idle.lock();
-        if !idle.contains(&w) {
+        if !self
+            .listed
+            .get(w)
+            .is_some_and(|l| l.load(Ordering::Acquire))
+        {
             idle.push(w);
         }
         self.set_listed(w, true);

@@ -59,7 +59,8 @@ pub struct RecoveryStats {
 
 impl Core {
     /// Loads the snapshot and replays the log into the shards (no records written).
-    pub(crate) fn replay_log(&self, stats: &mut RecoveryStats) -> Result<()> {
+    /// `records` is how many records the open found (at most the replay's).
+    pub(crate) fn replay_log(&self, stats: &mut RecoveryStats, records: u64) -> Result<()> {
         let Some(log) = self.store.log() else {
             return Ok(());
         };
@@ -87,7 +88,7 @@ impl Core {
                 self.store.lock(entry.task.id).restore(entry);
             }
         }
-        let (replayed, refused) = self.replay_records(&log, &mut names)?;
+        let (replayed, refused) = self.replay_records(&log, &mut names, records)?;
         stats.records_replayed = replayed;
         stats.records_refused = refused;
         let mut dedup = self.store.dedup.lock();
@@ -121,6 +122,7 @@ impl Core {
         &self,
         log: &crate::log::Log,
         names: &mut codec::Interner,
+        records: u64,
     ) -> Result<(u64, u64)> {
         let walkers = std::thread::available_parallelism()
             .map_or(1, std::num::NonZero::get)
@@ -129,7 +131,6 @@ impl Core {
         let store = &self.store;
         // A finished task takes three records (submit, claim, complete):
         // room for that many tasks, so the tables do not grow in steps.
-        let records = log.replay_records_hint();
         let per_shard = usize::try_from(records / 3).unwrap_or(0) / super::store::SHARDS;
         for i in 0..super::store::SHARDS {
             store.lock_index(i).reserve(per_shard);

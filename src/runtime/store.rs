@@ -138,16 +138,11 @@ impl Store {
         let Some(log) = guard.as_deref() else {
             return Ok(());
         };
-        ENCODE_BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            let mut bytes = std::mem::take(&mut *buf);
-            bytes.clear();
-            let bytes = postcard::to_extend(new, bytes).map_err(codec::EncodeError::from)?;
-            let len = bytes.len();
-            *buf = bytes;
-            log.check_len(len.saturating_add(FRAMING))?;
-            Ok(())
-        })
+        // Counted, not written: postcard's size flavour.
+        let len = postcard::serialize_with_flavor(new, postcard::ser_flavors::Size::default())
+            .map_err(codec::EncodeError::from)?;
+        log.check_len(len.saturating_add(FRAMING))?;
+        Ok(())
     }
 
     /// Applies and logs records that must land together (one frame). The first

@@ -95,9 +95,10 @@ impl Core {
                 self.give_back(&reg, Some((queue, item)));
                 return None;
             }
-            if let Some(job) = self.claim(w, &item, reg.clone(), me) {
-                return Some(job);
-            }
+            let reg = match self.claim(w, &item, reg, me) {
+                Ok(job) => return Some(job),
+                Err(reg) => reg,
+            };
             let paused = self.paused.load(Ordering::Acquire);
             // Paused, the task waits in its queue for `resume`; otherwise it is no
             // longer runnable and its entry is dropped.
@@ -216,8 +217,16 @@ impl Core {
             .map(|e| e.value().clone())
     }
 
-    /// Claims `item` under its shard lock; `None` if the task is no longer runnable.
-    fn claim(&self, w: usize, item: &ReadyItem, reg: Arc<Registered>, me: &Handle) -> Option<Job> {
+    /// Claims `item` under its shard lock. If the task is no longer runnable,
+    /// the registration comes back, so that a claim costs no reference count
+    /// of its own (a line every worker writes).
+    fn claim(
+        &self,
+        w: usize,
+        item: &ReadyItem,
+        reg: Arc<Registered>,
+        me: &Handle,
+    ) -> std::result::Result<Job, Arc<Registered>> {
         // `now` stamps the claim; windows count from `base`, `now` rounded up,
         // so none ends early.
         let (now, base) = self.clock.now_ms_floor_ceil();
@@ -228,17 +237,19 @@ impl Core {
         // before `stop` cannot claim a task that `stop` has just given back.
         // (The dropped queue entry is rebuilt from the table at the next open.)
         if self.stopping.load(Ordering::Acquire) {
-            return None;
+            return Err(reg);
         }
         // Likewise `pause`: a task submitted after `pause()` returned reaches
         // its shard after the flag, so a worker that passed the gate before the
         // pause cannot claim it. `try_take` puts the entry back.
         if self.paused.load(Ordering::Acquire) {
-            return None;
+            return Err(reg);
         }
-        let e = shard.live(item.id)?;
+        let Some(e) = shard.live(item.id) else {
+            return Err(reg);
+        };
         if e.task.status != TaskStatus::Pending {
-            return None;
+            return Err(reg);
         }
         if e.task.next_run_time > now {
             // Queued when due, so either a stale entry of a task rescheduled
@@ -246,7 +257,7 @@ impl Core {
             // since: the timer queues it again when due, so a clock step never
             // leaves a task pending with no entry anywhere.
             self.timer.schedule(e.task.next_run_time, item.id);
-            return None;
+            return Err(reg);
         }
         let attempt = e.task.attempt + 1;
         let worker = self.workers[w].name.clone();
@@ -259,10 +270,12 @@ impl Core {
         match self.store.commit(&mut shard, record) {
             // A claim is not acknowledged to anyone, so nobody waits for its LSN.
             Ok((applied, mut lsn)) => self.settle(&mut shard, item.id, applied, &mut lsn),
-            Err(_) => return None,
+            Err(_) => return Err(reg),
         }
-        let e = shard.live(item.id)?;
-        Some(Self::job(e, reg, worker, base, me))
+        match shard.live(item.id) {
+            Some(e) => Ok(Self::job(e, reg, worker, base, me)),
+            None => Err(reg),
+        }
     }
 
     fn job(e: &TaskEntry, reg: Arc<Registered>, worker: Arc<str>, base: u64, me: &Handle) -> Job {
