@@ -251,6 +251,8 @@ pub struct Shard {
     spare: Vec<Box<TaskEntry>>,
     /// The next event sequence number of this shard (see `EventRow::seq`).
     event_seq: u32,
+    /// Tasks [`Shard::replay`] left as their submit records.
+    unbuilt: usize,
 }
 
 /// At most this many spare entry boxes are kept per shard.
@@ -577,6 +579,53 @@ impl Shard {
                 Ok(applied)
             }
         }
+    }
+
+    /// Applies one record read back from the log: the same transition as
+    /// [`Shard::apply`], except that a submitted task stays as its decoded
+    /// record until its next record comes ([`Slot::Submitted`]). In a log
+    /// written with a backlog, the claims come long after the submits; built
+    /// at submit, each entry is cold by then, and building it at the claim
+    /// writes it once, into a box a task that just finished left warm.
+    /// Call [`Shard::end_replay`] when the replay is over. On error the
+    /// shard's state is unchanged.
+    pub fn replay(&mut self, record: crate::codec::Record) -> Result<(), TransitionError> {
+        use crate::codec::Record;
+        let id = record.task_id();
+        match record {
+            Record::Submit(new) => {
+                let std::collections::hash_map::Entry::Vacant(slot) = self.tasks.entry(id) else {
+                    return Err(TransitionError::Duplicate(id));
+                };
+                transition::check_submit(&new)?;
+                self.index.add_ids(id, new.tag.clone(), new.root_id);
+                self.counts[TaskStatus::Pending as usize] += 1;
+                slot.insert(Slot::Submitted(new, self.event_seq));
+                // The `created` event's number, as `apply` would stamp it.
+                self.event_seq = self.event_seq.wrapping_add(1);
+                self.unbuilt += 1;
+                Ok(())
+            }
+            other => {
+                if let Some(slot @ Slot::Submitted(..)) = self.tasks.get_mut(&id) {
+                    slot.build(&mut self.spare);
+                    self.unbuilt -= 1;
+                }
+                self.apply(other).map(drop)
+            }
+        }
+    }
+
+    /// Builds the entries of the tasks a replay left as submit records, so
+    /// that every other method sees only live and frozen tasks.
+    pub fn end_replay(&mut self) {
+        if self.unbuilt == 0 {
+            return;
+        }
+        for slot in self.tasks.values_mut() {
+            slot.build(&mut self.spare);
+        }
+        self.unbuilt = 0;
     }
 
     /// Freezes the task if it is finished and still live, keeping its box for the

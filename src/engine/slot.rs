@@ -19,19 +19,33 @@
 //! where the old design never paid it during a run.
 
 use super::{TaskEntry, TaskStatus};
-use crate::codec::{TaskId, UnixMs};
+use crate::codec::{NewTask, TaskId, UnixMs};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
 mod pack;
 
-/// A task in the table: live (mutable structs) or frozen (encoded bytes).
+/// A task in the table: live (mutable structs) or frozen (encoded bytes), or
+/// during a replay only, as its submit record.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum Slot {
     /// Pending, running, waiting or paused: the structs, changed in place.
     Live(Box<TaskEntry>),
     /// Finished: encoded, with what scans read beside the bytes.
     Frozen(Frozen),
+    /// A task replayed from its submit record and not yet changed by another:
+    /// the decoded record and the sequence number of its `created` event.
+    /// Replay builds the entry when the next record of the task comes (see
+    /// `Shard::replay`), so a log with a long backlog does not write out a
+    /// full entry per submit, all of them gone cold by the claim. Exists only
+    /// between `Shard::replay` and `Shard::end_replay`, so never in a snapshot.
+    #[serde(skip)]
+    Submitted(Box<NewTask>, u32),
+}
+
+/// The entry a replayed submit record creates (see [`Slot::Submitted`]).
+fn submitted_entry(new: &NewTask, mut seq: u32) -> TaskEntry {
+    *super::transition::new_entry(new.clone(), &mut Vec::new(), &mut seq)
 }
 
 /// A finished task, encoded.
@@ -61,17 +75,40 @@ impl Slot {
         match self {
             Slot::Live(e) => Some(Cow::Borrowed(e)),
             Slot::Frozen(f) => f.decode().map(Cow::Owned),
+            Slot::Submitted(new, seq) => Some(Cow::Owned(submitted_entry(new, *seq))),
         }
     }
 
     /// The live entry, mutably, thawing a frozen one first.
     pub(crate) fn live_mut(&mut self) -> Option<&mut TaskEntry> {
-        if let Slot::Frozen(f) = self {
-            *self = Slot::Live(Box::new(f.decode()?));
+        match self {
+            Slot::Frozen(f) => *self = Slot::Live(Box::new(f.decode()?)),
+            Slot::Submitted(..) => self.build(&mut Vec::new()),
+            Slot::Live(_) => {}
         }
         match self {
             Slot::Live(e) => Some(e),
-            Slot::Frozen(_) => None,
+            Slot::Frozen(_) | Slot::Submitted(..) => None,
+        }
+    }
+
+    /// Turns a replayed submit record into the live entry it creates, in a
+    /// spare box if there is one; anything else is left as it is.
+    #[allow(clippy::vec_box)] // the boxes are what is reused
+    pub(crate) fn build(&mut self, spare: &mut Vec<Box<TaskEntry>>) {
+        if !matches!(self, Slot::Submitted(..)) {
+            return;
+        }
+        // Stands in for the moment the record is moved out; allocates nothing.
+        let placeholder = Slot::Frozen(Frozen {
+            created_at: 0,
+            last_active: 0,
+            status: TaskStatus::Pending,
+            dedup: false,
+            bytes: Box::default(),
+        });
+        if let Slot::Submitted(new, mut seq) = std::mem::replace(self, placeholder) {
+            *self = Slot::Live(super::transition::new_entry(*new, spare, &mut seq));
         }
     }
 
@@ -80,6 +117,10 @@ impl Slot {
         match self {
             Slot::Live(e) => Some(e),
             Slot::Frozen(_) => None,
+            Slot::Submitted(..) => {
+                debug_assert!(false, "a replay left a task unbuilt");
+                None
+            }
         }
     }
 
@@ -88,6 +129,7 @@ impl Slot {
         match self {
             Slot::Live(e) => Some(*e),
             Slot::Frozen(f) => f.decode(),
+            Slot::Submitted(new, seq) => Some(submitted_entry(&new, seq)),
         }
     }
 
@@ -95,6 +137,7 @@ impl Slot {
         match self {
             Slot::Live(e) => e.task.status,
             Slot::Frozen(f) => f.status,
+            Slot::Submitted(..) => TaskStatus::Pending,
         }
     }
 
@@ -102,6 +145,7 @@ impl Slot {
         match self {
             Slot::Live(e) => e.task.created_at,
             Slot::Frozen(f) => f.created_at,
+            Slot::Submitted(new, _) => new.created_ms,
         }
     }
 
@@ -109,6 +153,7 @@ impl Slot {
         match self {
             Slot::Live(e) => e.task.last_active_time,
             Slot::Frozen(f) => f.last_active,
+            Slot::Submitted(new, _) => new.created_ms,
         }
     }
 
@@ -117,6 +162,7 @@ impl Slot {
         match self {
             Slot::Live(e) => e.task.dedup_key.is_some(),
             Slot::Frozen(f) => f.dedup,
+            Slot::Submitted(new, _) => new.dedup_key.is_some(),
         }
     }
 
@@ -145,7 +191,7 @@ impl Slot {
         assert_eq!(frozen.decode(), Some(original), "freezing loses nothing");
         match std::mem::replace(self, Slot::Frozen(frozen)) {
             Slot::Live(e) => Some(e),
-            Slot::Frozen(_) => None,
+            Slot::Frozen(_) | Slot::Submitted(..) => None,
         }
     }
 }

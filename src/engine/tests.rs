@@ -282,6 +282,25 @@ impl Driver {
     }
 }
 
+/// The states after each batch, replayed as a reopen does: `Shard::replay`,
+/// which keeps submitted tasks as their records, then `Shard::end_replay` on
+/// a copy at each boundary (the state an open ending there would keep).
+fn replay_deferred(log: &[Vec<u8>]) -> Vec<(Shard, Shard)> {
+    let mut shard = Shard::new();
+    let mut states = Vec::new();
+    for bytes in log {
+        for r in codec::decode(bytes).unwrap() {
+            shard
+                .replay(r)
+                .expect("replay refused a record live operation accepted");
+        }
+        let mut ended = shard.clone();
+        ended.end_replay();
+        states.push((shard.clone(), ended));
+    }
+    states
+}
+
 fn replay(log: &[Vec<u8>]) -> Vec<Shard> {
     let mut shard = Shard::new();
     let mut states = Vec::new();
@@ -357,6 +376,17 @@ proptest! {
         prop_assert_eq!(replayed.len(), d.states.len());
         for (k, (live, rep)) in d.states.iter().zip(&replayed).enumerate() {
             prop_assert!(live == rep, "state differs after record {}", k);
+        }
+        let deferred = replay_deferred(&d.log);
+        prop_assert_eq!(deferred.len(), d.states.len());
+        for (k, (live, (mid, ended))) in d.states.iter().zip(&deferred).enumerate() {
+            prop_assert!(live == mid, "deferred replay differs after record {}", k);
+            prop_assert!(live == ended, "ended replay differs after record {}", k);
+            prop_assert_eq!(live.event_seq, mid.event_seq, "event numbers after record {}", k);
+            prop_assert!(
+                ended.tasks.values().all(|s| !matches!(s, Slot::Submitted(..))),
+                "after end_replay every task is live or frozen"
+            );
         }
         check_table(&d.shard);
     }

@@ -302,11 +302,32 @@ fn submit(
     let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(new.id) else {
         return Err(TransitionError::Duplicate(new.id));
     };
+    check_submit(&new)?;
+    let ready_at = new.next_run_ms;
+    slot.insert(super::Slot::Live(new_entry(new, spare, seq)));
+    Ok(Applied {
+        ready_at: Some(ready_at),
+        ..Applied::default()
+    })
+}
+
+/// What a submit record must satisfy besides naming a free id.
+pub(super) fn check_submit(new: &NewTask) -> Result<(), TransitionError> {
     if new.name.trim().is_empty() {
         return Err(TransitionError::Invalid("task name is empty".into()));
     }
+    Ok(())
+}
+
+/// The entry a checked submit record creates, its `created` event numbered
+/// `seq` (which then counts on). In a reused spare box if there is one.
+#[allow(clippy::vec_box)] // spare entries are reused boxes
+pub(super) fn new_entry(
+    new: NewTask,
+    spare: &mut Vec<Box<TaskEntry>>,
+    seq: &mut u32,
+) -> Box<TaskEntry> {
     let at = new.created_ms;
-    let ready_at = new.next_run_ms;
     let task = Task {
         id: new.id,
         name: new.name,
@@ -381,11 +402,7 @@ fn submit(
         Row::new(EventType::Created).to(TaskStatus::Pending),
     );
     stamp(&mut entry, 0, seq);
-    slot.insert(super::Slot::Live(entry));
-    Ok(Applied {
-        ready_at: Some(ready_at),
-        ..Applied::default()
-    })
+    entry
 }
 
 fn claim(

@@ -158,7 +158,7 @@ impl Core {
                         if let Record::Submit(t) = &record {
                             walk.max_id = walk.max_id.max(Some(t.id));
                         }
-                        if store.lock(record.task_id()).apply(record).is_err() {
+                        if store.lock(record.task_id()).replay(record).is_err() {
                             walk.refused += 1;
                         }
                     }
@@ -186,6 +186,9 @@ impl Core {
                 walks.extend(handles.into_iter().map(|h| h.join()));
                 Ok::<_, Error>(walks)
             })?;
+        for i in 0..super::store::SHARDS {
+            store.lock_index(i).end_replay();
+        }
         let (mut replayed, mut refused) = (0u64, 0u64);
         let mut corrupt: Option<crate::log::LogError> = None;
         let mut undecodable: Option<(Lsn, codec::DecodeError)> = None;
