@@ -43,6 +43,37 @@ impl ReadyItem {
     fn key(&self) -> (std::cmp::Reverse<i32>, u64, TaskId) {
         (std::cmp::Reverse(self.priority), self.ready_at, self.id)
     }
+
+    /// The entry without its handler name: what a worker keeps of an entry
+    /// it took, so that taking one does not write the name's reference
+    /// count, a line every submitter of the handler writes too.
+    pub(crate) fn place(&self) -> Place {
+        Place {
+            priority: self.priority,
+            ready_at: self.ready_at,
+            id: self.id,
+        }
+    }
+}
+
+/// A queue entry taken out, less its handler name (see [`ReadyItem::place`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Place {
+    pub(crate) priority: i32,
+    pub(crate) ready_at: u64,
+    pub(crate) id: TaskId,
+}
+
+impl Place {
+    /// The entry again, to put back in a queue.
+    pub(crate) fn item(self, name: Arc<str>) -> ReadyItem {
+        ReadyItem {
+            priority: self.priority,
+            ready_at: self.ready_at,
+            id: self.id,
+            name,
+        }
+    }
 }
 
 impl PartialEq for ReadyItem {

@@ -2,7 +2,7 @@
 //! the outcome. Also the timer thread's handling of due tasks and attempts.
 
 use super::context::{AttemptCtl, ContextInner, TaskContext};
-use super::dispatch::{Queue, ReadyItem};
+use super::dispatch::{Place, Queue, ReadyItem};
 use super::error::{Error, Result};
 use super::registry::{ChildSpec, Handler, HandlerResult, Outcome, Registered};
 use super::submit::normalize_tags;
@@ -89,20 +89,22 @@ impl Core {
             if !self.gate_open() || self.global.is_full() {
                 return None;
             }
-            let (qi, item, reg) = self.pick(&queues)?;
+            let (qi, place, reg) = self.pick(&queues)?;
             let queue = &*queues[qi];
             if !self.global.try_acquire(w) {
+                let item = place.item(reg.name.clone());
                 self.give_back(&reg, Some((queue, item)));
                 return None;
             }
-            let reg = match self.claim(w, &item, reg, me) {
+            let reg = match self.claim(w, place.id, reg, me) {
                 Ok(job) => return Some(job),
                 Err(reg) => reg,
             };
             let paused = self.paused.load(Ordering::Acquire);
             // Paused, the task waits in its queue for `resume`; otherwise it is no
             // longer runnable and its entry is dropped.
-            self.give_back(&reg, paused.then_some((queue, item)));
+            let unrun = paused.then(|| (queue, place.item(reg.name.clone())));
+            self.give_back(&reg, unrun);
             if self.global.release(w) {
                 self.dispatch.wake_each_pool();
             }
@@ -138,7 +140,7 @@ impl Core {
     /// could race for a handler's last slot, each holding a different entry of it,
     /// and the loser of the better entry would put it back while the winner ran
     /// the worse one: a per-handler cap would then break priority order.
-    fn pick(&self, queues: &[Arc<Queue>]) -> Option<(usize, ReadyItem, Arc<Registered>)> {
+    fn pick(&self, queues: &[Arc<Queue>]) -> Option<(usize, Place, Arc<Registered>)> {
         loop {
             // The best entry is removed through its own handle, which saves the
             // search that removing by key would repeat.
@@ -187,7 +189,7 @@ impl Core {
                 // A slot freed since the scan may have put a better entry of
                 // this handler back in the queue: take the best one now.
                 if let Some(item) = Self::take_first_of(q, &reg.name)
-                    .or_else(|| entry.remove().then(|| entry.value().clone()))
+                    .or_else(|| entry.remove().then(|| entry.value().place()))
                 {
                     drop(gate);
                     return Some((qi, item, reg));
@@ -201,7 +203,7 @@ impl Core {
                 continue; // the cap was lowered since the scan
             }
             if entry.remove() {
-                return Some((qi, entry.value().clone(), reg));
+                return Some((qi, entry.value().place(), reg));
             }
             // Another worker took or held the entry (or the cap was lowered).
             self.give_back(&reg, None);
@@ -209,21 +211,21 @@ impl Core {
     }
 
     /// Removes the first entry of handler `name` within the scan limit of `q`.
-    fn take_first_of(q: &Queue, name: &str) -> Option<ReadyItem> {
+    fn take_first_of(q: &Queue, name: &str) -> Option<Place> {
         q.set
             .iter()
             .take(SCAN_LIMIT)
             .find(|e| &*e.value().name == name && e.remove())
-            .map(|e| e.value().clone())
+            .map(|e| e.value().place())
     }
 
-    /// Claims `item` under its shard lock. If the task is no longer runnable,
+    /// Claims task `id`, taken from a queue, under its shard lock. If the task is no longer runnable,
     /// the registration comes back, so that a claim costs no reference count
     /// of its own (a line every worker writes).
     fn claim(
         &self,
         w: usize,
-        item: &ReadyItem,
+        id: TaskId,
         reg: Arc<Registered>,
         me: &Handle,
     ) -> std::result::Result<Job, Arc<Registered>> {
@@ -231,7 +233,7 @@ impl Core {
         // so none ends early.
         let (now, base) = self.clock.now_ms_floor_ceil();
         let _wakes = self.dispatch.defer_wakes();
-        let mut shard = self.store.lock(item.id);
+        let mut shard = self.store.lock(id);
         // `stop` sets `stopping` before it records running attempts as
         // interrupted under this lock, so a worker that passed the gate just
         // before `stop` cannot claim a task that `stop` has just given back.
@@ -245,7 +247,7 @@ impl Core {
         if self.paused.load(Ordering::Acquire) {
             return Err(reg);
         }
-        let Some(e) = shard.live(item.id) else {
+        let Some(e) = shard.live(id) else {
             return Err(reg);
         };
         if e.task.status != TaskStatus::Pending {
@@ -256,23 +258,23 @@ impl Core {
             // since (the timer already holds it) or a system clock set back
             // since: the timer queues it again when due, so a clock step never
             // leaves a task pending with no entry anywhere.
-            self.timer.schedule(e.task.next_run_time, item.id);
+            self.timer.schedule(e.task.next_run_time, id);
             return Err(reg);
         }
         let attempt = e.task.attempt + 1;
         let worker = self.workers[w].name.clone();
         let record = Record::Claim {
-            id: item.id,
+            id: id,
             attempt,
             worker: worker.clone(),
             at_ms: now,
         };
         match self.store.commit(&mut shard, record) {
             // A claim is not acknowledged to anyone, so nobody waits for its LSN.
-            Ok((applied, mut lsn)) => self.settle(&mut shard, item.id, applied, &mut lsn),
+            Ok((applied, mut lsn)) => self.settle(&mut shard, id, applied, &mut lsn),
             Err(_) => return Err(reg),
         }
-        match shard.live(item.id) {
+        match shard.live(id) {
             Some(e) => Ok(Self::job(e, reg, worker, base, me)),
             None => Err(reg),
         }
