@@ -44,7 +44,7 @@ impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
+            .map_or(0, floor_ms)
     }
 
     fn now_ms_ceil(&self) -> u64 {
@@ -56,14 +56,28 @@ impl Clock for SystemClock {
     fn now_ms_floor_ceil(&self) -> (u64, u64) {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or((0, 0), |d| (d.as_millis() as u64, ceil_ms(d)))
+            .map_or((0, 0), |d| (floor_ms(d), ceil_ms(d)))
     }
+}
+
+/// `d` in whole milliseconds, rounded down (saturating). In 64-bit
+/// arithmetic: `Duration::as_millis` works in 128 bits, and the clock is
+/// read several times per task.
+fn floor_ms(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from(d.subsec_millis()))
 }
 
 /// `d` in whole milliseconds, rounded up (saturating): a non-zero timeout,
 /// delay or interval never becomes 0 ("none"), nor shorter than asked.
+/// Whole seconds are whole milliseconds, so only the sub-second part rounds
+/// (64-bit arithmetic, as in [`floor_ms`]).
 pub(crate) fn ceil_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+    d.as_secs()
+        .checked_mul(1000)
+        .and_then(|ms| ms.checked_add(u64::from(d.subsec_nanos().div_ceil(1_000_000))))
+        .unwrap_or(u64::MAX)
 }
 
 /// A clock that only moves when told to: for deterministic tests.
@@ -142,5 +156,37 @@ impl Clock for ManualClock {
     }
     fn on_advance(&self, callback: Weak<dyn Fn() + Send + Sync>) {
         self.listeners.lock().push(callback);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ceil_ms, floor_ms};
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    proptest! {
+        /// The 64-bit conversions agree with the 128-bit definitions,
+        /// saturating where those do not fit.
+        #[test]
+        fn millisecond_conversions_match_the_128_bit_ones(secs in any::<u64>(), nanos in 0u32..1_000_000_000) {
+            let d = Duration::new(secs, nanos);
+            let ceil = u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+            let floor = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            prop_assert_eq!(ceil_ms(d), ceil);
+            prop_assert_eq!(floor_ms(d), floor);
+            let small = Duration::new(secs % 10_000_000_000, nanos);
+            prop_assert_eq!(ceil_ms(small), u64::try_from(small.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX));
+            prop_assert_eq!(floor_ms(small), u64::try_from(small.as_millis()).unwrap_or(u64::MAX));
+        }
+    }
+
+    #[test]
+    fn edges() {
+        assert_eq!(ceil_ms(Duration::from_nanos(1)), 1);
+        assert_eq!(ceil_ms(Duration::ZERO), 0);
+        assert_eq!(floor_ms(Duration::from_nanos(999_999)), 0);
+        assert_eq!(ceil_ms(Duration::MAX), u64::MAX);
+        assert_eq!(floor_ms(Duration::MAX), u64::MAX);
     }
 }

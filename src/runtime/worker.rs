@@ -264,7 +264,7 @@ impl Core {
         let attempt = e.task.attempt + 1;
         let worker = self.workers[w].name.clone();
         let record = Record::Claim {
-            id: id,
+            id,
             attempt,
             worker: worker.clone(),
             at_ms: now,
