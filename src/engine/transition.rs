@@ -313,7 +313,8 @@ fn submit(
 
 /// What a submit record must satisfy besides naming a free id.
 pub(super) fn check_submit(new: &NewTask) -> Result<(), TransitionError> {
-    if new.name.trim().is_empty() {
+    // `trim().is_empty()`, looking at no more than the first character of a name.
+    if new.name.chars().all(char::is_whitespace) {
         return Err(TransitionError::Invalid("task name is empty".into()));
     }
     Ok(())

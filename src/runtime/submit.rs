@@ -207,7 +207,9 @@ impl Core {
         if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
             return Err(Error::Stopped);
         }
-        if name.trim().is_empty() {
+        // What `trim().is_empty()` says, without trimming both ends of
+        // every submitted name.
+        if name.chars().all(char::is_whitespace) {
             return Err(Error::EmptyName);
         }
         self.registry
