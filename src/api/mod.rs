@@ -321,6 +321,16 @@ impl TaskManager {
         };
         let lsn = self.core.catch_up_crons()?;
         self.core.store.wait(lsn)?;
+        // Tasks that came due before `start` (a delay that ran out, a clock
+        // moved by hand) are queued before any worker runs, so the first
+        // claims choose among them by priority too; the timer thread would
+        // queue them only after the workers took what was queued already.
+        {
+            let _wakes = self.core.dispatch.defer_wakes();
+            for (at, id) in self.core.timer.take_due(self.core.now()) {
+                self.core.due_task(at, id);
+            }
+        }
         self.core.started.store(true, Ordering::Release);
         let mut threads = self.threads.lock();
         *self.core.live.0.lock() = parkers.len();

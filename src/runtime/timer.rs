@@ -71,6 +71,19 @@ impl Timer {
         }
     }
 
+    /// Removes and returns the entries due at `now` (for `start`, which
+    /// queues them before any worker runs).
+    pub(crate) fn take_due(&self, now: u64) -> Vec<(u64, TaskId)> {
+        let mut st = self.heap.lock();
+        let mut due = Vec::new();
+        while st.due.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+            if let Some(Reverse(item)) = st.due.pop() {
+                due.push(item);
+            }
+        }
+        due
+    }
+
     /// Worker `w` starts (`Some`) or ends (`None`) an attempt.
     pub(crate) fn set_slot(&self, w: usize, ctl: Option<Arc<ContextInner>>) {
         let check = ctl.as_ref().map_or(u64::MAX, |c| c.ctl.next_check_ms());

@@ -96,7 +96,7 @@ impl Core {
                 self.give_back(&reg, Some((queue, item)));
                 return None;
             }
-            let reg = match self.claim(w, place.id, reg, me) {
+            let reg = match self.claim(w, place, reg, me) {
                 Ok(job) => return Some(job),
                 Err(reg) => reg,
             };
@@ -219,16 +219,17 @@ impl Core {
             .map(|e| e.value().place())
     }
 
-    /// Claims task `id`, taken from a queue, under its shard lock. If the task is no longer runnable,
+    /// Claims the task of the queue entry at `place` under its shard lock. If the task is no longer runnable,
     /// the registration comes back, so that a claim costs no reference count
     /// of its own (a line every worker writes).
     fn claim(
         &self,
         w: usize,
-        id: TaskId,
+        place: Place,
         reg: Arc<Registered>,
         me: &Handle,
     ) -> std::result::Result<Job, Arc<Registered>> {
+        let id = place.id;
         // `now` stamps the claim; windows count from `base`, `now` rounded up,
         // so none ends early.
         let (now, base) = self.clock.now_ms_floor_ceil();
@@ -251,6 +252,13 @@ impl Core {
             return Err(reg);
         };
         if e.task.status != TaskStatus::Pending {
+            return Err(reg);
+        }
+        // An entry queued before the task was queued again with another
+        // ready time or priority (paused and resumed, say) is stale: it would
+        // run the task from its old place. The entry `make_ready` queued with
+        // the task's current values is in a queue too.
+        if e.task.next_run_time != place.ready_at || e.task.priority != place.priority {
             return Err(reg);
         }
         if e.task.next_run_time > now {
