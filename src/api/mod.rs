@@ -327,6 +327,7 @@ impl TaskManager {
         // queue them only after the workers took what was queued already.
         {
             let _wakes = self.core.dispatch.defer_wakes();
+            let _order = self.core.dispatch.order_pushes();
             for (at, id) in self.core.timer.take_due(self.core.now()) {
                 self.core.due_task(at, id);
             }
@@ -599,6 +600,9 @@ fn timer_main(core: &Arc<Core>, mut retention: Option<(RetentionPolicy, Duration
             // Workers wake once every task due now is queued, so the first
             // claim already chooses among all of them by priority.
             let _wakes = core.dispatch.defer_wakes();
+            // ...and queued best first, so that a worker already looking
+            // for work does not take a worse one before the best is queued.
+            let _order = core.dispatch.order_pushes();
             for (at, id) in std::mem::take(&mut due.tasks) {
                 core.due_task(at, id);
             }

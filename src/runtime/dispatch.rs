@@ -117,6 +117,11 @@ impl Queue {
         }
     }
 
+    /// The best held entry of handler `name`, if any.
+    fn first_held(&self, name: &str) -> Option<ReadyItem> {
+        self.held.lock().get(name).and_then(|s| s.first().cloned())
+    }
+
     /// Returns up to `n` held entries of handler `name` to the set, best first;
     /// returns how many.
     fn release_held(&self, name: &str, n: usize) -> usize {
@@ -234,6 +239,11 @@ impl Dispatcher {
 
     /// Queues a ready task and wakes one idle worker that can run it.
     pub(crate) fn push(&self, item: ReadyItem, requires: &[String]) {
+        if ORDERED.with(|o| o.depth.get()) > 0 {
+            let q = self.queue_for(requires);
+            ORDERED.with(|o| o.items.borrow_mut().push((q, item)));
+            return;
+        }
         if requires.is_empty() {
             // No clone of the default queue's Arc: producers and workers would
             // all change its one reference count.
@@ -296,16 +306,29 @@ impl Dispatcher {
         }
         let mut queues = vec![self.default_queue.clone()];
         queues.extend(self.queues.read().values().cloned());
-        let mut left = n;
-        for q in queues {
-            if left == 0 {
-                break;
+        if n == usize::MAX {
+            for q in queues {
+                let moved = q.release_held(name, n);
+                self.held_total.fetch_sub(moved, Ordering::SeqCst);
+                if moved > 0 {
+                    self.wake_for(&q);
+                }
             }
-            let moved = q.release_held(name, left);
+            return;
+        }
+        // One at a time, the best held entry of any queue first: the entries
+        // of one handler wait in the queues of their requirements, and a
+        // freed slot goes to the best of them (SPEC §3), whichever pool runs it.
+        for _ in 0..n {
+            let best = queues
+                .iter()
+                .filter_map(|q| q.first_held(name).map(|first| (first, q)))
+                .min_by(|a, b| a.0.cmp(&b.0));
+            let Some((_, q)) = best else { break };
+            let moved = q.release_held(name, 1);
             self.held_total.fetch_sub(moved, Ordering::SeqCst);
-            left -= moved;
             if moved > 0 {
-                self.wake_for(&q);
+                self.wake_for(q);
             }
         }
     }
@@ -316,6 +339,16 @@ impl Dispatcher {
                 return;
             }
         }
+    }
+
+    /// Holds the tasks queued on this thread until the guard drops, then
+    /// queues them best first (priority, ready time, id). For a batch of
+    /// tasks that become ready together (a timer round): queued one by one
+    /// in another order, a worker already looking for work could take a
+    /// worse one before a better one of the same batch is in its queue.
+    pub(crate) fn order_pushes(&self) -> OrderGuard<'_> {
+        ORDERED.with(|o| o.depth.set(o.depth.get() + 1));
+        OrderGuard { dispatch: self }
     }
 
     /// Holds wake-ups made on this thread until the guard drops, so a worker is not
@@ -465,6 +498,39 @@ impl Dispatcher {
         };
         if !was_idle {
             self.wake_one(p);
+        }
+    }
+}
+
+/// Tasks held back on this thread (see [`Dispatcher::order_pushes`]).
+struct Ordered {
+    depth: Cell<usize>,
+    items: RefCell<Vec<(Arc<Queue>, ReadyItem)>>,
+}
+
+thread_local! {
+    static ORDERED: Ordered = const { Ordered { depth: Cell::new(0), items: RefCell::new(Vec::new()) } };
+}
+
+/// Queues the held-back tasks, best first, when the outermost guard drops.
+pub(crate) struct OrderGuard<'a> {
+    dispatch: &'a Dispatcher,
+}
+
+impl Drop for OrderGuard<'_> {
+    fn drop(&mut self) {
+        let mut items = ORDERED.with(|o| {
+            let depth = o.depth.get() - 1;
+            o.depth.set(depth);
+            if depth == 0 {
+                std::mem::take(&mut *o.items.borrow_mut())
+            } else {
+                Vec::new()
+            }
+        });
+        items.sort_by(|a, b| a.1.cmp(&b.1));
+        for (q, item) in items {
+            self.dispatch.push_to(&q, item);
         }
     }
 }
