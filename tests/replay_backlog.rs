@@ -13,13 +13,13 @@
 
 mod common;
 
+use common::picture::{outcome, picture, same};
 use common::{build_unlocked, eventually, PATIENCE};
 use fibflow::{
-    ChildSpec, Event, HandlerOptions, ManualClock, Outcome, Page, Pool, SubmitOptions, Task,
-    TaskFilter, TaskId, TaskManager, TaskStatus, TimeZone,
+    ChildSpec, Event, HandlerOptions, ManualClock, Outcome, Pool, SubmitOptions, Task, TaskFilter,
+    TaskId, TaskManager, TaskStatus, TimeZone,
 };
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
@@ -84,170 +84,6 @@ fn register(m: &TaskManager, runs: &Runs) {
     let gpu = HandlerOptions::new().requires(["gpu"]);
     m.register_with("gpu", gpu, handler(runs.clone(), false))
         .unwrap();
-}
-
-/// Everything the public API shows about the state, as JSON. Also checks that
-/// the event sequence numbers of each shard are unique and follow each task's
-/// own event order.
-fn picture(m: &TaskManager) -> Value {
-    let tasks = m.list_tasks(&TaskFilter::all());
-    let mut per_task = Vec::new();
-    let mut tags = BTreeSet::new();
-    let mut roots = BTreeSet::new();
-    let mut names = BTreeSet::new();
-    let mut shards: BTreeMap<u64, Vec<(u32, u64, u64, String)>> = BTreeMap::new();
-    for t in &tasks {
-        let events = m.events(t.id).unwrap();
-        for w in events.windows(2) {
-            assert!(
-                w[0].sequence < w[1].sequence,
-                "task {:?}: event {} ({}) has sequence {} but event {} ({}) has {}",
-                t.id,
-                w[0].id,
-                w[0].event_type.as_str(),
-                w[0].sequence,
-                w[1].id,
-                w[1].event_type.as_str(),
-                w[1].sequence
-            );
-        }
-        for e in &events {
-            shards.entry(t.id.0 & 15).or_default().push((
-                e.sequence,
-                t.id.0,
-                e.id,
-                e.event_type.as_str().to_string(),
-            ));
-        }
-        tags.extend(t.tag.clone());
-        roots.extend(t.root_id);
-        names.insert(t.name.to_string());
-        let audit = m
-            .task_audit(
-                t.id,
-                Page {
-                    limit: 3,
-                    offset: 1,
-                    descending: true,
-                },
-                Page::default(),
-            )
-            .unwrap();
-        per_task.push(json!({
-            "task": t,
-            "get": m.get_task(t.id),
-            "events": events,
-            "attempts": m.attempts(t.id).unwrap(),
-            "waiting": m.waiting_reason(t.id).map_err(|e| e.to_string()).unwrap(),
-            "audit": audit,
-        }));
-    }
-    for (shard, seqs) in &mut shards {
-        seqs.sort();
-        for w in seqs.windows(2) {
-            assert_ne!(
-                w[0].0, w[1].0,
-                "shard {shard}: two events share a sequence number: {:?} and {:?}",
-                w[0], w[1]
-            );
-        }
-    }
-    let ids = |f: TaskFilter| -> Vec<u64> { m.list_tasks(&f).iter().map(|t| t.id.0).collect() };
-    let by_tag: BTreeMap<&String, Value> = tags
-        .iter()
-        .map(|g| {
-            let pending = ids(TaskFilter::all().tag(g).status(TaskStatus::Pending));
-            (
-                g,
-                json!({"all": ids(TaskFilter::all().tag(g)), "pending": pending}),
-            )
-        })
-        .collect();
-    let by_status: BTreeMap<&str, Vec<u64>> = TaskStatus::ALL
-        .iter()
-        .map(|s| (s.as_str(), ids(TaskFilter::all().status(*s))))
-        .collect();
-    let by_name: BTreeMap<&String, Vec<u64>> = names
-        .iter()
-        .map(|n| (n, ids(TaskFilter::all().name(n.as_str()))))
-        .collect();
-    let workflows: Vec<Value> = roots
-        .iter()
-        .map(|r| {
-            json!({
-                "root": r,
-                "tasks": ids(TaskFilter::all().workflow(*r)),
-                "children": ids(TaskFilter::all().parent(*r)),
-                "audit": outcome(m.workflow_audit(*r, Page::default(), Page { limit: 500, offset: 0, descending: false })),
-                "summary": outcome(m.workflow_summary(*r)),
-            })
-        })
-        .collect();
-    let counts: Vec<(String, u64)> = m
-        .count_by_status()
-        .into_iter()
-        .map(|(s, n)| (s.as_str().to_string(), n))
-        .collect();
-    let stats: Vec<Value> = m
-        .stats_by_tag(None)
-        .into_iter()
-        .map(|((tag, name, s), n)| json!([tag, name, s, n]))
-        .collect();
-    let page = m.query_tasks(
-        &TaskFilter::all(),
-        Page {
-            limit: 7,
-            offset: 5,
-            descending: true,
-        },
-    );
-    json!({
-        "tasks": per_task,
-        "counts": counts,
-        "stats": stats,
-        "by_tag": by_tag,
-        "by_status": by_status,
-        "by_name": by_name,
-        "workflows": workflows,
-        "page": page,
-        "shard_events": shards.into_iter().collect::<Vec<_>>(),
-    })
-}
-
-/// The first place two JSON values differ, as a path, or `None`.
-fn first_difference(left: &Value, right: &Value, path: &str) -> Option<String> {
-    match (left, right) {
-        (Value::Object(lo), Value::Object(ro)) => {
-            for key in lo.keys().chain(ro.keys()) {
-                let here = format!("{path}.{key}");
-                match (lo.get(key), ro.get(key)) {
-                    (Some(lv), Some(rv)) => {
-                        if let Some(found) = first_difference(lv, rv, &here) {
-                            return Some(found);
-                        }
-                    }
-                    (lv, rv) => return Some(format!("{here}: {lv:?} vs {rv:?}")),
-                }
-            }
-            None
-        }
-        (Value::Array(la), Value::Array(ra)) => {
-            for (i, (lv, rv)) in la.iter().zip(ra).enumerate() {
-                if let Some(found) = first_difference(lv, rv, &format!("{path}[{i}]")) {
-                    return Some(found);
-                }
-            }
-            (la.len() != ra.len()).then(|| format!("{path}: {} items vs {}", la.len(), ra.len()))
-        }
-        _ => (left != right).then(|| format!("{path}: {left} vs {right}")),
-    }
-}
-
-#[track_caller]
-fn same(a: &Value, b: &Value, what: &str) {
-    if let Some(d) = first_difference(a, b, "") {
-        panic!("{what}: first difference at {d}");
-    }
 }
 
 /// One call on a manager.
@@ -385,13 +221,6 @@ impl Gen {
             }
             _ => {}
         }
-    }
-}
-
-fn outcome<T: serde::Serialize>(r: fibflow::Result<T>) -> Value {
-    match r {
-        Ok(v) => json!({ "ok": v }),
-        Err(e) => json!({ "err": e.to_string() }),
     }
 }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fib;
+pub mod picture;
 
 use fibflow::{EventType, ManualClock, Task, TaskFilter, TaskId, TaskManager};
 use std::sync::Arc;
