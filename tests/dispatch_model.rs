@@ -609,6 +609,16 @@ impl Harness {
     }
 
     /// Applies one act from the test thread to both sides.
+    /// A control call on a task the model picks: four times in five one in
+    /// the statuses the call is for, else any task, so that refusals are
+    /// checked too.
+    fn control(&mut self, usual: &[TaskStatus], call: fn(usize) -> Act) {
+        let want = if self.rng.chance(80) { usual } else { &[] };
+        if let Some(v) = self.model.target(&mut self.rng, want) {
+            self.act(call(v));
+        }
+    }
+
     fn act(&mut self, act: Act) {
         self.log.push(format!("{act:?}"));
         let want = self.model.apply(&act);
@@ -794,36 +804,9 @@ impl Harness {
                 let subs = (0..n).map(|_| Sub::random(&mut self.rng)).collect();
                 self.act(Act::Batch(subs));
             }
-            35..=40 => {
-                let want = if self.rng.chance(80) {
-                    vec![S::Pending]
-                } else {
-                    vec![]
-                };
-                if let Some(v) = self.model.target(&mut self.rng, &want) {
-                    self.act(Act::Pause(v));
-                }
-            }
-            41..=48 => {
-                let want = if self.rng.chance(80) {
-                    vec![S::Paused, S::Suspended]
-                } else {
-                    vec![]
-                };
-                if let Some(v) = self.model.target(&mut self.rng, &want) {
-                    self.act(Act::Resume(v));
-                }
-            }
-            49..=51 => {
-                let want = if self.rng.chance(80) {
-                    vec![S::Suspended]
-                } else {
-                    vec![]
-                };
-                if let Some(v) = self.model.target(&mut self.rng, &want) {
-                    self.act(Act::Cancel(v));
-                }
-            }
+            35..=40 => self.control(&[S::Pending], Act::Pause),
+            41..=48 => self.control(&[S::Paused, S::Suspended], Act::Resume),
+            49..=51 => self.control(&[S::Suspended], Act::Cancel),
             52..=61 => {
                 let ms = self.rng.pick(&[1, 100, 500, 1_000, 2_000, 5_000]);
                 self.act(Act::Advance(ms));

@@ -325,13 +325,8 @@ impl TaskManager {
         // moved by hand) are queued before any worker runs, so the first
         // claims choose among them by priority too; the timer thread would
         // queue them only after the workers took what was queued already.
-        {
-            let _wakes = self.core.dispatch.defer_wakes();
-            let _order = self.core.dispatch.order_pushes();
-            for (at, id) in self.core.timer.take_due(self.core.now()) {
-                self.core.due_task(at, id);
-            }
-        }
+        self.core
+            .queue_due(self.core.timer.take_due(self.core.now()));
         self.core.started.store(true, Ordering::Release);
         let mut threads = self.threads.lock();
         *self.core.live.0.lock() = parkers.len();
@@ -596,17 +591,7 @@ fn timer_main(core: &Arc<Core>, mut retention: Option<(RetentionPolicy, Duration
         u64::MAX
     };
     while let Some(mut due) = core.timer.next_due(&now, real, housekeeping_at) {
-        {
-            // Workers wake once every task due now is queued, so the first
-            // claim already chooses among all of them by priority.
-            let _wakes = core.dispatch.defer_wakes();
-            // ...and queued best first, so that a worker already looking
-            // for work does not take a worse one before the best is queued.
-            let _order = core.dispatch.order_pushes();
-            for (at, id) in std::mem::take(&mut due.tasks) {
-                core.due_task(at, id);
-            }
-        }
+        core.queue_due(std::mem::take(&mut due.tasks));
         for ctl in std::mem::take(&mut due.attempts) {
             core.attempt_due(&ctl.ctl);
         }

@@ -329,6 +329,19 @@ impl Core {
         self.dispatch.push(item, &e.task.requires);
     }
 
+    /// Timer entries that fell due together (a timer round, or what came due
+    /// before `start`): workers wake once all are queued, so the first claim
+    /// already chooses among them by priority, and they are queued best
+    /// first, so a worker already looking for work does not take a worse one
+    /// before the best is in its queue.
+    pub(crate) fn queue_due(&self, due: Vec<(UnixMs, TaskId)>) {
+        let _wakes = self.dispatch.defer_wakes();
+        let _order = self.dispatch.order_pushes();
+        for (at, id) in due {
+            self.due_task(at, id);
+        }
+    }
+
     /// A timer entry fired: queue the task if it is still pending and due.
     pub(crate) fn due_task(&self, at: UnixMs, id: TaskId) {
         use crate::engine::TaskStatus as S;

@@ -44,6 +44,17 @@ struct TimerState {
     running: bool,
 }
 
+impl TimerState {
+    /// Moves the entries due at `now` into `out`, earliest first.
+    fn pop_due(&mut self, now: u64, out: &mut Vec<(u64, TaskId)>) {
+        while self.due.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+            if let Some(Reverse(item)) = self.due.pop() {
+                out.push(item);
+            }
+        }
+    }
+}
+
 /// What the timer thread found due.
 pub(crate) struct Due {
     pub(crate) tasks: Vec<(u64, TaskId)>,
@@ -74,13 +85,8 @@ impl Timer {
     /// Removes and returns the entries due at `now` (for `start`, which
     /// queues them before any worker runs).
     pub(crate) fn take_due(&self, now: u64) -> Vec<(u64, TaskId)> {
-        let mut st = self.heap.lock();
         let mut due = Vec::new();
-        while st.due.peek().is_some_and(|Reverse((at, _))| *at <= now) {
-            if let Some(Reverse(item)) = st.due.pop() {
-                due.push(item);
-            }
-        }
+        self.heap.lock().pop_due(now, &mut due);
         due
     }
 
@@ -174,14 +180,7 @@ impl Timer {
                 attempts: Vec::new(),
                 kicks: st.kicks,
             };
-            while let Some(Reverse((at, _))) = st.due.peek() {
-                if *at > t {
-                    break;
-                }
-                if let Some(Reverse(item)) = st.due.pop() {
-                    due.tasks.push(item);
-                }
-            }
+            st.pop_due(t, &mut due.tasks);
             let mut next =
                 housekeeping_at.min(st.due.peek().map_or(u64::MAX, |Reverse((at, _))| *at));
             for slot in &self.slots {
