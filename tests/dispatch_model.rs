@@ -1086,3 +1086,61 @@ fn a_freed_handler_slot_goes_to_its_best_task_whichever_pool_runs_it() {
     );
     mgr.stop(PATIENCE).unwrap();
 }
+
+/// SPEC §3 order while the worker moves unrunnable entries aside: tasks of a
+/// handler unregistered since fill the queue, and the worker sets them aside
+/// one by one as it meets them. Tasks coming due meanwhile must still run
+/// best first, `high` ahead of the set-aside ones and the `low` ones among
+/// them (one per priority level): the worker's look must not go on from where
+/// it set the last one aside, past `high`, and take the `low` it meets next.
+#[test]
+fn tasks_coming_due_while_the_worker_sets_unrunnable_ones_aside_run_best_first() {
+    const LEVELS: i32 = 40;
+    for round in 0..5 {
+        let clock = ManualClock::new(T0);
+        let mgr = builder(&clock).memory().build().unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let o = order.clone();
+        mgr.register("job", move |ctx| {
+            o.lock().unwrap().push(ctx.id());
+            Ok(json!(null).into())
+        })
+        .unwrap();
+        mgr.register("gone", |_| Ok(json!(null).into())).unwrap();
+        // Due now, 250 per priority level 0, -1, ...: each `low` (due
+        // later) sorts behind the 250 of its level.
+        let gone: Vec<_> = (0..LEVELS * 250)
+            .map(|k| {
+                let o = SubmitOptions::new().priority(-(k / 250));
+                ("gone".to_string(), json!(null), o)
+            })
+            .collect();
+        mgr.submit_batch(gone).unwrap();
+        assert_eq!(mgr.unregister(&["gone"]), 1);
+        let due_soon = |p| {
+            SubmitOptions::new()
+                .priority(p)
+                .delay(Duration::from_millis(1))
+        };
+        let mut want = vec![mgr.submit_with("job", json!("high"), due_soon(1)).unwrap()];
+        for p in 0..LEVELS {
+            want.push(mgr.submit_with("job", json!("low"), due_soon(-p)).unwrap());
+        }
+        mgr.start().unwrap();
+        clock.advance(Duration::from_millis(1));
+        let until = Instant::now() + PATIENCE;
+        while order.lock().unwrap().len() < want.len() {
+            assert!(
+                Instant::now() < until,
+                "round {round}: the tasks did not all run"
+            );
+            std::thread::yield_now();
+        }
+        let ran = order.lock().unwrap().clone();
+        assert_eq!(
+            ran, want,
+            "round {round}: all were due when the worker picked, so they run by priority"
+        );
+        mgr.stop(PATIENCE).unwrap();
+    }
+}

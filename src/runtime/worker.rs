@@ -146,7 +146,13 @@ impl Core {
             // search that removing by key would repeat.
             let mut best = None;
             for (qi, q) in queues.iter().enumerate() {
-                for entry in q.set.iter().take(SCAN_LIMIT) {
+                // Each look starts again at the queue's front rather than
+                // stepping on past the entries just moved aside: a task queued
+                // meanwhile ahead of them (a timer round queuing a better
+                // one) would be behind an iterator's position, and the scan
+                // would take a worse entry after it.
+                for _ in 0..SCAN_LIMIT {
+                    let Some(entry) = q.set.front() else { break };
                     let item = entry.value();
                     // One lookup: the registration is cloned only for the
                     // entry that stops this queue's scan.
