@@ -410,6 +410,7 @@ impl TaskManager {
     /// Stops new claims (submission still works, running handlers carry on).
     pub fn pause(&self) {
         self.core.paused.store(true, Ordering::Release);
+        self.core.pauses.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Lets workers claim again after [`TaskManager::pause`].

@@ -201,6 +201,9 @@ pub(crate) struct Core {
     pub(crate) waiters: Waiters,
     pub(crate) workers: Vec<WorkerInfo>,
     pub(crate) paused: AtomicBool,
+    /// Counts `pause()` calls: a worker that took an entry before a pause
+    /// must not claim it after the `resume` that follows (see `try_take`).
+    pub(crate) pauses: std::sync::atomic::AtomicU64,
     pub(crate) stopping: AtomicBool,
     pub(crate) started: AtomicBool,
     crons: Mutex<HashMap<String, Arc<CronSchedule>>>,
@@ -246,6 +249,7 @@ impl Core {
             waiters: Waiters::default(),
             workers,
             paused: AtomicBool::new(false),
+            pauses: std::sync::atomic::AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             started: AtomicBool::new(false),
             crons: Mutex::new(HashMap::new()),

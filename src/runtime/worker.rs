@@ -86,6 +86,11 @@ impl Core {
         // A guard, not an Arc clone: workers would otherwise contend on one refcount.
         let queues = pool.queues.load();
         for _ in 0..64 {
+            // Read before the gate: a pause after it changes the count, so
+            // an entry taken before a pause is not claimed after the resume
+            // that follows (a worse task, taken while better ones were being
+            // submitted to the paused manager, would run first).
+            let pauses = self.pauses.load(Ordering::Acquire);
             if !self.gate_open() || self.global.is_full() {
                 return None;
             }
@@ -96,13 +101,15 @@ impl Core {
                 self.give_back(&reg, Some((queue, item)));
                 return None;
             }
-            let reg = match self.claim(w, place, reg, me) {
+            let reg = match self.claim(w, place, reg, me, pauses) {
                 Ok(job) => return Some(job),
                 Err(reg) => reg,
             };
-            let paused = self.paused.load(Ordering::Acquire);
-            // Paused, the task waits in its queue for `resume`; otherwise it is no
-            // longer runnable and its entry is dropped.
+            let paused = self.paused.load(Ordering::Acquire)
+                || self.pauses.load(Ordering::Acquire) != pauses;
+            // Paused (or paused and resumed since this look began), the task
+            // waits in its queue; otherwise it is no longer runnable and its
+            // entry is dropped.
             let unrun = paused.then(|| (queue, place.item(reg.name.clone())));
             self.give_back(&reg, unrun);
             if self.global.release(w) {
@@ -234,6 +241,7 @@ impl Core {
         place: Place,
         reg: Arc<Registered>,
         me: &Handle,
+        pauses: u64,
     ) -> std::result::Result<Job, Arc<Registered>> {
         let id = place.id;
         // `now` stamps the claim; windows count from `base`, `now` rounded up,
@@ -250,8 +258,9 @@ impl Core {
         }
         // Likewise `pause`: a task submitted after `pause()` returned reaches
         // its shard after the flag, so a worker that passed the gate before the
-        // pause cannot claim it. `try_take` puts the entry back.
-        if self.paused.load(Ordering::Acquire) {
+        // pause cannot claim it, nor after a `resume` since (the count of
+        // pauses moved). `try_take` puts the entry back.
+        if self.paused.load(Ordering::Acquire) || self.pauses.load(Ordering::Acquire) != pauses {
             return Err(reg);
         }
         let Some(e) = shard.live(id) else {
