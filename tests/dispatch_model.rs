@@ -912,14 +912,9 @@ fn random_operations_across_reopens_run_in_the_models_order() {
     }
 }
 
-/// SPEC §3 order among tasks that come due together while the one worker is
-/// busy: when it next picks, both are due, so the higher priority runs first.
-/// The worker here keeps finishing a filler task (lowest priority, failing and
-/// retried at once), so it looks for work again and again while the timer
-/// queues what came due; paused tasks whose timers fire between the two
-/// (due times between theirs) stretch the timer's round.
-#[test]
-fn tasks_coming_due_together_run_best_first_even_while_the_worker_looks_for_work() {
+/// A one-worker manager on a manual clock with a handler `job` that records
+/// the ids it runs, in order.
+fn job_order_manager() -> (Arc<ManualClock>, TaskManager, Arc<Mutex<Vec<TaskId>>>) {
     let clock = ManualClock::new(T0);
     let mgr = builder(&clock).memory().build().unwrap();
     let order = Arc::new(Mutex::new(Vec::new()));
@@ -929,6 +924,28 @@ fn tasks_coming_due_together_run_best_first_even_while_the_worker_looks_for_work
         Ok(json!(null).into())
     })
     .unwrap();
+    (clock, mgr, order)
+}
+
+/// Waits (with a generous deadline) until `n` runs are recorded; returns them.
+fn runs(order: &Mutex<Vec<TaskId>>, n: usize, what: &str) -> Vec<TaskId> {
+    let until = Instant::now() + PATIENCE;
+    while order.lock().unwrap().len() < n {
+        assert!(Instant::now() < until, "{what}");
+        std::thread::yield_now();
+    }
+    order.lock().unwrap().clone()
+}
+
+/// SPEC §3 order among tasks that come due together while the one worker is
+/// busy: when it next picks, both are due, so the higher priority runs first.
+/// The worker here keeps finishing a filler task (lowest priority, failing and
+/// retried at once), so it looks for work again and again while the timer
+/// queues what came due; paused tasks whose timers fire between the two
+/// (due times between theirs) stretch the timer's round.
+#[test]
+fn tasks_coming_due_together_run_best_first_even_while_the_worker_looks_for_work() {
+    let (clock, mgr, order) = job_order_manager();
     mgr.register("filler", |_| Err("again".into())).unwrap();
     mgr.register("idle", |_| Ok(json!(null).into())).unwrap();
     let low = mgr
@@ -975,12 +992,8 @@ fn tasks_coming_due_together_run_best_first_even_while_the_worker_looks_for_work
         std::thread::yield_now();
     }
     clock.advance(Duration::from_millis(100));
-    while order.lock().unwrap().len() < 2 {
-        assert!(Instant::now() < until, "the two tasks did not run");
-        std::thread::yield_now();
-    }
+    let ran = runs(&order, 2, "the two tasks did not run");
     mgr.pause_task(filler).unwrap();
-    let ran = order.lock().unwrap().clone();
     assert_eq!(
         ran,
         vec![high, low],
@@ -1097,15 +1110,7 @@ fn a_freed_handler_slot_goes_to_its_best_task_whichever_pool_runs_it() {
 fn tasks_coming_due_while_the_worker_sets_unrunnable_ones_aside_run_best_first() {
     const LEVELS: i32 = 40;
     for round in 0..5 {
-        let clock = ManualClock::new(T0);
-        let mgr = builder(&clock).memory().build().unwrap();
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let o = order.clone();
-        mgr.register("job", move |ctx| {
-            o.lock().unwrap().push(ctx.id());
-            Ok(json!(null).into())
-        })
-        .unwrap();
+        let (clock, mgr, order) = job_order_manager();
         mgr.register("gone", |_| Ok(json!(null).into())).unwrap();
         // Due now, 250 per priority level 0, -1, ...: each `low` (due
         // later) sorts behind the 250 of its level.
@@ -1128,15 +1133,7 @@ fn tasks_coming_due_while_the_worker_sets_unrunnable_ones_aside_run_best_first()
         }
         mgr.start().unwrap();
         clock.advance(Duration::from_millis(1));
-        let until = Instant::now() + PATIENCE;
-        while order.lock().unwrap().len() < want.len() {
-            assert!(
-                Instant::now() < until,
-                "round {round}: the tasks did not all run"
-            );
-            std::thread::yield_now();
-        }
-        let ran = order.lock().unwrap().clone();
+        let ran = runs(&order, want.len(), "the tasks did not all run");
         assert_eq!(
             ran, want,
             "round {round}: all were due when the worker picked, so they run by priority"
