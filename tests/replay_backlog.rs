@@ -104,7 +104,7 @@ enum Op {
 struct Gen {
     /// Whether to resume tasks (see the dispatch order tests at the end).
     resumes: bool,
-    s: u64,
+    rng: common::XorShift,
     ids: Vec<TaskId>,
     uniq: u64,
 }
@@ -113,21 +113,14 @@ impl Gen {
     fn new(seed: u64) -> Gen {
         Gen {
             resumes: true,
-            s: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            rng: common::XorShift::new(seed),
             ids: Vec::new(),
             uniq: 0,
         }
     }
 
-    fn next(&mut self) -> u64 {
-        self.s ^= self.s << 13;
-        self.s ^= self.s >> 7;
-        self.s ^= self.s << 17;
-        self.s
-    }
-
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.rng.below(n)
     }
 
     fn pick(&mut self) -> usize {

@@ -559,27 +559,20 @@ impl Twin {
 
 /// A seeded source of scenarios (xorshift).
 struct Gen {
-    s: u64,
+    rng: common::XorShift,
     k: u64,
 }
 
 impl Gen {
     fn new(seed: u64) -> Gen {
         Gen {
-            s: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            rng: common::XorShift::new(seed),
             k: 0,
         }
     }
 
-    fn next(&mut self) -> u64 {
-        self.s ^= self.s << 13;
-        self.s ^= self.s >> 7;
-        self.s ^= self.s << 17;
-        self.s
-    }
-
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.rng.below(n)
     }
 
     fn name(&mut self) -> &'static str {

@@ -9,6 +9,30 @@ use fibflow::{EventType, ManualClock, Task, TaskFilter, TaskId, TaskManager};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A seeded xorshift generator: small and reproducible, so a failing seed
+/// replays the same sequence.
+pub struct XorShift(u64);
+
+impl XorShift {
+    /// The generator for `seed` (any value, zero included).
+    pub fn new(seed: u64) -> XorShift {
+        XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// The next value.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A value below `n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
 /// How long a condition may take on a slow, loaded machine.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
