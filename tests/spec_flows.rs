@@ -1085,8 +1085,9 @@ fn s6_resume_from_paused_restarts_a_fanned_in_parent_at_stage_zero() {
         p.status == TaskStatus::Pending && p.stage == 1
     });
     mgr.pause_task(pid).unwrap();
-    mgr.resume();
     assert_eq!(status(&mgr, pid), TaskStatus::Paused);
+    // Resume the task while the manager is still paused, so no worker can run
+    // stage 0 again before the resume's own event is read.
     mgr.resume_task(pid, None).unwrap();
     let changed = events_of(&mgr, pid, EventType::StatusChanged);
     let last = changed.last().unwrap();
@@ -1094,6 +1095,7 @@ fn s6_resume_from_paused_restarts_a_fanned_in_parent_at_stage_zero() {
         (last.from_status, last.to_status, last.stage),
         (Some(TaskStatus::Paused), Some(TaskStatus::Pending), 0)
     );
+    mgr.resume();
     let p = mgr.wait(pid, PATIENCE).unwrap();
     assert_eq!(p.status, TaskStatus::Completed);
     assert_eq!(spawns.load(Ordering::SeqCst), 2, "stage 0 ran again");
