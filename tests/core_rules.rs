@@ -624,7 +624,8 @@ fn async_handler_completes_and_is_cancelled_at_await_on_timeout() {
     clock.advance(Duration::from_secs(2));
     let t = mgr.wait(stuck, PATIENCE).unwrap();
     assert_eq!(t.status, TaskStatus::PermanentlyFailed);
-    assert!(mgr.running() <= 1);
+    // Workers free their slots just after they record an outcome: wait for it.
+    eventually("both workers are free", || mgr.running() == 0);
 }
 
 #[test]

@@ -88,8 +88,11 @@ fn should_not_recover_running_tasks_from_a_worker_that_is_still_heartbeating() {
         move |ctx| {
             started2.store(true, Ordering::SeqCst);
             loop {
+                // Read before the heartbeat, so `beat` is no later than the time
+                // it records: the test moves the clock on once it sees `beat`.
+                let at = now_ms(&clock2);
                 ctx.heartbeat();
-                beat2.store(now_ms(&clock2), Ordering::SeqCst);
+                beat2.store(at, Ordering::SeqCst);
                 if let Err(e) = ctx.check() {
                     return Err(e.into());
                 }
@@ -173,6 +176,8 @@ fn should_not_lose_its_active_lease_when_idling_without_tasks() {
     let t = mgr.wait(first, PATIENCE).unwrap();
     assert_eq!(t.status, TaskStatus::Completed);
     assert_eq!(t.result, Some(json!({ "handled": true })));
+    // Its worker frees its slot just after it records the completion.
+    eventually("the worker is free", || mgr.running() == 0);
     idle(40);
     let second = mgr.submit("idle_task", Value::Null).unwrap();
     let t2 = mgr.wait(second, PATIENCE).unwrap();

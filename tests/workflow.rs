@@ -416,13 +416,19 @@ fn spawning_an_unregistered_child_fails_the_parent_attempt() {
 fn fail_parent_child_fails_an_async_parent_at_once() {
     let (mgr, _clock) = manual(4);
     let gate = Gate::new();
-    let g = gate.clone();
+    let slow_started = Gate::new();
+    let (g, started) = (gate.clone(), slow_started.clone());
     mgr.register("slow", move |_| {
+        started.open();
         g.wait();
         Ok(json!("slow done").into())
     })
     .unwrap();
-    mgr.register_with("bad", HandlerOptions::new().max_retries(1), |_| {
+    // The bad child fails only once its slow sibling runs, so the sibling is
+    // claimed (running) when the parent fails, whichever worker got there first.
+    let started = slow_started.clone();
+    mgr.register_with("bad", HandlerOptions::new().max_retries(1), move |_| {
+        started.wait();
         Err("bad child".into())
     })
     .unwrap();
