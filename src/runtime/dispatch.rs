@@ -122,6 +122,11 @@ impl Queue {
         self.held.lock().get(name).and_then(|s| s.first().cloned())
     }
 
+    /// Takes every held entry of handler `name`, best first.
+    fn take_held(&self, name: &str) -> std::collections::BTreeSet<ReadyItem> {
+        self.held.lock().remove(name).unwrap_or_default()
+    }
+
     /// Returns up to `n` held entries of handler `name` to the set, best first;
     /// returns how many.
     fn release_held(&self, name: &str, n: usize) -> usize {
@@ -142,10 +147,22 @@ impl Queue {
     }
 }
 
+/// The queues a pool's workers look at.
+#[derive(Clone, Default)]
+pub(crate) struct QueueLists {
+    /// The queues whose requirements the pool's tags cover.
+    pub(crate) served: Vec<Arc<Queue>>,
+    /// The queues it does not serve. A worker of it still looks at them
+    /// when a cap can bind, to hand a slot it took to a worker of a pool
+    /// that serves a better task there (see `Core::hand_off`).
+    pub(crate) others: Vec<Arc<Queue>>,
+}
+
 /// A pool's scheduling state.
 pub(crate) struct PoolState {
     pub(crate) tags: Vec<String>,
-    pub(crate) queues: ArcSwap<Vec<Arc<Queue>>>,
+    /// The queues it serves, and the others (one load for both).
+    pub(crate) queues: ArcSwap<QueueLists>,
     idle: Mutex<Vec<usize>>,
     idle_count: AtomicUsize,
     /// Workers spinning for work: a producer need not wake anyone while one is.
@@ -158,7 +175,7 @@ impl PoolState {
         tags.dedup();
         PoolState {
             tags,
-            queues: ArcSwap::from_pointee(Vec::new()),
+            queues: ArcSwap::from_pointee(QueueLists::default()),
             idle: Mutex::new(Vec::new()),
             idle_count: AtomicUsize::new(0),
             searching: AtomicUsize::new(0),
@@ -191,7 +208,10 @@ impl Dispatcher {
         let servers = (0..pools.len()).collect();
         let default_queue = Arc::new(Queue::new(servers));
         for p in &pools {
-            p.queues.store(Arc::new(vec![default_queue.clone()]));
+            p.queues.store(Arc::new(QueueLists {
+                served: vec![default_queue.clone()],
+                others: Vec::new(),
+            }));
         }
         Dispatcher {
             queues: RwLock::new(HashMap::new()),
@@ -222,11 +242,14 @@ impl Dispatcher {
             .filter(|&i| self.pools[i].serves(requires))
             .collect();
         let q = Arc::new(Queue::new(servers.clone()));
-        for &i in &servers {
-            let pool = &self.pools[i];
-            let mut list = (**pool.queues.load()).clone();
-            list.push(q.clone());
-            pool.queues.store(Arc::new(list));
+        for (i, pool) in self.pools.iter().enumerate() {
+            let mut lists = (**pool.queues.load()).clone();
+            if servers.contains(&i) {
+                lists.served.push(q.clone());
+            } else {
+                lists.others.push(q.clone());
+            }
+            pool.queues.store(Arc::new(lists));
         }
         map.insert(requires.to_vec(), q.clone());
         q
@@ -307,12 +330,25 @@ impl Dispatcher {
         let mut queues = vec![self.default_queue.clone()];
         queues.extend(self.queues.read().values().cloned());
         if n == usize::MAX {
-            for q in queues {
-                let moved = q.release_held(name, n);
-                self.held_total.fetch_sub(moved, Ordering::SeqCst);
-                if moved > 0 {
-                    self.wake_for(&q);
+            // All of them, best first across the queues: put back one queue
+            // after another, a worse entry could be taken before a better
+            // one of another queue is back.
+            let mut back: Vec<(ReadyItem, &Arc<Queue>)> = Vec::new();
+            for q in &queues {
+                let items = q.take_held(name);
+                self.held_total.fetch_sub(items.len(), Ordering::SeqCst);
+                back.extend(items.into_iter().map(|item| (item, q)));
+            }
+            back.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut woken: Vec<&Arc<Queue>> = Vec::new();
+            for (item, q) in back {
+                q.set.insert(item);
+                if !woken.iter().any(|w| Arc::ptr_eq(w, q)) {
+                    woken.push(q);
                 }
+            }
+            for q in woken {
+                self.wake_for(q);
             }
             return;
         }
@@ -370,6 +406,14 @@ impl Dispatcher {
         fence(Ordering::SeqCst);
     }
 
+    /// Wakes worker `w`, handed a slot and a task (see `Core::hand_off`).
+    /// Off its idle stack it takes itself (`woke`).
+    pub(crate) fn unpark(&self, w: usize) {
+        if let Some(u) = self.unparkers.get(w) {
+            u.unpark();
+        }
+    }
+
     /// Wakes one idle worker of pool `p`; false if none was idle.
     pub(crate) fn wake_one(&self, p: usize) -> bool {
         let pool = &self.pools[p];
@@ -406,7 +450,7 @@ impl Dispatcher {
         {
             return;
         }
-        if pool.queues.load().iter().any(|q| !q.set.is_empty()) {
+        if pool.queues.load().served.iter().any(|q| !q.set.is_empty()) {
             self.wake_one(p);
         }
     }

@@ -25,7 +25,7 @@ use error::{Error, Result};
 use parking_lot::{Condvar, Mutex};
 use registry::Registry;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use store::Store;
 use timer::Timer;
@@ -65,6 +65,27 @@ pub(crate) struct Config {
     pub(crate) compact_after_bytes: u64,
 }
 
+/// A worker holds no slot.
+const FREE: u8 = 0;
+/// A worker holds a slot for the task it runs.
+const BUSY: u8 = 1;
+/// A worker was handed a slot and a task by another (see `Core::hand_off`).
+const HANDED: u8 = 2;
+/// With a binding cap, a worker holds a slot while it looks for a task.
+const LOOKING: u8 = 3;
+
+/// A slot and the queue entry it was taken for, handed to another worker:
+/// one whose pool serves the entry's queue, when the worker that took the
+/// slot cannot run the entry itself.
+pub(crate) struct Handoff {
+    pub(crate) queue: Arc<dispatch::Queue>,
+    pub(crate) place: dispatch::Place,
+    /// Holding one of the handler's slots for the entry.
+    pub(crate) reg: Arc<registry::Registered>,
+    /// The count of pauses when the entry was taken (see `Core::try_take`).
+    pub(crate) pauses: u64,
+}
+
 /// The global concurrency limit, and which workers hold a slot of it.
 pub(crate) struct GlobalSlots {
     /// Slots held, counted only when the cap can bind (`binding`).
@@ -75,8 +96,13 @@ pub(crate) struct GlobalSlots {
     /// one that every worker changes twice per task would move its cache line
     /// between their cores each time.
     binding: bool,
-    /// Whether worker `w` holds a slot, each flag on its own cache line.
-    busy: Box<[crossbeam::utils::CachePadded<AtomicBool>]>,
+    /// Whether worker `w` holds a slot (`FREE`, `BUSY`, `HANDED`), each on
+    /// its own cache line.
+    state: Box<[crossbeam::utils::CachePadded<AtomicU8>]>,
+    /// What worker `w` was handed; filled under its lock with `state`
+    /// moving from `FREE` to `HANDED`, so a worker that sees `HANDED`
+    /// finds it there once it has the lock.
+    mail: Box<[Mutex<Option<Handoff>>]>,
 }
 
 impl GlobalSlots {
@@ -85,48 +111,146 @@ impl GlobalSlots {
             running: AtomicUsize::new(0),
             cap,
             binding: cap < workers,
-            busy: (0..workers)
-                .map(|_| crossbeam::utils::CachePadded::new(AtomicBool::new(false)))
+            state: (0..workers)
+                .map(|_| crossbeam::utils::CachePadded::new(AtomicU8::new(FREE)))
                 .collect(),
+            mail: (0..workers).map(|_| Mutex::new(None)).collect(),
         }
     }
-    /// Worker `w` takes a slot; false if the limit is reached.
-    fn try_acquire(&self, w: usize) -> bool {
-        if self.binding
-            && self
+
+    /// Whether the cap is below the number of workers.
+    pub(crate) fn binding(&self) -> bool {
+        self.binding
+    }
+
+    /// Counts one more slot held; false if the limit is reached.
+    fn reserve(&self) -> bool {
+        !self.binding
+            || self
                 .running
                 .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
                     (n < self.cap).then_some(n + 1)
                 })
-                .is_err()
-        {
-            return false;
-        }
-        if let Some(b) = self.busy.get(w) {
-            b.store(true, Ordering::Release);
-        }
-        true
+                .is_ok()
     }
+
+    /// Counts one slot fewer; true if the limit was reached before.
+    fn unreserve(&self) -> bool {
+        self.binding && self.running.fetch_sub(1, Ordering::AcqRel) >= self.cap
+    }
+
+    fn state(&self, w: usize) -> u8 {
+        self.state
+            .get(w)
+            .map_or(FREE, |s| s.load(Ordering::Acquire))
+    }
+
+    /// Moves worker `w` from `from` to `to`; false if it is elsewhere.
+    fn swap(&self, w: usize, from: u8, to: u8) -> bool {
+        self.state.get(w).is_none_or(|s| {
+            s.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        })
+    }
+
+    /// A binding cap: worker `w` takes a slot to look for a task with.
+    /// `Err(false)` if the limit is reached; `Err(hit)` too if it was handed
+    /// one meanwhile (`hit`: uncounting the slot it took freed one at the
+    /// limit, so the caller wakes the pools).
+    fn start_look(&self, w: usize) -> std::result::Result<(), bool> {
+        if !self.reserve() {
+            return Err(false);
+        }
+        if self.swap(w, FREE, LOOKING) {
+            Ok(())
+        } else {
+            Err(self.unreserve())
+        }
+    }
+
+    /// The look of worker `w` found a task to run: its slot is the task's.
+    /// False if it was handed one meanwhile: the caller puts back the entry
+    /// it found, *then* uncounts the slot it looked with (`unreserve`), so
+    /// that no worker takes that slot while the entry is out of its queue.
+    fn end_look_with_task(&self, w: usize) -> bool {
+        self.swap(w, LOOKING, BUSY)
+    }
+
+    /// The look of worker `w` found nothing: its slot is uncounted; true if
+    /// that freed one at the limit. (Handed one meanwhile, it keeps that.)
+    fn end_look_empty(&self, w: usize) -> bool {
+        self.swap(w, LOOKING, FREE);
+        self.unreserve()
+    }
+
+    /// No binding cap: worker `w` marks the slot of the task it took.
+    /// False if it was handed one meanwhile.
+    fn try_acquire(&self, w: usize) -> bool {
+        self.swap(w, FREE, BUSY)
+    }
+
     fn is_full(&self) -> bool {
         self.binding && self.running.load(Ordering::Relaxed) >= self.cap
     }
+
     /// Worker `w` returns its slot; true if the limit was reached before.
     fn release(&self, w: usize) -> bool {
-        if let Some(b) = self.busy.get(w) {
-            b.store(false, Ordering::Release);
+        if let Some(s) = self.state.get(w) {
+            s.store(FREE, Ordering::Release);
         }
-        self.binding && self.running.fetch_sub(1, Ordering::AcqRel) >= self.cap
+        self.unreserve()
     }
-    /// Slots held now.
-    pub(crate) fn running(&self) -> usize {
-        if self.binding {
-            self.running.load(Ordering::Acquire)
-        } else {
-            self.busy
-                .iter()
-                .filter(|b| b.load(Ordering::Acquire))
-                .count()
+
+    /// Worker `w` gives up the slot it looks with, still counted, to hand it
+    /// on. (Handed one meanwhile, it keeps that one.)
+    fn disown(&self, w: usize) {
+        self.swap(w, LOOKING, FREE);
+    }
+
+    /// Whether worker `w` runs no task, so it can be handed one.
+    pub(crate) fn can_receive(&self, w: usize) -> bool {
+        matches!(self.state(w), FREE | LOOKING)
+    }
+
+    /// Whether worker `w` was handed a slot it has not taken yet.
+    pub(crate) fn handed(&self, w: usize) -> bool {
+        self.state(w) == HANDED
+    }
+
+    /// Hands worker `w` a slot (counted already) and an entry; gives the
+    /// handoff back if `w` runs a task or was handed one by now. A worker
+    /// handed one while it looks uncounts the slot it looks with.
+    fn hand(&self, w: usize, h: Handoff) -> std::result::Result<(), Handoff> {
+        let Some(mail) = self.mail.get(w) else {
+            return Err(h);
+        };
+        let mut mail = mail.lock();
+        let from = self.state(w);
+        if !matches!(from, FREE | LOOKING) || !self.swap(w, from, HANDED) {
+            return Err(h);
         }
+        *mail = Some(h);
+        Ok(())
+    }
+
+    /// What worker `w` was handed; its slot is then the worker's own.
+    fn take_handed(&self, w: usize) -> Option<Handoff> {
+        if !self.handed(w) {
+            return None;
+        }
+        let h = self.mail.get(w)?.lock().take();
+        if let Some(s) = self.state.get(w) {
+            s.store(BUSY, Ordering::Release);
+        }
+        h
+    }
+
+    /// Slots held for tasks now (not those a looking worker holds).
+    pub(crate) fn running(&self) -> usize {
+        self.state
+            .iter()
+            .filter(|s| matches!(s.load(Ordering::Acquire), BUSY | HANDED))
+            .count()
     }
 }
 

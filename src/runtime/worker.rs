@@ -61,6 +61,7 @@ pub(crate) fn worker_main(core: &Arc<Core>, w: usize, parker: &Parker) {
         core.dispatch.wake_if_more(pool);
         core.run_job(w, job);
     }
+    core.drop_handed(w);
 }
 
 impl Core {
@@ -84,8 +85,16 @@ impl Core {
         // `running()` never counts workers that are merely looking for work.
         let pool = &self.dispatch.pools[self.workers[w].pool];
         // A guard, not an Arc clone: workers would otherwise contend on one refcount.
-        let queues = pool.queues.load();
+        let lists = pool.queues.load();
+        let (queues, others) = (&lists.served, &lists.others);
         for _ in 0..64 {
+            // A slot and a task another worker handed this one come first.
+            if self.global.handed(w) {
+                match self.take_handed(w, me) {
+                    Some(job) => return Some(job),
+                    None => continue,
+                }
+            }
             // Read before the gate: a pause after it changes the count, so
             // an entry taken before a pause is not claimed after the resume
             // that follows (a worse task, taken while better ones were being
@@ -94,32 +103,157 @@ impl Core {
             if !self.gate_open() || self.global.is_full() {
                 return None;
             }
-            let (qi, place, reg) = self.pick(&queues)?;
+            let binding = self.global.binding();
+            if binding {
+                // A cap that can bind is taken before the look: a worker
+                // holding an entry it took while it waits for a slot would
+                // hide that entry from the worker that gets the slot, which
+                // would run a worse one (SPEC §3). Entries out of their
+                // queues then belong to slot holders only, which run them.
+                let queued = queues.iter().any(|q| !q.set.is_empty())
+                    || others
+                        .iter()
+                        .any(|q| !q.set.is_empty() && self.receivers(q).next().is_some());
+                if !queued {
+                    return None;
+                }
+                if let Err(hit) = self.global.start_look(w) {
+                    if hit {
+                        self.dispatch.wake_each_pool();
+                    }
+                    if self.global.handed(w) {
+                        continue;
+                    }
+                    return None;
+                }
+            }
+            let Some((qi, place, reg)) = self.pick(queues, others) else {
+                if binding && self.global.end_look_empty(w) {
+                    self.dispatch.wake_each_pool();
+                }
+                if self.global.handed(w) {
+                    continue;
+                }
+                return None;
+            };
+            if let Some(q) = qi.checked_sub(queues.len()).and_then(|i| others.get(i)) {
+                self.hand_off(w, q, place, reg, pauses);
+                continue;
+            }
             let queue = &*queues[qi];
-            if !self.global.try_acquire(w) {
+            let slot = if binding {
+                self.global.end_look_with_task(w)
+            } else {
+                self.global.try_acquire(w)
+            };
+            if !slot {
+                // Handed a task meanwhile: that one comes first. The entry
+                // goes back before the slot looked with is uncounted.
                 let item = place.item(reg.name.clone());
                 self.give_back(&reg, Some((queue, item)));
-                return None;
+                if self.global.unreserve() {
+                    self.dispatch.wake_each_pool();
+                }
+                continue;
             }
-            let reg = match self.claim(w, place, reg, me, pauses) {
+            match self.claim(w, place, reg, me, pauses) {
                 Ok(job) => return Some(job),
-                Err(reg) => reg,
-            };
-            let paused = self.paused.load(Ordering::Acquire)
-                || self.pauses.load(Ordering::Acquire) != pauses;
-            // Paused (or paused and resumed since this look began), the task
-            // waits in its queue; otherwise it is no longer runnable and its
-            // entry is dropped.
-            let unrun = paused.then(|| (queue, place.item(reg.name.clone())));
-            self.give_back(&reg, unrun);
-            if self.global.release(w) {
-                self.dispatch.wake_each_pool();
-            }
-            if paused {
-                return None;
+                Err(reg) => {
+                    if self.unclaimed(w, queue, place, &reg, pauses) {
+                        return None;
+                    }
+                }
             }
         }
         None
+    }
+
+    /// A claim of the entry at `place` failed: frees the slots taken for it.
+    /// Paused (or paused and resumed since the entry was taken), the task
+    /// waits in its queue and this returns true; otherwise it is no longer
+    /// runnable and its entry is dropped.
+    fn unclaimed(
+        &self,
+        w: usize,
+        queue: &Queue,
+        place: Place,
+        reg: &Arc<Registered>,
+        pauses: u64,
+    ) -> bool {
+        let paused =
+            self.paused.load(Ordering::Acquire) || self.pauses.load(Ordering::Acquire) != pauses;
+        let unrun = paused.then(|| (queue, place.item(reg.name.clone())));
+        self.give_back(reg, unrun);
+        if self.global.release(w) {
+            self.dispatch.wake_each_pool();
+        }
+        paused
+    }
+
+    /// Claims what another worker handed this one (see [`Core::hand_off`]).
+    fn take_handed(&self, w: usize, me: &Handle) -> Option<Job> {
+        let h = self.global.take_handed(w)?;
+        match self.claim(w, h.place, h.reg, me, h.pauses) {
+            Ok(job) => Some(job),
+            Err(reg) => {
+                self.unclaimed(w, &h.queue, h.place, &reg, h.pauses);
+                None
+            }
+        }
+    }
+
+    /// Gives back what this worker was handed and did not claim (it stops).
+    pub(crate) fn drop_handed(&self, w: usize) {
+        if let Some(h) = self.global.take_handed(w) {
+            let item = h.place.item(h.reg.name.clone());
+            self.give_back(&h.reg, Some((&h.queue, item)));
+            if self.global.release(w) {
+                self.dispatch.wake_each_pool();
+            }
+        }
+    }
+
+    /// The best task was in a queue this worker's pool does not serve, with
+    /// a slot of its handler taken for it: counts a global slot for it and
+    /// hands both to a worker of a pool that serves the queue and holds no
+    /// slot (with a binding global cap, the slot this worker `w` took), so that the slot goes to the best task whichever pool can run
+    /// it (SPEC §3). Left to that pool's own workers, a slot freed by a
+    /// worker of another pool went to the best task of that worker's pool,
+    /// which loops into its next look first. If no such worker is free
+    /// (any more), the entry goes back.
+    fn hand_off(&self, w: usize, q: &Arc<Queue>, place: Place, reg: Arc<Registered>, pauses: u64) {
+        // A binding cap's slot, which this worker took before its look, is
+        // the one handed on (otherwise no global slot is counted).
+        if self.global.binding() {
+            self.global.disown(w);
+        }
+        let mut h = super::Handoff {
+            queue: q.clone(),
+            place,
+            reg,
+            pauses,
+        };
+        for to in self.receivers(q) {
+            match self.global.hand(to, h) {
+                Ok(()) => {
+                    self.dispatch.unpark(to);
+                    return;
+                }
+                Err(back) => h = back,
+            }
+        }
+        let item = h.place.item(h.reg.name.clone());
+        self.give_back(&h.reg, Some((q, item)));
+        if self.global.unreserve() {
+            self.dispatch.wake_each_pool();
+        }
+    }
+
+    /// The workers that serve queue `q` and run no task.
+    fn receivers<'a>(&'a self, q: &'a Queue) -> impl Iterator<Item = usize> + 'a {
+        (0..self.workers.len()).filter(move |&w| {
+            q.servers.contains(&self.workers[w].pool) && self.global.can_receive(w)
+        })
     }
 
     /// Frees a slot of `reg` (putting `unrun` back in its queue first), and
@@ -147,12 +281,26 @@ impl Core {
     /// could race for a handler's last slot, each holding a different entry of it,
     /// and the loser of the better entry would put it back while the winner ran
     /// the worse one: a per-handler cap would then break priority order.
-    fn pick(&self, queues: &[Arc<Queue>]) -> Option<(usize, Place, Arc<Registered>)> {
+    ///
+    /// `others` are the queues the pool does not serve: an entry of one of
+    /// them is the best only if a cap can bind (the global one, or its
+    /// handler's) and a worker that serves it holds no slot; its index then
+    /// counts on from the end of `queues`, and the caller hands it off.
+    fn pick(
+        &self,
+        queues: &[Arc<Queue>],
+        others: &[Arc<Queue>],
+    ) -> Option<(usize, Place, Arc<Registered>)> {
+        let binding = self.global.binding();
         loop {
             // The best entry is removed through its own handle, which saves the
             // search that removing by key would repeat.
             let mut best = None;
-            for (qi, q) in queues.iter().enumerate() {
+            for (qi, q) in queues.iter().chain(others).enumerate() {
+                let other = qi >= queues.len();
+                if other && (q.set.is_empty() || self.receivers(q).next().is_none()) {
+                    continue;
+                }
                 // Each look starts again at the queue's front rather than
                 // stepping on past the entries just moved aside: a task queued
                 // meanwhile ahead of them (a timer round queuing a better
@@ -171,6 +319,13 @@ impl Core {
                         }
                     });
                     match free {
+                        // Another pool's task, which that pool's workers
+                        // take themselves when no cap can bind.
+                        Some(Ok(reg))
+                            if other && !binding && !reg.slots.tight(self.workers.len()) =>
+                        {
+                            break;
+                        }
                         Some(Ok(reg)) => {
                             if best.as_ref().is_none_or(
                                 |(_, b, _): &(usize, Entry<'_, ReadyItem>, _)| item < b.value(),
@@ -192,7 +347,6 @@ impl Core {
                 }
             }
             let (qi, entry, reg) = best?;
-            let q = &queues[qi];
             if reg.slots.tight(self.workers.len()) {
                 let slots = reg.slots.clone();
                 let gate = slots.gate.lock();
@@ -200,9 +354,11 @@ impl Core {
                     continue; // its last slot went to another worker: scan again
                 }
                 // A slot freed since the scan may have put a better entry of
-                // this handler back in the queue: take the best one now.
-                if let Some(item) = Self::take_first_of(q, &reg.name)
-                    .or_else(|| entry.remove().then(|| entry.value().place()))
+                // this handler back in a queue, this one or another pool's
+                // (`release_held` runs under this gate): take the best now.
+                if let Some((qi, item)) = self
+                    .take_best_of(queues, others, &reg.name)
+                    .or_else(|| entry.remove().then(|| (qi, entry.value().place())))
                 {
                     drop(gate);
                     return Some((qi, item, reg));
@@ -223,13 +379,37 @@ impl Core {
         }
     }
 
-    /// Removes the first entry of handler `name` within the scan limit of `q`.
-    fn take_first_of(q: &Queue, name: &str) -> Option<Place> {
-        q.set
-            .iter()
-            .take(SCAN_LIMIT)
-            .find(|e| &*e.value().name == name && e.remove())
-            .map(|e| e.value().place())
+    /// Removes the best entry of handler `name` within the scan limit of
+    /// each queue (`others` only where a worker that serves it holds no
+    /// slot); its index counts as in [`Core::pick`].
+    fn take_best_of(
+        &self,
+        queues: &[Arc<Queue>],
+        others: &[Arc<Queue>],
+        name: &str,
+    ) -> Option<(usize, Place)> {
+        loop {
+            let mut best: Option<(usize, Entry<'_, ReadyItem>)> = None;
+            for (qi, q) in queues.iter().chain(others).enumerate() {
+                if qi >= queues.len() && self.receivers(q).next().is_none() {
+                    continue;
+                }
+                let first = q
+                    .set
+                    .iter()
+                    .take(SCAN_LIMIT)
+                    .find(|e| &*e.value().name == name);
+                if let Some(e) = first {
+                    if best.as_ref().is_none_or(|(_, b)| e.value() < b.value()) {
+                        best = Some((qi, e));
+                    }
+                }
+            }
+            let (qi, e) = best?;
+            if e.remove() {
+                return Some((qi, e.value().place()));
+            }
+        }
     }
 
     /// Claims the task of the queue entry at `place` under its shard lock. If the task is no longer runnable,
