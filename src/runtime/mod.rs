@@ -73,6 +73,8 @@ const BUSY: u8 = 1;
 const HANDED: u8 = 2;
 /// With a binding cap, a worker holds a slot while it looks for a task.
 const LOOKING: u8 = 3;
+/// A worker left its loop (the manager stops): nothing is handed to it.
+const GONE: u8 = 4;
 
 /// A slot and the queue entry it was taken for, handed to another worker:
 /// one whose pool serves the entry's queue, when the worker that took the
@@ -243,6 +245,22 @@ impl GlobalSlots {
             s.store(BUSY, Ordering::Release);
         }
         h
+    }
+
+    /// Worker `w` leaves its loop: from now on nothing is handed to it.
+    /// Returns what it was handed and did not take, if anything.
+    fn retire(&self, w: usize) -> Option<Handoff> {
+        loop {
+            match self.state(w) {
+                HANDED => return self.take_handed(w),
+                GONE => return None,
+                now => {
+                    if self.swap(w, now, GONE) {
+                        return None;
+                    }
+                }
+            }
+        }
     }
 
     /// Slots held for tasks now (not those a looking worker holds).

@@ -81,8 +81,6 @@ impl Core {
 
     /// Takes the best task this worker may run, with its slots, and claims it.
     fn try_take(&self, w: usize, me: &Handle) -> Option<Job> {
-        // The global slot is taken only once there is a task to run, so
-        // `running()` never counts workers that are merely looking for work.
         let pool = &self.dispatch.pools[self.workers[w].pool];
         // A guard, not an Arc clone: workers would otherwise contend on one refcount.
         let lists = pool.queues.load();
@@ -202,9 +200,10 @@ impl Core {
         }
     }
 
-    /// Gives back what this worker was handed and did not claim (it stops).
+    /// Worker `w` stops: nothing is handed to it any more, and what it was
+    /// handed and did not claim goes back.
     pub(crate) fn drop_handed(&self, w: usize) {
-        if let Some(h) = self.global.take_handed(w) {
+        while let Some(h) = self.global.retire(w) {
             let item = h.place.item(h.reg.name.clone());
             self.give_back(&h.reg, Some((&h.queue, item)));
             if self.global.release(w) {
