@@ -676,10 +676,17 @@ impl Core {
         items: Vec<(String, registry::Handler, registry::HandlerOptions)>,
     ) {
         let names: Vec<String> = items.iter().map(|(n, _, _)| n.clone()).collect();
+        // Under the handlers' gates, so that a worker taking a slot of one
+        // (under its gate) chooses among all its tasks, the ones set aside
+        // while it was not registered back in their queues, and no task is
+        // on its way aside meanwhile (`pick` sets them aside under the gate).
+        let slots: Vec<_> = names.iter().map(|n| self.registry.slots_of(n)).collect();
+        let gates: Vec<_> = slots.iter().map(|s| s.gate.lock()).collect();
         self.registry.register(items);
         for name in &names {
             self.dispatch.release_held(name, usize::MAX);
         }
+        drop(gates);
         self.dispatch.wake_each_pool();
     }
 }

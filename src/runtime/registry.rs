@@ -355,6 +355,23 @@ impl Registry {
         self.current.load().get(name).map(f)
     }
 
+    /// The slots of handler `name`, created (uncapped) if it was never
+    /// registered: their gate orders setting its tasks aside while it is
+    /// not registered against registering it (see `Core::register`).
+    pub(crate) fn slots_of(&self, name: &str) -> Arc<Slots> {
+        self.writer
+            .lock()
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Slots {
+                    running: AtomicUsize::new(0),
+                    cap: AtomicUsize::new(usize::MAX),
+                    gate: Mutex::new(()),
+                })
+            })
+            .clone()
+    }
+
     /// Whether `name` is registered now.
     pub(crate) fn contains(&self, name: &str) -> bool {
         self.current.load().contains_key(name)

@@ -82,9 +82,6 @@ impl Core {
     /// Takes the best task this worker may run, with its slots, and claims it.
     fn try_take(&self, w: usize, me: &Handle) -> Option<Job> {
         let pool = &self.dispatch.pools[self.workers[w].pool];
-        // A guard, not an Arc clone: workers would otherwise contend on one refcount.
-        let lists = pool.queues.load();
-        let (queues, others) = (&lists.served, &lists.others);
         for _ in 0..64 {
             // A slot and a task another worker handed this one come first.
             if self.global.handed(w) {
@@ -101,6 +98,12 @@ impl Core {
             if !self.gate_open() || self.global.is_full() {
                 return None;
             }
+            // Read after the gate, each look: lists read before it would
+            // miss a queue created meanwhile (the first task of a new
+            // requirement, submitted to a paused manager, say).
+            // A guard, not an Arc clone: workers would otherwise contend on one refcount.
+            let lists = pool.queues.load();
+            let (queues, others) = (&lists.served, &lists.others);
             let binding = self.global.binding();
             if binding {
                 // A cap that can bind is taken before the look: a worker
@@ -338,10 +341,14 @@ impl Core {
                             let _gate = slots.tight(self.workers.len()).then(|| slots.gate.lock());
                             self.dispatch.hold(q, item, || slots.is_full());
                         }
-                        // Not registered: held until it is.
-                        None => self
-                            .dispatch
-                            .hold(q, item, || !self.registry.contains(&item.name)),
+                        // Not registered: held until it is, under its gate
+                        // (see `Core::register`).
+                        None => {
+                            let slots = self.registry.slots_of(&item.name);
+                            let _gate = slots.gate.lock();
+                            self.dispatch
+                                .hold(q, item, || !self.registry.contains(&item.name));
+                        }
                     }
                 }
             }
@@ -525,11 +532,15 @@ impl Core {
         inner.ctl.done.store(true, Ordering::Release);
         self.timer.set_slot(w, None);
         self.finish(w, &job, result);
-        if inner.ctl.take_slot() {
-            self.give_back(&inner.reg, None);
-        }
+        // The global slot first: while this worker still holds it, it can
+        // receive no handoff, and a handler slot freed before would go to a
+        // worse task if this worker was the only one that can run the best
+        // (`Core::receivers`).
         if self.global.release(w) {
             self.dispatch.wake_each_pool();
+        }
+        if inner.ctl.take_slot() {
+            self.give_back(&inner.reg, None);
         }
     }
 
