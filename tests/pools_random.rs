@@ -17,13 +17,13 @@
 //!   registration.
 //!
 //! - Three scenarios reduced from failures of the above, which the engine
-//!   gets wrong today (each test's comment says where): a handler slot freed
-//!   by the only worker of a pool (fails in most runs), a registration while
-//!   workers set the handler's tasks aside (fails in most runs), and a queue
-//!   created while a worker looks (needs a preemption at one point: rarely).
-//!   The ordered scenarios keep clear of them (two workers per tagged pool
-//!   for the handler cap, queues warmed up first), except that the
-//!   registration race can still show in their Reregister rounds.
+//!   got wrong before session 9's fixes (each test's comment says where): a
+//!   handler slot freed by the only worker of a pool (failed in most runs),
+//!   a registration while workers set the handler's tasks aside (failed in
+//!   most runs), and a queue created while a worker looks (needed a
+//!   preemption at one point: rarely). The ordered scenarios were written to
+//!   keep clear of them (two workers per tagged pool for the handler cap,
+//!   queues warmed up first); the reduced tests carry those cases.
 //!
 //! Every assertion message names its seed: `POOLS_RANDOM_SEED=n` replays one
 //! seed, `POOLS_RANDOM_ROUNDS=n` runs n seeds per test instead of the default.
@@ -1002,13 +1002,13 @@ fn a_handler_cap_of_one_runs_its_random_batch_across_pools_in_spec_order() {
 /// worker of pool `x`; B (priority 5, needs `x`) and C (priority 0, no
 /// requirement) wait. When G ends, B must run before C.
 ///
-/// Fails today in about one round in seven: the finishing worker frees the
-/// handler slot (`give_back` in `Core::run_job`, which wakes a worker of
-/// every pool) while its own global state is still `BUSY`, before
-/// `global.release`. A default worker that looks in that window finds no
+/// Failed in about one round in seven before the fix: the finishing worker
+/// freed the handler slot (`give_back` in `Core::run_job`, which wakes a
+/// worker of every pool) while its own global state was still `BUSY`, before
+/// `global.release` (now released first). A default worker that looks in that window finds no
 /// receiver for the `x` queue (`Core::receivers` wants `FREE` or `LOOKING`),
-/// skips B, and takes C with the handler's slot; the `x` worker, free a
-/// moment later, finds the handler at its cap.
+/// skipped B, and took C with the handler's slot; the `x` worker, free a
+/// moment later, found the handler at its cap.
 #[test]
 fn a_handler_slot_freed_by_the_only_worker_of_a_pool_goes_to_the_best_task() {
     let rounds = 300;
@@ -1067,14 +1067,14 @@ fn a_handler_slot_freed_by_the_only_worker_of_a_pool_goes_to_the_best_task() {
 /// (priority 5, needs `x`, the first task to need it, which creates the `x`
 /// queue) are submitted, then the manager resumes. X must run first.
 ///
-/// It fails only when a worker is preempted at one point, so rarely: a
-/// worker reads its pool's queue lists once per `Core::try_take`
+/// It failed only when a worker was preempted at one point, so rarely: a
+/// worker read its pool's queue lists once per `Core::try_take`
 /// (`pool.queues.load()`), before the pause check. A worker that read them
-/// before the `x` queue existed and checks the gate after the resume looks
-/// at the queues it knew, takes the global slot and D, and misses X (a
-/// worker of pool `x` does too: the `x` queue is not among its served
-/// ones). A build that sleeps between that read and the gate check fails
-/// most rounds; one that sleeps before the read passes.
+/// before the `x` queue existed and checked the gate after the resume looked
+/// at the queues it knew, took the global slot and D, and missed X (a
+/// worker of pool `x` did too: the `x` queue was not among its served
+/// ones). A build that slept between that read and the gate check failed
+/// most rounds. The lists are now read after the gate, at each look.
 #[test]
 fn a_queue_created_while_a_worker_looks_is_seen_by_its_look() {
     let rounds = 300;
@@ -1130,15 +1130,15 @@ fn a_queue_created_while_a_worker_looks_is_seen_by_its_look() {
 /// (`Dispatcher::hold`), and the handler is registered again meanwhile. Its
 /// tasks must then run strictly best first.
 ///
-/// Fails today in a few rounds in a hundred. `Core::register` stores the
-/// new registration, then puts the held entries back (`release_held` with
-/// `usize::MAX`: it takes them out of every queue's `held`, sorts them, and
-/// inserts them), without the handler's slot gate. A worker that sees the
-/// handler registered meanwhile takes its slot (under the gate) and the best
-/// entry it finds in the queues (`take_best_of`), while better entries are
-/// still held or in `release_held`'s hands. Likewise a worker inside `hold`
-/// for the not-registered handler (no gate on that path) has the entry out
-/// of its queue between `set.remove` and putting it in `held` or back.
+/// Failed in a few rounds in a hundred before the fix. `Core::register`
+/// stored the new registration, then put the held entries back
+/// (`release_held` with `usize::MAX`) without the handler's slot gate. A
+/// worker that saw the handler registered meanwhile took its slot (under the
+/// gate) and the best entry it found in the queues (`take_best_of`), while
+/// better entries were still held or in `release_held`'s hands. Likewise a
+/// worker inside `hold` for the not-registered handler (no gate on that
+/// path then) had the entry out of its queue between `set.remove` and
+/// putting it in `held` or back. Both now run under the handler's gate.
 #[test]
 fn tasks_of_a_handler_registered_while_workers_set_them_aside_run_best_first() {
     let rounds = 150;
