@@ -148,7 +148,8 @@ pub enum LogError {
         #[source]
         source: std::io::Error,
     },
-    /// Another `Log` (this process or another) has the directory open.
+    /// Another `Log` (this process or another) has the directory open (the
+    /// lock was still held after a quarter of a second).
     #[error("log directory {} is locked by another open Log (in this or another process); close it first", dir.display())]
     Locked {
         /// The directory.
