@@ -399,6 +399,44 @@ fn after_a_manager_pause_a_capped_handler_runs_its_best_task_first() {
     }
 }
 
+/// Handler `c`'s options in the re-registration scenarios.
+fn cap_one() -> HandlerOptions {
+    HandlerOptions::new().max_concurrent_tasks(1)
+}
+
+/// The re-registration scenarios' start: `c` (cap 1) runs G (gated), L
+/// (no requirement) and H (priority 5, needs `x`) wait, another type `o`
+/// is registered, and `c` is unregistered. Returns G, L and H.
+fn unregistered_while_g_runs() -> (TaskManager, Arc<Rec>, [TaskId; 3]) {
+    let mgr = manager(2, 2);
+    let rec = Rec::new();
+    mgr.register_with("c", cap_one(), rec.handler("v1:"))
+        .unwrap();
+    let other = Rec::new();
+    mgr.register("o", other.handler("")).unwrap();
+    mgr.start().unwrap();
+    rec.gate("G");
+    let g = submit(&mgr, "c", "G", 0, false);
+    eventually("G runs", || rec.started() == 1);
+    let l = submit(&mgr, "c", "L", 0, false);
+    let h = submit(&mgr, "c", "H", 5, true);
+    assert_eq!(mgr.unregister(&["c"]), 1);
+    (mgr, rec, [g, l, h])
+}
+
+/// The re-registration scenarios' end: G ran under the old registration,
+/// then H before L under the new one, one at a time.
+fn ran_best_first_after_reregistering(mgr: &TaskManager, rec: &Rec, round: usize) {
+    let starts = rec.starts();
+    assert_eq!(
+        starts,
+        ["v1:G", "v2:H", "v2:L"],
+        "round {round}: starts {starts:?}"
+    );
+    assert_eq!(rec.peak(), 1, "round {round}: cap 1");
+    mgr.stop(PATIENCE).unwrap();
+}
+
 /// SPEC §8 and §3: a handler unregistered while its tasks wait in two
 /// requirement queues: its in-flight run finishes, new submissions are
 /// refused, its waiting tasks are skipped while another type runs; registered
@@ -406,20 +444,7 @@ fn after_a_manager_pause_a_capped_handler_runs_its_best_task_first() {
 #[test]
 fn a_handler_registered_again_runs_its_waiting_tasks_best_first() {
     for round in 0..ROUNDS {
-        let mgr = manager(2, 2);
-        let rec = Rec::new();
-        let opts = HandlerOptions::new().max_concurrent_tasks(1);
-        mgr.register_with("c", opts.clone(), rec.handler("v1:"))
-            .unwrap();
-        let other = Rec::new();
-        mgr.register("o", other.handler("")).unwrap();
-        mgr.start().unwrap();
-        rec.gate("G");
-        let g = submit(&mgr, "c", "G", 0, false);
-        eventually("G runs", || rec.started() == 1);
-        let l = submit(&mgr, "c", "L", 0, false);
-        let h = submit(&mgr, "c", "H", 5, true);
-        assert_eq!(mgr.unregister(&["c"]), 1);
+        let (mgr, rec, [g, l, h]) = unregistered_while_g_runs();
         assert!(mgr
             .submit_with("c", json!("late"), SubmitOptions::new())
             .is_err());
@@ -431,17 +456,11 @@ fn a_handler_registered_again_runs_its_waiting_tasks_best_first() {
             assert_eq!(status(&mgr, id), TaskStatus::Pending, "round {round}");
         }
         assert_eq!(rec.started(), 1, "round {round}: ran unregistered");
-        mgr.register_with("c", opts, rec.handler("v2:")).unwrap();
+        mgr.register_with("c", cap_one(), rec.handler("v2:"))
+            .unwrap();
         done(&mgr, h);
         done(&mgr, l);
-        let starts = rec.starts();
-        assert_eq!(
-            starts,
-            ["v1:G", "v2:H", "v2:L"],
-            "round {round}: starts {starts:?}"
-        );
-        assert_eq!(rec.peak(), 1, "round {round}: cap 1");
-        mgr.stop(PATIENCE).unwrap();
+        ran_best_first_after_reregistering(&mgr, &rec, round);
     }
 }
 
@@ -451,21 +470,9 @@ fn a_handler_registered_again_runs_its_waiting_tasks_best_first() {
 #[test]
 fn a_handler_registered_again_while_its_old_run_holds_the_slot_waits_for_it() {
     for round in 0..ROUNDS {
-        let mgr = manager(2, 2);
-        let rec = Rec::new();
-        let opts = HandlerOptions::new().max_concurrent_tasks(1);
-        mgr.register_with("c", opts.clone(), rec.handler("v1:"))
+        let (mgr, rec, [g, l, h]) = unregistered_while_g_runs();
+        mgr.register_with("c", cap_one(), rec.handler("v2:"))
             .unwrap();
-        let other = Rec::new();
-        mgr.register("o", other.handler("")).unwrap();
-        mgr.start().unwrap();
-        rec.gate("G");
-        let g = submit(&mgr, "c", "G", 0, false);
-        eventually("G runs", || rec.started() == 1);
-        let l = submit(&mgr, "c", "L", 0, false);
-        let h = submit(&mgr, "c", "H", 5, true);
-        assert_eq!(mgr.unregister(&["c"]), 1);
-        mgr.register_with("c", opts, rec.handler("v2:")).unwrap();
         done(&mgr, submit(&mgr, "o", "o1", 0, false));
         done(&mgr, submit(&mgr, "o", "o2", 0, true));
         assert_eq!(
@@ -477,13 +484,6 @@ fn a_handler_registered_again_while_its_old_run_holds_the_slot_waits_for_it() {
         done(&mgr, g);
         done(&mgr, h);
         done(&mgr, l);
-        let starts = rec.starts();
-        assert_eq!(
-            starts,
-            ["v1:G", "v2:H", "v2:L"],
-            "round {round}: starts {starts:?}"
-        );
-        assert_eq!(rec.peak(), 1, "round {round}: cap 1");
-        mgr.stop(PATIENCE).unwrap();
+        ran_best_first_after_reregistering(&mgr, &rec, round);
     }
 }
