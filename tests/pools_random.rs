@@ -1011,9 +1011,7 @@ fn a_handler_cap_of_one_runs_its_random_batch_across_pools_in_spec_order() {
 /// moment later, found the handler at its cap.
 #[test]
 fn a_handler_slot_freed_by_the_only_worker_of_a_pool_goes_to_the_best_task() {
-    let rounds = 300;
-    let mut wrong = Vec::new();
-    for round in 0..rounds {
+    every_round(300, "ran C before B", |round| {
         let layout = Layout {
             cap: 3,
             extra: vec![("x", vec!["x"], 1)],
@@ -1046,19 +1044,11 @@ fn a_handler_slot_freed_by_the_only_worker_of_a_pool_goes_to_the_best_task() {
         }
         let starts = rec.starts.lock().unwrap().clone();
         let order: Vec<TaskId> = starts.iter().map(|s| s.0).collect();
-        if order != [g, b, c] {
-            wrong.push(format!(
-                "round {round}: G {g}, B {b}, C {c}; started (task, worker) {starts:?}"
-            ));
-        }
         mgr.stop(PATIENCE).unwrap();
-    }
-    assert!(
-        wrong.is_empty(),
-        "{} of {rounds} rounds ran C before B, first: {}",
-        wrong.len(),
-        wrong[0]
-    );
+        (order != [g, b, c]).then(|| {
+            format!("round {round}: G {g}, B {b}, C {c}; started (task, worker) {starts:?}")
+        })
+    });
 }
 
 /// SPEC §3, reduced from `a_global_cap_of_one_…` (seeds 1001, 1037 and 1121
@@ -1077,9 +1067,7 @@ fn a_handler_slot_freed_by_the_only_worker_of_a_pool_goes_to_the_best_task() {
 /// most rounds. The lists are now read after the gate, at each look.
 #[test]
 fn a_queue_created_while_a_worker_looks_is_seen_by_its_look() {
-    let rounds = 300;
-    let mut wrong = Vec::new();
-    for round in 0..rounds {
+    every_round(300, "ran D before X", |round| {
         let layout = Layout {
             cap: 1,
             extra: vec![("u", vec![], 2), ("x", vec!["x"], 1)],
@@ -1108,19 +1096,10 @@ fn a_queue_created_while_a_worker_looks_is_seen_by_its_look() {
             completes(&mgr, id, &|| format!("round {round}"));
         }
         let starts = rec.starts.lock().unwrap().clone();
-        if starts[0].0 != x {
-            wrong.push(format!(
-                "round {round}: X {x}, D {d}; started (task, worker) {starts:?}"
-            ));
-        }
         mgr.stop(PATIENCE).unwrap();
-    }
-    assert!(
-        wrong.is_empty(),
-        "{} of {rounds} rounds ran D before X, first: {}",
-        wrong.len(),
-        wrong[0]
-    );
+        (starts[0].0 != x)
+            .then(|| format!("round {round}: X {x}, D {d}; started (task, worker) {starts:?}"))
+    });
 }
 
 /// SPEC §3 and §8, reduced from `a_handler_cap_of_one_…` (seed 2072,
@@ -1141,9 +1120,7 @@ fn a_queue_created_while_a_worker_looks_is_seen_by_its_look() {
 /// putting it in `held` or back. Both now run under the handler's gate.
 #[test]
 fn tasks_of_a_handler_registered_while_workers_set_them_aside_run_best_first() {
-    let rounds = 150;
-    let mut wrong = Vec::new();
-    for round in 0..rounds {
+    every_round(150, "out of order", |round| {
         let mut rng = XorShift::new(5000 + round);
         let layout = Layout {
             cap: 2,
@@ -1174,21 +1151,27 @@ fn tasks_of_a_handler_registered_while_workers_set_them_aside_run_best_first() {
             completes(&mgr, i.id, &|| format!("round {round}"));
         }
         let got: Vec<TaskId> = rec.starts.lock().unwrap().iter().map(|s| s.0).collect();
-        if got != spec_order(&batch) {
+        mgr.stop(PATIENCE).unwrap();
+        (got != spec_order(&batch)).then(|| {
             let label: HashMap<TaskId, &str> =
                 batch.iter().map(|i| (i.id, i.label.as_str())).collect();
             let show = |v: &[TaskId]| v.iter().map(|id| label[id]).collect::<Vec<_>>().join(" ");
-            wrong.push(format!(
+            format!(
                 "round {round}: started {}, expected {}",
                 show(&got),
                 show(&spec_order(&batch))
-            ));
-        }
-        mgr.stop(PATIENCE).unwrap();
-    }
+            )
+        })
+    });
+}
+
+/// Runs `round` for rounds `0..rounds`; each returns what went wrong, if
+/// anything. Fails naming how many rounds `what` and the first of them.
+fn every_round(rounds: u64, what: &str, round: impl FnMut(u64) -> Option<String>) {
+    let wrong: Vec<String> = (0..rounds).filter_map(round).collect();
     assert!(
         wrong.is_empty(),
-        "{} of {rounds} rounds out of order, first: {}",
+        "{} of {rounds} rounds {what}, first: {}",
         wrong.len(),
         wrong[0]
     );
