@@ -287,6 +287,17 @@ impl Dispatcher {
         {
             return; // a spinning worker of a serving pool will find it
         }
+        // Nobody to wake (every worker of a serving pool is busy, the common
+        // case under load): the deferred wake-up would find the same, so the
+        // queue is not recorded for it. A worker that lists itself idle after
+        // this read scans the queues before it parks (see `go_idle`).
+        if !q
+            .servers
+            .iter()
+            .any(|&p| self.pools[p].idle_count.load(Ordering::Acquire) > 0)
+        {
+            return;
+        }
         if DEFER.with(|d| d.depth.get()) > 0 {
             DEFER.with(|d| d.queues.borrow_mut().push(q.clone()));
             return;
@@ -596,7 +607,7 @@ pub(crate) struct DeferGuard<'a> {
 
 impl Drop for DeferGuard<'_> {
     fn drop(&mut self) {
-        let queues = DEFER.with(|d| {
+        let mut queues = DEFER.with(|d| {
             let depth = d.depth.get() - 1;
             d.depth.set(depth);
             if depth == 0 {
@@ -605,8 +616,15 @@ impl Drop for DeferGuard<'_> {
                 Vec::new()
             }
         });
-        for q in queues {
+        if queues.capacity() == 0 {
+            return; // nothing deferred: no thread-local vector to give back
+        }
+        for q in queues.drain(..) {
             self.dispatch.wake_for(&q);
         }
+        // The vector goes back for the next guard, so that a stream of
+        // submissions does not allocate one each (the wake-ups above ran at
+        // depth 0, so they deferred nothing into the slot meanwhile).
+        DEFER.with(|d| *d.queues.borrow_mut() = queues);
     }
 }
