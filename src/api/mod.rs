@@ -291,10 +291,14 @@ impl TaskManager {
     where
         I: IntoIterator<Item = (String, Value, SubmitOptions)>,
     {
-        let prepared = tasks
-            .into_iter()
-            .map(|(name, payload, o)| self.core.prepare_submit(&name, payload, o))
-            .collect::<Result<Vec<_>>>()?;
+        // Sized from the iterator up front: collecting through `Result`
+        // knows no length, and the vector would grow (and be copied) some
+        // ten times for a batch of a thousand.
+        let tasks = tasks.into_iter();
+        let mut prepared = Vec::with_capacity(tasks.size_hint().0.min(1 << 16));
+        for (name, payload, o) in tasks {
+            prepared.push(self.core.prepare_submit(&name, payload, o)?);
+        }
         for new in &prepared {
             self.core.store.check_submit_fits(new)?;
         }

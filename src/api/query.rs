@@ -291,7 +291,7 @@ impl TaskManager {
 
     /// The attempts of a task, in order.
     pub fn attempts(&self, id: TaskId) -> Result<Vec<Attempt>> {
-        self.entry(id, |e| e.attempts.clone())
+        self.entry(id, |e| e.attempts.to_vec())
     }
 
     /// Deletes the tasks matching `filter` with their events and attempts; returns

@@ -67,15 +67,23 @@ pub enum TransitionError {
     Invalid(String),
 }
 
+/// A task's event rows: four inline (created, claimed, started, and its outcome).
+pub type EventRows = smallvec::SmallVec<[audit::EventRow; 4]>;
+
+/// A task's attempts: one inline.
+pub type Attempts = smallvec::SmallVec<[Attempt; 1]>;
+
 /// A task's full in-memory entry: the task, its history and its open child round.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct TaskEntry {
     /// The task snapshot.
     pub task: Task,
     /// Its audit events, in order, compactly (see [`TaskEntry::event_list`]).
-    pub events: Vec<audit::EventRow>,
-    /// Its attempts, in order.
-    pub attempts: Vec<Attempt>,
+    /// The four of a plain task are kept inline: a task then costs one
+    /// allocation, not three, when it is created.
+    pub events: EventRows,
+    /// Its attempts, in order (the first inline).
+    pub attempts: Attempts,
     /// The child round the task waits on, if suspended for children (boxed: most
     /// tasks never have one, and an empty slot then costs 8 bytes, not 48).
     pub round: Option<Box<Round>>,

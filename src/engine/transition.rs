@@ -387,8 +387,8 @@ pub(super) fn new_entry(
         }
         None => Box::new(TaskEntry {
             task,
-            events: Vec::with_capacity(4),
-            attempts: Vec::with_capacity(1),
+            events: super::EventRows::new(),
+            attempts: super::Attempts::new(),
             round: None,
             suspend_reason: None,
             interruptions: 0,

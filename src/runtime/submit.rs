@@ -109,7 +109,7 @@ pub(crate) fn normalize_tags(mut tags: Vec<String>) -> Result<Vec<String>> {
 
 impl Core {
     /// Resolves options into the record of a new top-level task.
-    fn new_task(&self, reg: &Registered, payload: Value, o: SubmitOptions) -> Result<NewTask> {
+    fn new_task(&self, reg: &Registered, payload: Value, o: SubmitOptions) -> Result<Box<NewTask>> {
         let now = self.now();
         if let Some(tag) = &o.tag {
             super::error::check_task_tag(tag)?;
@@ -144,7 +144,9 @@ impl Core {
                 (TaskKind::Async, at)
             }
         };
-        Ok(NewTask {
+        // Boxed here, where its record will hold it: the new task (some 230
+        // bytes) is then moved as a pointer on its way to the table.
+        Ok(Box::new(NewTask {
             id: TaskId(0),
             name: reg.name.clone(),
             kind,
@@ -169,7 +171,7 @@ impl Core {
             root_id: None,
             on_failure: OnChildFailure::Deliver,
             created_ms: now,
-        })
+        }))
     }
 
     /// The retry strategy's max attempts of the first extra pool that can run tasks
@@ -203,7 +205,7 @@ impl Core {
         name: &str,
         payload: Value,
         o: SubmitOptions,
-    ) -> Result<NewTask> {
+    ) -> Result<Box<NewTask>> {
         if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
             return Err(Error::Stopped);
         }
@@ -218,7 +220,7 @@ impl Core {
     }
 
     /// Records a submission checked by [`Core::prepare_submit`].
-    pub(crate) fn submit_prepared(&self, mut new: NewTask) -> Result<(TaskId, Option<Lsn>)> {
+    pub(crate) fn submit_prepared(&self, mut new: Box<NewTask>) -> Result<(TaskId, Option<Lsn>)> {
         let mut dedup = match &new.dedup_key {
             Some(key) => {
                 let guard = self.store.dedup.lock();
@@ -236,9 +238,7 @@ impl Core {
         {
             let _wakes = self.dispatch.defer_wakes();
             let mut shard = self.store.lock(id);
-            let (applied, l) = self
-                .store
-                .commit(&mut shard, Record::Submit(Box::new(new)))?;
+            let (applied, l) = self.store.commit(&mut shard, Record::Submit(new))?;
             lsn = l.or(lsn);
             self.settle(&mut shard, id, applied, &mut lsn);
         }

@@ -183,7 +183,7 @@ fn read_entry(r: &mut Reader<'_>) -> R<TaskEntry> {
         last_event_type: r.opt(|r| event_type(r.u8()?))?,
     };
     let n = r.len()?;
-    let mut events = Vec::with_capacity(n);
+    let mut events = crate::engine::EventRows::with_capacity(n);
     for _ in 0..n {
         events.push(EventRow {
             time: r.u64()?,
@@ -197,7 +197,7 @@ fn read_entry(r: &mut Reader<'_>) -> R<TaskEntry> {
         });
     }
     let n = r.len()?;
-    let mut attempts = Vec::with_capacity(n);
+    let mut attempts = crate::engine::Attempts::with_capacity(n);
     for _ in 0..n {
         attempts.push(Attempt {
             task_id: TaskId(r.u64()?),
@@ -648,8 +648,8 @@ mod tests {
         ];
         TaskEntry {
             task,
-            events,
-            attempts,
+            events: events.into(),
+            attempts: attempts.into(),
             round: Some(Box::new(round)),
             suspend_reason: Some("needs a human".into()),
             interruptions: 1,
