@@ -796,8 +796,13 @@ fn s12_concurrency_limits_are_rebuilt_after_a_kill_with_running_tasks() {
     .unwrap();
     let third = mgr.submit("capped", json!(2)).unwrap();
     mgr.start().unwrap();
+    // Inside their handlers, not only claimed: a worker records the claim
+    // before it calls the handler, and a gate opened in between would let
+    // the first finish before the second starts (the peak would be 1).
     eventually("both recovered tasks run again", || {
-        status(&mgr, a) == TaskStatus::Running && status(&mgr, b) == TaskStatus::Running
+        status(&mgr, a) == TaskStatus::Running
+            && status(&mgr, b) == TaskStatus::Running
+            && now.load(Ordering::SeqCst) == 2
     });
     assert_eq!(status(&mgr, third), TaskStatus::Pending);
     assert_eq!(mgr.running(), 2);
