@@ -118,6 +118,21 @@ fn submit(mgr: &TaskManager, name: &str, label: &str, priority: i32, x: bool) ->
     mgr.submit_with(name, json!(label), o).unwrap()
 }
 
+/// A manager with a global cap of 2 (and 2 `x` workers) running `j`, whose
+/// gated tasks A and B hold both slots. Returns A and B.
+fn a_and_b_hold_the_cap() -> (TaskManager, Arc<Rec>, TaskId, TaskId) {
+    let mgr = manager(2, 2);
+    let rec = Rec::new();
+    mgr.register("j", rec.handler("")).unwrap();
+    mgr.start().unwrap();
+    rec.gate("A");
+    rec.gate("B");
+    let a = submit(&mgr, "j", "A", 0, false);
+    let b = submit(&mgr, "j", "B", 0, false);
+    eventually("A and B run", || rec.started() == 2);
+    (mgr, rec, a, b)
+}
+
 /// Waits for `id` to complete; on a timeout, says what the task waits for.
 fn done(mgr: &TaskManager, id: TaskId) {
     match mgr.wait(id, PATIENCE) {
@@ -205,15 +220,7 @@ fn a_freed_global_slot_goes_to_the_best_task_whichever_pool_can_run_it() {
 #[test]
 fn a_backlog_across_two_queues_drains_best_first_under_the_global_cap() {
     for round in 0..ROUNDS {
-        let mgr = manager(2, 2);
-        let rec = Rec::new();
-        mgr.register("j", rec.handler("")).unwrap();
-        mgr.start().unwrap();
-        rec.gate("A");
-        rec.gate("B");
-        let a = submit(&mgr, "j", "A", 0, false);
-        let b = submit(&mgr, "j", "B", 0, false);
-        eventually("A and B run", || rec.started() == 2);
+        let (mgr, rec, a, b) = a_and_b_hold_the_cap();
         // (label, priority, needs x); B keeps one slot, so the rest run one
         // at a time in the SPEC's order.
         let plan = [
@@ -316,15 +323,7 @@ fn a_handler_cap_across_requirement_queues_frees_slots_best_first() {
 #[test]
 fn after_a_manager_pause_the_best_tasks_of_every_pool_take_the_freed_global_slots() {
     for round in 0..ROUNDS {
-        let mgr = manager(2, 2);
-        let rec = Rec::new();
-        mgr.register("j", rec.handler("")).unwrap();
-        mgr.start().unwrap();
-        rec.gate("A");
-        rec.gate("B");
-        let held_a = submit(&mgr, "j", "A", 0, false);
-        let held_b = submit(&mgr, "j", "B", 0, false);
-        eventually("A and B run", || rec.started() == 2);
+        let (mgr, rec, held_a, held_b) = a_and_b_hold_the_cap();
         mgr.pause();
         let low = submit(&mgr, "j", "L", 0, false);
         let mid = submit(&mgr, "j", "M", 3, false);

@@ -791,16 +791,36 @@ fn global_cap_order(seed: u64, mode: Hold) {
             batch
         }
     };
-    for i in &batch {
-        completes(&mgr, i.id, &|| format!("{what}, {mode:?}, batch {batch:?}"));
+    end_of_round(&mgr, &rec, &what, mode, &batch, holder, &layout, "");
+}
+
+/// The end of an ordered round: every task of `batch` (and the holder)
+/// completes, one ran at a time (`whose` names the type in the message), in
+/// the SPEC order, and no slot stays taken.
+#[allow(clippy::too_many_arguments)]
+fn end_of_round(
+    mgr: &TaskManager,
+    rec: &Seen,
+    what: &str,
+    mode: Hold,
+    batch: &[Item],
+    holder: Option<TaskId>,
+    layout: &Layout,
+    whose: &str,
+) {
+    for i in batch {
+        completes(mgr, i.id, &|| format!("{what}, {mode:?}, batch {batch:?}"));
     }
     if let Some(g) = holder {
-        completes(&mgr, g, &|| what.clone());
+        completes(mgr, g, &|| what.to_owned());
     }
     let starts = rec.starts.lock().unwrap().clone();
     let peak = rec.peak.load(Ordering::SeqCst);
-    assert_eq!(peak, 1, "{what}: {peak} ran at once; starts {starts:?}");
-    check_order(&what, &layout, &batch, &starts, holder);
+    assert_eq!(
+        peak, 1,
+        "{what}: {peak}{whose} ran at once; starts {starts:?}"
+    );
+    check_order(what, layout, batch, &starts, holder);
     eventually(&format!("{what}: running() back to 0"), || {
         mgr.running() == 0
     });
@@ -960,23 +980,7 @@ fn handler_cap_order(seed: u64, mode: Hold) {
             batch
         }
     };
-    for i in &batch {
-        completes(&mgr, i.id, &|| format!("{what}, {mode:?}, batch {batch:?}"));
-    }
-    if let Some(g) = holder {
-        completes(&mgr, g, &|| what.clone());
-    }
-    let starts = rec.starts.lock().unwrap().clone();
-    let peak = rec.peak.load(Ordering::SeqCst);
-    assert_eq!(
-        peak, 1,
-        "{what}: {peak} of c ran at once; starts {starts:?}"
-    );
-    check_order(&what, &layout, &batch, &starts, holder);
-    eventually(&format!("{what}: running() back to 0"), || {
-        mgr.running() == 0
-    });
-    mgr.stop(PATIENCE).unwrap();
+    end_of_round(&mgr, &rec, &what, mode, &batch, holder, &layout, " of c");
 }
 
 /// SPEC §3 and §8: with a handler cap of 1 whose tasks wait in the queues of
