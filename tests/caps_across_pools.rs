@@ -368,12 +368,7 @@ fn after_a_manager_pause_a_capped_handler_runs_its_best_task_first() {
     for round in 0..ROUNDS {
         let mgr = manager(3, 2);
         let rec = Rec::new();
-        mgr.register_with(
-            "c",
-            HandlerOptions::new().max_concurrent_tasks(1),
-            rec.handler(""),
-        )
-        .unwrap();
+        mgr.register_with("c", cap_one(), rec.handler("")).unwrap();
         mgr.start().unwrap();
         rec.gate("G");
         let g = submit(&mgr, "c", "G", 0, false);

@@ -47,6 +47,14 @@ const T0: u64 = 1_700_000_000_000;
 
 // ---------------------------------------------------------------- helpers
 
+/// Registers `name` (again) with a cap of one, recording its runs in `rec`.
+fn register_capped(mgr: &TaskManager, name: &str, rec: &Arc<Seen>) {
+    let r = rec.clone();
+    let opts = HandlerOptions::new().max_concurrent_tasks(1);
+    mgr.register_with(name, opts, move |ctx: &TaskContext| r.run(ctx))
+        .unwrap();
+}
+
 /// The seeds a test runs: `count` of them from `base` on, unless
 /// `POOLS_RANDOM_SEED` names one or `POOLS_RANDOM_ROUNDS` another count.
 fn seeds(base: u64, count: u64) -> Vec<u64> {
@@ -84,6 +92,21 @@ impl Layout {
             b = b.pool(Pool::new(*name).tags(tags.iter().copied()).concurrency(*n));
         }
         b
+    }
+
+    /// A manager of this layout on a manual clock, with handler `name`
+    /// (capped at one if `capped`) recording its runs in the returned `Seen`.
+    fn manager_with(&self, name: &str, capped: bool) -> (TaskManager, Arc<Seen>) {
+        let mgr = self.builder().clock(ManualClock::new(T0)).build().unwrap();
+        let rec = Arc::new(Seen::default());
+        if capped {
+            register_capped(&mgr, name, &rec);
+        } else {
+            let r = rec.clone();
+            mgr.register(name, move |ctx: &TaskContext| r.run(ctx))
+                .unwrap();
+        }
+        (mgr, rec)
     }
 
     fn workers(&self) -> usize {
@@ -733,15 +756,7 @@ fn global_cap_order(seed: u64, mode: Hold) {
         extra: ordered_pools(&mut rng, 1),
     };
     let sets = layout.requirement_sets();
-    let mgr = layout
-        .builder()
-        .clock(ManualClock::new(T0))
-        .build()
-        .unwrap();
-    let rec = Arc::new(Seen::default());
-    let r = rec.clone();
-    mgr.register("j", move |ctx: &TaskContext| r.run(ctx))
-        .unwrap();
+    let (mgr, rec) = layout.manager_with("j", false);
     let what = format!("seed {seed}, global cap 1, {mode:?}, layout {layout:?}");
     let n = 4 + rng.below(8);
     let mut holder = None;
@@ -848,16 +863,7 @@ fn handler_cap_order(seed: u64, mode: Hold) {
         extra: ordered_pools(&mut rng, 2),
     };
     let sets = layout.requirement_sets();
-    let mgr = layout
-        .builder()
-        .clock(ManualClock::new(T0))
-        .build()
-        .unwrap();
-    let rec = Arc::new(Seen::default());
-    let opts = HandlerOptions::new().max_concurrent_tasks(1);
-    let r = rec.clone();
-    mgr.register_with("c", opts.clone(), move |ctx: &TaskContext| r.run(ctx))
-        .unwrap();
+    let (mgr, rec) = layout.manager_with("c", true);
     let others = Arc::new(Seen::default());
     let o = others.clone();
     mgr.register("o", move |ctx: &TaskContext| o.run(ctx))
@@ -961,9 +967,7 @@ fn handler_cap_order(seed: u64, mode: Hold) {
                             i.label
                         );
                     }
-                    let r = rec.clone();
-                    mgr.register_with("c", opts, move |ctx: &TaskContext| r.run(ctx))
-                        .unwrap();
+                    register_capped(&mgr, "c", &rec);
                 }
             }
             batch
@@ -1020,16 +1024,7 @@ fn a_handler_slot_freed_by_the_only_worker_of_a_pool_goes_to_the_best_task() {
             cap: 3,
             extra: vec![("x", vec!["x"], 1)],
         };
-        let mgr = layout
-            .builder()
-            .clock(ManualClock::new(T0))
-            .build()
-            .unwrap();
-        let rec = Arc::new(Seen::default());
-        let r = rec.clone();
-        let opts = HandlerOptions::new().max_concurrent_tasks(1);
-        mgr.register_with("c", opts, move |ctx: &TaskContext| r.run(ctx))
-            .unwrap();
+        let (mgr, rec) = layout.manager_with("c", true);
         mgr.start().unwrap();
         let g = mgr
             .submit_with("c", json!({"label": "G"}), options(0, &["x"]))
@@ -1076,15 +1071,7 @@ fn a_queue_created_while_a_worker_looks_is_seen_by_its_look() {
             cap: 1,
             extra: vec![("u", vec![], 2), ("x", vec!["x"], 1)],
         };
-        let mgr = layout
-            .builder()
-            .clock(ManualClock::new(T0))
-            .build()
-            .unwrap();
-        let rec = Arc::new(Seen::default());
-        let r = rec.clone();
-        mgr.register("j", move |ctx: &TaskContext| r.run(ctx))
-            .unwrap();
+        let (mgr, rec) = layout.manager_with("j", false);
         mgr.start().unwrap();
         mgr.pause();
         // D first: its push wakes a worker, which reads its lists while X
@@ -1131,16 +1118,7 @@ fn tasks_of_a_handler_registered_while_workers_set_them_aside_run_best_first() {
             extra: vec![("x", vec!["x"], 2)],
         };
         let sets = layout.requirement_sets();
-        let mgr = layout
-            .builder()
-            .clock(ManualClock::new(T0))
-            .build()
-            .unwrap();
-        let rec = Arc::new(Seen::default());
-        let opts = HandlerOptions::new().max_concurrent_tasks(1);
-        let r = rec.clone();
-        mgr.register_with("c", opts.clone(), move |ctx: &TaskContext| r.run(ctx))
-            .unwrap();
+        let (mgr, rec) = layout.manager_with("c", true);
         mgr.register("o", |_: &TaskContext| Ok(Value::Null.into()))
             .unwrap();
         start_warm(&mgr, "o", &sets, "warm-up");
@@ -1148,9 +1126,7 @@ fn tasks_of_a_handler_registered_while_workers_set_them_aside_run_best_first() {
         let batch = submit_batch(&mgr, &mut rng, "c", &sets, 30, 0);
         assert_eq!(mgr.unregister(&["c"]), 1);
         mgr.resume();
-        let r = rec.clone();
-        mgr.register_with("c", opts, move |ctx: &TaskContext| r.run(ctx))
-            .unwrap();
+        register_capped(&mgr, "c", &rec);
         for i in &batch {
             completes(&mgr, i.id, &|| format!("round {round}"));
         }

@@ -207,8 +207,7 @@ impl Core {
     /// handed and did not claim goes back.
     pub(crate) fn drop_handed(&self, w: usize) {
         while let Some(h) = self.global.retire(w) {
-            let item = h.place.item(h.reg.name.clone());
-            self.give_back(&h.reg, Some((&h.queue, item)));
+            self.put_back(&h);
             if self.global.release(w) {
                 self.dispatch.wake_each_pool();
             }
@@ -244,11 +243,17 @@ impl Core {
                 Err(back) => h = back,
             }
         }
-        let item = h.place.item(h.reg.name.clone());
-        self.give_back(&h.reg, Some((q, item)));
+        self.put_back(&h);
         if self.global.unreserve() {
             self.dispatch.wake_each_pool();
         }
+    }
+
+    /// Puts a handoff's entry back in its queue and frees its handler slot
+    /// (the global slot is the caller's to free).
+    fn put_back(&self, h: &super::Handoff) {
+        let item = h.place.item(h.reg.name.clone());
+        self.give_back(&h.reg, Some((&h.queue, item)));
     }
 
     /// The workers that serve queue `q` and run no task.
