@@ -19,10 +19,10 @@
 //! takes itself off the idle stack; if someone already popped it, it passes the
 //! wake-up on so that no other idle worker is left asleep with work queued.
 
+use super::ready::{ReadyEntry, ReadySet};
 use crate::codec::TaskId;
 use arc_swap::ArcSwap;
 use crossbeam::sync::Unparker;
-use crossbeam_skiplist::SkipSet;
 use parking_lot::{Mutex, RwLock};
 use std::cell::{Cell, RefCell};
 use std::cmp::Ordering as CmpOrdering;
@@ -96,7 +96,7 @@ impl Ord for ReadyItem {
 /// The queue of one requirement set.
 #[derive(Debug)]
 pub(crate) struct Queue {
-    pub(crate) set: SkipSet<ReadyItem>,
+    pub(crate) set: ReadySet,
     /// Pools whose tags include every requirement.
     pub(crate) servers: Vec<usize>,
     /// Entries taken out of `set` because their handler was at its cap or not
@@ -111,7 +111,7 @@ pub(crate) struct Queue {
 impl Queue {
     fn new(servers: Vec<usize>) -> Queue {
         Queue {
-            set: SkipSet::new(),
+            set: ReadySet::new(),
             servers,
             held: Mutex::new(HashMap::new()),
         }
@@ -312,10 +312,11 @@ impl Dispatcher {
     /// the same lock to return held entries if it is not zero. So either it
     /// sees this entry, or this check sees the change and the entry goes
     /// straight back: no entry is left held with its handler free.
-    pub(crate) fn hold(&self, q: &Queue, item: &ReadyItem, blocked: impl FnOnce() -> bool) {
-        if q.set.remove(item).is_none() {
+    pub(crate) fn hold(&self, q: &Queue, entry: &ReadyEntry<'_>, blocked: impl FnOnce() -> bool) {
+        if !entry.remove() {
             return; // another worker took or held it
         }
+        let item = entry.value();
         let mut held = q.held.lock();
         self.held_total.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod context;
 pub(crate) mod dispatch;
 pub mod error;
+mod ready;
 mod recover;
 pub mod registry;
 pub(crate) mod store;

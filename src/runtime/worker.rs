@@ -4,6 +4,7 @@
 use super::context::{AttemptCtl, ContextInner, TaskContext};
 use super::dispatch::{Place, Queue, ReadyItem};
 use super::error::{Error, Result};
+use super::ready::ReadyEntry;
 use super::registry::{ChildSpec, Handler, HandlerResult, Outcome, Registered};
 use super::submit::normalize_tags;
 use super::Core;
@@ -11,7 +12,6 @@ use crate::codec::{FailKind, NewTask, Record, TaskId, TaskKind};
 use crate::engine::schedule::{next_round, RetryStrategy};
 use crate::engine::{Shard, TaskEntry, TaskStatus};
 use crossbeam::sync::Parker;
-use crossbeam_skiplist::set::Entry;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -315,10 +315,9 @@ impl Core {
                 // would take a worse entry after it.
                 for _ in 0..SCAN_LIMIT {
                     let Some(entry) = q.set.front() else { break };
-                    let item = entry.value();
                     // One lookup: the registration is cloned only for the
                     // entry that stops this queue's scan.
-                    let free = self.registry.with(&item.name, |r| {
+                    let free = self.registry.with(&entry.value().name, |r| {
                         if r.slots.is_full() {
                             Err(r.slots.clone())
                         } else {
@@ -334,9 +333,12 @@ impl Core {
                             break;
                         }
                         Some(Ok(reg)) => {
-                            if best.as_ref().is_none_or(
-                                |(_, b, _): &(usize, Entry<'_, ReadyItem>, _)| item < b.value(),
-                            ) {
+                            if best
+                                .as_ref()
+                                .is_none_or(|(_, b, _): &(usize, ReadyEntry<'_>, _)| {
+                                    entry.value() < b.value()
+                                })
+                            {
                                 best = Some((qi, entry, reg));
                             }
                             break;
@@ -344,15 +346,16 @@ impl Core {
                         // At its cap: held until one of its slots frees.
                         Some(Err(slots)) => {
                             let _gate = slots.tight(self.workers.len()).then(|| slots.gate.lock());
-                            self.dispatch.hold(q, item, || slots.is_full());
+                            self.dispatch.hold(q, &entry, || slots.is_full());
                         }
                         // Not registered: held until it is, under its gate
                         // (see `Core::register`).
                         None => {
-                            let slots = self.registry.slots_of(&item.name);
+                            let name = &entry.value().name;
+                            let slots = self.registry.slots_of(name);
                             let _gate = slots.gate.lock();
                             self.dispatch
-                                .hold(q, item, || !self.registry.contains(&item.name));
+                                .hold(q, &entry, || !self.registry.contains(name));
                         }
                     }
                 }
@@ -400,16 +403,12 @@ impl Core {
         name: &str,
     ) -> Option<(usize, Place)> {
         loop {
-            let mut best: Option<(usize, Entry<'_, ReadyItem>)> = None;
+            let mut best: Option<(usize, ReadyEntry<'_>)> = None;
             for (qi, q) in queues.iter().chain(others).enumerate() {
                 if qi >= queues.len() && self.receivers(q).next().is_none() {
                     continue;
                 }
-                let first = q
-                    .set
-                    .iter()
-                    .take(SCAN_LIMIT)
-                    .find(|e| &*e.value().name == name);
+                let first = q.set.first_of(SCAN_LIMIT, |v| &*v.name == name);
                 if let Some(e) = first {
                     if best.as_ref().is_none_or(|(_, b)| e.value() < b.value()) {
                         best = Some((qi, e));
