@@ -461,11 +461,20 @@ impl Core {
 
     /// Queues a pending task now, or hands it to the timer until `at`.
     pub(crate) fn make_ready(&self, shard: &Shard, id: TaskId, at: UnixMs) {
-        if at > self.now() {
+        let Some(e) = shard.live(id) else {
+            if at > self.now() {
+                self.timer.schedule(at, id);
+            }
+            return;
+        };
+        // Due no later than its creation (a plain submission: both are the
+        // one reading taken when it was submitted) needs no clock reading.
+        // A system clock set back since is caught by the claim, which reads
+        // the clock again and gives a task not yet due to the timer.
+        if at > e.task.created_at && at > self.now() {
             self.timer.schedule(at, id);
             return;
         }
-        let Some(e) = shard.live(id) else { return };
         let name = e.task.name.clone();
         let item = ReadyItem {
             priority: e.task.priority,

@@ -3,7 +3,7 @@
 use super::error::{check_tag, Error, Result};
 use super::registry::Registered;
 use super::Core;
-use crate::codec::{NewTask, OnChildFailure, Record, TaskId, TaskKind};
+use crate::codec::{NewTask, OnChildFailure, Record, TaskId, TaskKind, UnixMs};
 use crate::log::Lsn;
 use serde_json::Value;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -109,8 +109,13 @@ pub(crate) fn normalize_tags(mut tags: Vec<String>) -> Result<Vec<String>> {
 
 impl Core {
     /// Resolves options into the record of a new top-level task.
-    fn new_task(&self, reg: &Registered, payload: Value, o: SubmitOptions) -> Result<Box<NewTask>> {
-        let now = self.now();
+    fn new_task(
+        &self,
+        reg: &Registered,
+        payload: Value,
+        o: SubmitOptions,
+        now: UnixMs,
+    ) -> Result<Box<NewTask>> {
         if let Some(tag) = &o.tag {
             super::error::check_task_tag(tag)?;
         }
@@ -195,16 +200,18 @@ impl Core {
         payload: Value,
         o: SubmitOptions,
     ) -> Result<(TaskId, Option<Lsn>)> {
-        let new = self.prepare_submit(name, payload, o)?;
+        let new = self.prepare_submit(name, payload, o, self.now())?;
         self.submit_prepared(new)
     }
 
     /// Checks a submission and resolves its options, changing nothing.
+    /// `now` is its submission time (one reading serves a whole batch).
     pub(crate) fn prepare_submit(
         &self,
         name: &str,
         payload: Value,
         o: SubmitOptions,
+        now: UnixMs,
     ) -> Result<Box<NewTask>> {
         if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
             return Err(Error::Stopped);
@@ -215,7 +222,7 @@ impl Core {
             return Err(Error::EmptyName);
         }
         self.registry
-            .with(name, |reg| self.new_task(reg, payload, o))
+            .with(name, |reg| self.new_task(reg, payload, o, now))
             .ok_or_else(|| Error::NoHandler(name.to_owned()))?
     }
 
