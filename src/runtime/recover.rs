@@ -2,9 +2,10 @@
 //! recovered, timers and suspended parents rebuilt). Also snapshots for compaction.
 //!
 //! Snapshot format: one version byte, then postcard of [`SnapshotV2`] (version
-//! 2, written now: each shard's tasks as held, finished ones as their frozen
-//! bytes, plus its indexes, so loading decodes nothing) or of [`SnapshotV1`]
-//! (version 1, every task as a full entry; still read).
+//! 3, written now, and 2: each shard's tasks as held, finished ones as their
+//! frozen bytes, plus its indexes, so loading decodes nothing; version 3 may
+//! hold frozen tasks in the plain form, which a version 2 reader would not
+//! decode) or of [`SnapshotV1`] (version 1, every task as a full entry; still read).
 
 use super::error::{Error, Result};
 use super::Core;
@@ -14,8 +15,9 @@ use crate::engine::{Applied, ParentNotice, TaskEntry, TaskStatus};
 use crate::log::Lsn;
 use serde::{Deserialize, Serialize};
 
-/// Snapshot format version written.
-const SNAPSHOT_VERSION: u8 = 2;
+/// Snapshot format version written: 3, the layout of 2 with frozen tasks
+/// possibly in their plain form (`engine::slot::pack`).
+const SNAPSHOT_VERSION: u8 = 3;
 
 /// The live state at one LSN, as version 2 writes it.
 #[derive(Serialize)]
@@ -428,13 +430,13 @@ fn corrupt_lsn(e: &crate::log::LogError) -> u64 {
     }
 }
 
-/// The id counter, the shard images (version 2) and the full entries (version 1).
+/// The id counter, the shard images (versions 2 and 3) and the full entries (version 1).
 type Decoded = (u64, Vec<crate::engine::ShardImage>, Vec<TaskEntry>);
 
 fn decode_snapshot(bytes: &[u8]) -> Result<Decoded> {
     let bad = |e: postcard::Error| Error::Recovery(format!("snapshot does not decode: {e}"));
     match bytes.split_first() {
-        Some((2, body)) => {
+        Some((2 | 3, body)) => {
             let s: SnapshotV2 = postcard::from_bytes(body).map_err(bad)?;
             Ok((s.counter, s.shards, Vec::new()))
         }

@@ -25,11 +25,11 @@ const LOCAL: usize = 512;
 #[cfg(test)]
 pub(super) fn write(e: &TaskEntry, out: &mut Vec<u8>) {
     let mut local = Local::new();
-    fields(e, &mut local);
+    encode(e, &mut local);
     match local.bytes() {
         Some(b) => out.extend_from_slice(b),
         None => {
-            fields(e, &mut Spill { buf: out });
+            encode(e, &mut Spill { buf: out });
         }
     }
 }
@@ -37,15 +37,218 @@ pub(super) fn write(e: &TaskEntry, out: &mut Vec<u8>) {
 /// The encoding of `e` in an exact allocation.
 pub(super) fn to_box(e: &TaskEntry) -> Box<[u8]> {
     let mut local = Local::new();
-    fields(e, &mut local);
+    encode(e, &mut local);
     match local.bytes() {
         Some(b) => Box::from(b),
         None => {
             let mut out = Vec::new();
-            fields(e, &mut Spill { buf: &mut out });
+            encode(e, &mut Spill { buf: &mut out });
             out.into_boxed_slice()
         }
     }
+}
+
+/// The first two bytes of the plain form. The full form starts with the
+/// task id as a varint, which is never these: they would be a zero group
+/// after a continued one, and varints are written in their shortest form.
+const PLAIN: [u8; 2] = [0x80, 0x00];
+
+/// The events of a task that completed on its first attempt: type, status
+/// before and after, attempt. Their stage is 0 and they carry no extra.
+const PLAIN_EVENTS: [(EventType, Option<TaskStatus>, Option<TaskStatus>, u32); 4] = [
+    (EventType::Created, None, Some(TaskStatus::Pending), 0),
+    (
+        EventType::Claimed,
+        Some(TaskStatus::Pending),
+        Some(TaskStatus::Running),
+        1,
+    ),
+    (EventType::Started, None, None, 1),
+    (
+        EventType::Completed,
+        Some(TaskStatus::Running),
+        Some(TaskStatus::Completed),
+        1,
+    ),
+];
+
+fn encode(e: &TaskEntry, w: &mut impl Sink) {
+    if is_plain(e) {
+        plain(e, w);
+    } else {
+        fields(e, w);
+    }
+}
+
+/// Whether `e` (shrunk, see `slot::shrink`) is a top-level task that
+/// completed on its first attempt with nothing else happening: all of its
+/// fields but a few numbers, times and names are then known, and the plain
+/// form writes only those (about 20 values instead of 80).
+fn is_plain(e: &TaskEntry) -> bool {
+    let t = &e.task;
+    let task = t.kind == TaskKind::Async
+        && t.status == TaskStatus::Completed
+        && t.stage == 0
+        && t.result.is_some()
+        && t.error.is_none()
+        && t.cron.is_none()
+        && t.retry_count == 0
+        && t.start_time.is_some()
+        && t.worker.is_none()
+        && t.tag.is_none()
+        && t.parent_id.is_none()
+        && t.root_id.is_none()
+        && t.total_children == 0
+        && t.completed_children == 0
+        && t.context.is_none()
+        && t.requires.is_empty()
+        && t.dedup_key.is_none()
+        && t.on_failure == OnChildFailure::Deliver
+        && t.attempt == 1
+        && t.current_stage_name.is_none()
+        && t.progress_text.is_none()
+        && t.progress_percent.is_none()
+        && t.last_event_time.is_none()
+        && t.last_event_type.is_none()
+        && e.round.is_none()
+        && e.suspend_reason.is_none()
+        && e.interruptions == 0;
+    let events = e.events.len() == PLAIN_EVENTS.len()
+        && e.events
+            .iter()
+            .zip(PLAIN_EVENTS)
+            .all(|(ev, (ty, from, to, attempt))| {
+                ev.ty == ty
+                    && ev.from == from
+                    && ev.to == to
+                    && ev.attempt == attempt
+                    && ev.stage == 0
+                    && ev.extra.is_none()
+            });
+    let attempt = match &e.attempts[..] {
+        [a] => {
+            a.task_id == TaskId(0)
+                && a.number == 0
+                && a.ended_at.is_some()
+                && a.outcome == Some(AttemptOutcome::Completed)
+                && a.error.is_none()
+                && !a.timed_out
+        }
+        _ => false,
+    };
+    task && events && attempt
+}
+
+/// The plain form of an entry [`is_plain`] accepts.
+fn plain(e: &TaskEntry, w: &mut impl Sink) {
+    let t = &e.task;
+    w.raw(&PLAIN);
+    w.u64(t.id.0);
+    w.str(&t.name);
+    w.u64(zigzag(t.priority));
+    w.json(&t.payload);
+    w.json(t.result.as_ref().unwrap_or(&Value::Null));
+    w.u64(t.max_retries.into());
+    w.u64(t.timeout_ms);
+    w.u64(t.retry_interval_ms);
+    w.u64(t.next_run_time);
+    w.u64(t.start_time.unwrap_or(0));
+    w.u64(t.last_active_time);
+    for ev in &e.events {
+        w.u64(ev.time);
+        w.u64(ev.seq.into());
+    }
+    for a in &e.attempts {
+        w.str(&a.worker);
+        w.u64(a.started_at);
+        w.u64(a.ended_at.unwrap_or(0));
+    }
+}
+
+/// Reads the plain form (after its first two bytes), filling in what it leaves out.
+fn read_plain(r: &mut Reader<'_>) -> R<TaskEntry> {
+    let id = TaskId(r.u64()?);
+    let name = Arc::from(r.str()?);
+    let priority = unzigzag(r.u64()?)?;
+    let payload = r.json()?;
+    let result = Some(r.json()?);
+    let max_retries = r.u32()?;
+    let timeout_ms = r.u64()?;
+    let retry_interval_ms = r.u64()?;
+    let next_run_time = r.u64()?;
+    let start_time = Some(r.u64()?);
+    let last_active_time = r.u64()?;
+    let mut events = crate::engine::EventRows::with_capacity(PLAIN_EVENTS.len());
+    for (ty, from, to, attempt) in PLAIN_EVENTS {
+        events.push(EventRow {
+            time: r.u64()?,
+            seq: r.u32()?,
+            attempt,
+            stage: 0,
+            ty,
+            from,
+            to,
+            extra: None,
+        });
+    }
+    let mut attempts = crate::engine::Attempts::with_capacity(1);
+    attempts.push(Attempt {
+        task_id: TaskId(0),
+        number: 0,
+        worker: Arc::from(r.str()?),
+        started_at: r.u64()?,
+        ended_at: Some(r.u64()?),
+        outcome: Some(AttemptOutcome::Completed),
+        error: None,
+        timed_out: false,
+    });
+    let task = Task {
+        id,
+        name,
+        kind: TaskKind::Async,
+        status: TaskStatus::Completed,
+        stage: 0,
+        priority,
+        payload,
+        result,
+        error: None,
+        cron: None,
+        max_retries,
+        retry_count: 0,
+        timeout_ms,
+        retry_interval_ms,
+        next_run_time,
+        created_at: 0,
+        start_time,
+        last_active_time,
+        worker: None,
+        tag: None,
+        parent_id: None,
+        root_id: None,
+        total_children: 0,
+        completed_children: 0,
+        context: None,
+        requires: Vec::new(),
+        dedup_key: None,
+        on_failure: OnChildFailure::Deliver,
+        attempt: 1,
+        current_stage_name: None,
+        progress_text: None,
+        progress_percent: None,
+        last_event_time: None,
+        last_event_type: None,
+    };
+    if !r.0.is_empty() {
+        return Err(Bad);
+    }
+    Ok(TaskEntry {
+        task,
+        events,
+        attempts,
+        round: None,
+        suspend_reason: None,
+        interruptions: 0,
+    })
 }
 
 fn fields(e: &TaskEntry, w: &mut impl Sink) {
@@ -122,7 +325,10 @@ fn fields(e: &TaskEntry, w: &mut impl Sink) {
 
 /// Reads an entry written by [`to_box`]; `None` if the bytes are not one.
 pub(super) fn read(bytes: &[u8]) -> Option<TaskEntry> {
-    read_entry(&mut Reader(bytes)).ok()
+    match bytes.strip_prefix(&PLAIN) {
+        Some(rest) => read_plain(&mut Reader(rest)).ok(),
+        None => read_entry(&mut Reader(bytes)).ok(),
+    }
 }
 
 /// Malformed bytes.
@@ -683,6 +889,152 @@ mod tests {
             assert_eq!(&*to_box(&e), &out[..]);
             assert_eq!(read(&out), Some(e));
         }
+    }
+
+    /// A task that completed on its first attempt, as `shrink` leaves it.
+    fn plain_entry() -> TaskEntry {
+        let mut e = full();
+        let t = &mut e.task;
+        (t.kind, t.status, t.stage, t.retry_count, t.attempt) =
+            (TaskKind::Async, TaskStatus::Completed, 0, 0, 1);
+        (t.error, t.cron, t.tag, t.dedup_key) = (None, None, None, None);
+        (t.current_stage_name, t.progress_text) = (None, None);
+        (t.parent_id, t.root_id, t.worker, t.context) = (None, None, None, None);
+        (t.total_children, t.completed_children) = (0, 0);
+        (t.progress_percent, t.last_event_time, t.last_event_type) = (None, None, None);
+        t.requires.clear();
+        t.on_failure = OnChildFailure::Deliver;
+        e.events = PLAIN_EVENTS
+            .iter()
+            .enumerate()
+            .map(|(i, &(ty, from, to, attempt))| EventRow {
+                time: i as u64 * 300,
+                seq: 1000 + i as u32 * 7,
+                attempt,
+                stage: 0,
+                ty,
+                from,
+                to,
+                extra: None,
+            })
+            .collect();
+        e.attempts = [Attempt {
+            task_id: TaskId(0),
+            number: 0,
+            worker: "default-1".into(),
+            started_at: 300,
+            ended_at: Some(900),
+            outcome: Some(AttemptOutcome::Completed),
+            error: None,
+            timed_out: false,
+        }]
+        .into_iter()
+        .collect();
+        (e.round, e.suspend_reason, e.interruptions) = (None, None, 0);
+        e
+    }
+
+    #[test]
+    fn a_plain_entry_takes_the_short_form_and_reads_back() {
+        let e = plain_entry();
+        assert!(is_plain(&e));
+        let mut out = Vec::new();
+        write(&e, &mut out);
+        assert!(out.starts_with(&PLAIN));
+        let mut long = Vec::new();
+        fields(&e, &mut Spill { buf: &mut long });
+        assert!(out.len() < long.len(), "{} vs {}", out.len(), long.len());
+        assert_eq!(&*to_box(&e), &out[..]);
+        assert_eq!(read(&out), Some(e.clone()));
+        // The full form of the same entry still reads (snapshots of version 2).
+        assert_eq!(read(&long), Some(e));
+        // A full form whose id is 0 starts with a zero byte, not the marker.
+        let mut zero = full();
+        zero.task.id = TaskId(0);
+        let mut out = Vec::new();
+        write(&zero, &mut out);
+        assert!(!out.starts_with(&PLAIN));
+        assert_eq!(read(&out), Some(zero));
+    }
+
+    /// Each thing the plain form leaves out, changed alone, sends the entry
+    /// to the full form, which keeps it.
+    #[test]
+    fn an_entry_unlike_the_plain_one_in_any_way_keeps_every_field() {
+        type Change = fn(&mut TaskEntry);
+        let changes: Vec<Change> = vec![
+            |e| e.task.kind = TaskKind::Cron,
+            |e| e.task.status = TaskStatus::PermanentlyFailed,
+            |e| e.task.stage = 1,
+            |e| e.task.result = None,
+            |e| e.task.error = Some("e".into()),
+            |e| e.task.cron = Some("* * * * *".into()),
+            |e| e.task.retry_count = 1,
+            |e| e.task.start_time = None,
+            |e| e.task.worker = Some("w".into()),
+            |e| e.task.tag = Some("t".into()),
+            |e| e.task.parent_id = Some(TaskId(3)),
+            |e| e.task.root_id = Some(TaskId(3)),
+            |e| e.task.total_children = 1,
+            |e| e.task.completed_children = 1,
+            |e| e.task.context = Some(vec![1]),
+            |e| e.task.requires = vec!["gpu".into()],
+            |e| e.task.dedup_key = Some("k".into()),
+            |e| e.task.on_failure = OnChildFailure::FailParent,
+            |e| e.task.attempt = 2,
+            |e| e.task.current_stage_name = Some("s".into()),
+            |e| e.task.progress_text = Some("p".into()),
+            |e| e.task.progress_percent = Some(5),
+            |e| e.task.last_event_time = Some(1),
+            |e| e.task.last_event_type = Some(EventType::Completed),
+            |e| e.round = Some(Box::new(Round::new(vec![TaskId(5)]))),
+            |e| e.suspend_reason = Some("r".into()),
+            |e| e.interruptions = 1,
+            |e| {
+                e.events.pop();
+            },
+            |e| e.events[1].ty = EventType::Started,
+            |e| e.events[0].from = Some(TaskStatus::Pending),
+            |e| e.events[2].to = Some(TaskStatus::Running),
+            |e| e.events[3].attempt = 2,
+            |e| e.events[2].stage = 1,
+            |e| {
+                e.events[0].extra = Some(Box::new(EventExtra {
+                    message: Some("m".into()),
+                    metadata: Value::Null,
+                }))
+            },
+            |e| e.attempts[0].task_id = TaskId(9),
+            |e| e.attempts[0].number = 4,
+            |e| e.attempts[0].ended_at = None,
+            |e| e.attempts[0].outcome = Some(AttemptOutcome::Failed),
+            |e| e.attempts[0].error = Some("x".into()),
+            |e| e.attempts[0].timed_out = true,
+            |e| {
+                let a = e.attempts[0].clone();
+                e.attempts.push(a);
+            },
+        ];
+        for (i, change) in changes.into_iter().enumerate() {
+            let mut e = plain_entry();
+            change(&mut e);
+            assert!(!is_plain(&e), "change {i}");
+            let mut out = Vec::new();
+            write(&e, &mut out);
+            assert!(!out.starts_with(&PLAIN), "change {i}");
+            assert_eq!(read(&out), Some(e), "change {i}");
+        }
+    }
+
+    #[test]
+    fn cut_or_extended_plain_bytes_are_refused() {
+        let mut out = Vec::new();
+        write(&plain_entry(), &mut out);
+        for cut in 0..out.len() {
+            assert_eq!(read(&out[..cut]), None, "cut at {cut} of {}", out.len());
+        }
+        out.push(0);
+        assert_eq!(read(&out), None, "a trailing byte");
     }
 
     #[test]
