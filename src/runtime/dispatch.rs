@@ -536,6 +536,12 @@ impl Dispatcher {
         }
         self.set_listed(w, true);
         pool.idle_count.store(idle.len(), Ordering::Release);
+        drop(idle);
+        // Pairs with the fence in `push_to` (Dekker's pattern): either the
+        // producer sees this worker idle, or the re-scan that follows sees
+        // its entry. (The skip list's epoch pin used to give this fence by
+        // the way; a look at the lane takes none.)
+        fence(Ordering::SeqCst);
     }
 
     /// Worker `w` found work after declaring itself idle: it leaves the idle stack,

@@ -287,7 +287,12 @@ impl ReadySet {
     /// The best entry.
     pub(crate) fn front(&self) -> Option<ReadyEntry<'_>> {
         let lane = self.lane.front();
-        let set = self.set.front();
+        // `is_empty` reads a count; `front` pins the epoch even when empty.
+        let set = if self.set.is_empty() {
+            None
+        } else {
+            self.set.front()
+        };
         match (lane, set) {
             (Some(l), Some(s)) if s.value() < l.value() => Some(ReadyEntry::Set(s)),
             (Some(l), _) => Some(ReadyEntry::Lane(l)),
