@@ -94,6 +94,19 @@ pub struct TaskEntry {
 }
 
 impl TaskEntry {
+    /// An entry with this task, history and attempts, and no child round,
+    /// suspension reason or interruption.
+    pub(crate) fn new(task: Task, events: EventRows, attempts: Attempts) -> TaskEntry {
+        TaskEntry {
+            task,
+            events,
+            attempts,
+            round: None,
+            suspend_reason: None,
+            interruptions: 0,
+        }
+    }
+
     /// The task's events in full.
     pub fn event_list(&self) -> Vec<Event> {
         (0..self.events.len())

@@ -375,24 +375,14 @@ pub(super) fn new_entry(
             );
             events.clear();
             attempts.clear();
-            *b = TaskEntry {
-                task,
-                events,
-                attempts,
-                round: None,
-                suspend_reason: None,
-                interruptions: 0,
-            };
+            *b = TaskEntry::new(task, events, attempts);
             b
         }
-        None => Box::new(TaskEntry {
+        None => Box::new(TaskEntry::new(
             task,
-            events: super::EventRows::new(),
-            attempts: super::Attempts::new(),
-            round: None,
-            suspend_reason: None,
-            interruptions: 0,
-        }),
+            super::EventRows::new(),
+            super::Attempts::new(),
+        )),
     };
     emit(
         &mut entry,
