@@ -30,6 +30,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+/// The order of queued tasks: priority (higher first), ready time, then id.
+pub(crate) type ReadyKey = (std::cmp::Reverse<i32>, u64, TaskId);
+
 /// A queued task: ordered by priority (higher first), ready time, then id.
 #[derive(Debug, Clone)]
 pub(crate) struct ReadyItem {
@@ -40,7 +43,8 @@ pub(crate) struct ReadyItem {
 }
 
 impl ReadyItem {
-    fn key(&self) -> (std::cmp::Reverse<i32>, u64, TaskId) {
+    /// What entries are ordered by.
+    pub(crate) fn key(&self) -> ReadyKey {
         (std::cmp::Reverse(self.priority), self.ready_at, self.id)
     }
 

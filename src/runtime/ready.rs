@@ -17,7 +17,7 @@
 //! under a try-lock: one that finds it held does not wait but inserts into the
 //! skip list, so no thread ever blocks on the lane. Consumers take no lock.
 
-use super::dispatch::ReadyItem;
+use super::dispatch::{ReadyItem, ReadyKey};
 use arc_swap::{ArcSwap, Guard};
 use crossbeam_skiplist::{set, SkipSet};
 use parking_lot::Mutex;
@@ -26,13 +26,6 @@ use std::sync::{Arc, OnceLock};
 
 /// Slots per lane block: one allocation per this many in-order entries.
 const BLOCK: usize = 64;
-
-/// The ordering key of an entry (see [`ReadyItem`]'s `Ord`).
-type Key = (std::cmp::Reverse<i32>, u64, crate::codec::TaskId);
-
-fn key(item: &ReadyItem) -> Key {
-    (std::cmp::Reverse(item.priority), item.ready_at, item.id)
-}
 
 #[derive(Default)]
 struct Slot {
@@ -81,7 +74,7 @@ struct Tail {
     /// Slots of `block` written.
     len: usize,
     /// The key last appended.
-    last: Option<Key>,
+    last: Option<ReadyKey>,
 }
 
 /// The in-order part of a ready set.
@@ -144,7 +137,7 @@ impl Lane {
         let Some(mut tail) = self.tail.try_lock() else {
             return Err(item);
         };
-        let k = key(&item);
+        let k = item.key();
         // Behind the last entry, it may still go in when every entry is
         // taken: one entry alone is in order.
         if tail.last.is_some_and(|last| k < last) && self.front().is_some() {
