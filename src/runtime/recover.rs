@@ -450,3 +450,60 @@ fn decode_snapshot(bytes: &[u8]) -> Result<Decoded> {
         None => Err(Error::Recovery("snapshot is empty".into())),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::engine::{EventType, Shard};
+
+    /// A snapshot written by the last build that wrote version 2 (every
+    /// frozen task in the full form; `tests/fixtures/snapshot-v2/README.md`)
+    /// still loads, and its finished tasks decode with their history.
+    #[test]
+    fn a_version_2_snapshot_still_loads() {
+        let file = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/snapshot-v2/three-tasks.snap"),
+        )
+        .unwrap();
+        let (_, _, body) = crate::log::snapshot::decode_snapshot(&file).unwrap();
+        assert_eq!(body[0], 2, "the fixture is a version 2 snapshot");
+        let (_, images, entries) = decode_snapshot(body).unwrap();
+        assert!(entries.is_empty());
+        let mut shard = Shard::new();
+        for image in images {
+            let (strays, _) = shard.load_image(image, |_| true, |_| {});
+            assert!(strays.is_empty());
+        }
+        let task = |id| shard.get(TaskId(id)).unwrap().into_owned();
+
+        let a = task(17);
+        assert_eq!(&*a.task.name, "ok");
+        assert_eq!(a.task.status, TaskStatus::Completed);
+        assert_eq!(a.task.payload, serde_json::json!({"n": 1}));
+        assert_eq!(a.task.result, Some(serde_json::json!({"echo": {"n": 1}})));
+        let types: Vec<_> = a.events.iter().map(|e| e.ty).collect();
+        assert_eq!(
+            types,
+            [
+                EventType::Created,
+                EventType::Claimed,
+                EventType::Started,
+                EventType::Completed
+            ]
+        );
+        assert_eq!(a.attempts.len(), 1);
+        assert_eq!(a.attempts[0].task_id, TaskId(17));
+        assert_eq!(a.task.worker.as_deref(), Some(&*a.attempts[0].worker));
+
+        let b = task(34);
+        assert_eq!(b.task.tag.as_deref(), Some("t1"));
+        assert_eq!(b.task.priority, 5);
+        assert_eq!(b.task.status, TaskStatus::Completed);
+
+        let c = task(51);
+        assert_eq!(c.task.status, TaskStatus::PermanentlyFailed);
+        assert_eq!(c.task.error.as_deref(), Some("boom"));
+    }
+}
