@@ -122,9 +122,14 @@ impl Core {
         if !crate::codec::json_depth_ok(&payload) {
             return Err(Error::InvalidOption(crate::codec::too_deep("the payload")));
         }
-        let mut requires = reg.options.requires.clone();
-        requires.extend(o.requires);
-        let requires = normalize_tags(requires)?;
+        // Most tasks require nothing: no clone, sort or check to make.
+        let requires = if o.requires.is_empty() && reg.options.requires.is_empty() {
+            Vec::new()
+        } else {
+            let mut requires = reg.options.requires.clone();
+            requires.extend(o.requires);
+            normalize_tags(requires)?
+        };
         let d = &self.config.defaults;
         let pool_attempts = self.pool_max_attempts(&requires);
         let (kind, next_run_ms) = match &o.cron {
