@@ -147,7 +147,7 @@ impl Probe {
         let mut left = n;
         while left > 0 {
             let k = left.min(1000);
-            let batch = (0..k).map(|_| ("noop".to_owned(), Value::Null, SubmitOptions::new()));
+            let batch = (0..k).map(|_| ("noop", Value::Null, SubmitOptions::new()));
             self.mgr.submit_batch(batch).expect("submit batch");
             left -= k;
         }

@@ -183,13 +183,9 @@ fn fibflow_round(workers: usize) -> Result<f64, Box<dyn std::error::Error>> {
     let mut from = 0;
     while from < TASKS_PER_ROUND {
         let to = (from + BATCH).min(TASKS_PER_ROUND);
-        mgr.submit_batch((from..to).map(|_| {
-            (
-                "bench.noop".to_owned(),
-                Value::Null,
-                fibflow::SubmitOptions::new(),
-            )
-        }))?;
+        mgr.submit_batch(
+            (from..to).map(|_| ("bench.noop", Value::Null, fibflow::SubmitOptions::new())),
+        )?;
         from = to;
     }
     // Every handler ran and no attempt holds a slot, so every completion is

@@ -155,11 +155,11 @@ pub(crate) fn register(mgr: &TaskManager) -> fibflow::Result<()> {
 }
 
 /// Tasks `from..to` of the pipeline, with their handlers and dedup keys `demo-<i>`.
-pub(crate) fn batch(from: u64, to: u64, seed: u64) -> Vec<(String, Value, SubmitOptions)> {
+pub(crate) fn batch(from: u64, to: u64, seed: u64) -> Vec<(&'static str, Value, SubmitOptions)> {
     (from..to)
         .map(|i| {
             let o = SubmitOptions::new().dedup_key(format!("demo-{i}"));
-            (Kind::of(i, seed).handler().to_owned(), json!({ "i": i }), o)
+            (Kind::of(i, seed).handler(), json!({ "i": i }), o)
         })
         .collect()
 }
