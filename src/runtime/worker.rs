@@ -24,6 +24,15 @@ const SCAN_LIMIT: usize = 256;
 /// A worker's handle on its core (see [`ContextInner::core`]).
 type Handle = Arc<std::sync::Weak<Core>>;
 
+/// What one worker thread keeps between its tasks.
+struct Mine {
+    core: Handle,
+    /// The context of this worker's last attempt, reused for its next one
+    /// when nothing else holds it (a handler may keep a clone): a no-op task
+    /// then costs no allocation and no free for its context.
+    spare: std::cell::Cell<Option<Arc<ContextInner>>>,
+}
+
 /// A claimed task, ready to run.
 pub(crate) struct Job {
     ctx: TaskContext,
@@ -36,7 +45,10 @@ pub(crate) struct Job {
 pub(crate) fn worker_main(core: &Arc<Core>, w: usize, parker: &Parker) {
     let pool = core.workers[w].pool;
     // This worker's handle on the core, shared by the contexts it makes.
-    let me = Arc::new(Arc::downgrade(core));
+    let me = Mine {
+        core: Arc::new(Arc::downgrade(core)),
+        spare: std::cell::Cell::new(None),
+    };
     while !core.stopping.load(Ordering::Acquire) {
         let job = match core
             .try_take(w, &me)
@@ -51,6 +63,9 @@ pub(crate) fn worker_main(core: &Arc<Core>, w: usize, parker: &Parker) {
                         job
                     }
                     None => {
+                        // An idle worker keeps nothing of its last task alive
+                        // (its payload, or a registration since replaced).
+                        drop(me.spare.take());
                         parker.park();
                         core.dispatch.woke(pool, w);
                         continue;
@@ -59,7 +74,7 @@ pub(crate) fn worker_main(core: &Arc<Core>, w: usize, parker: &Parker) {
             }
         };
         core.dispatch.wake_if_more(pool);
-        core.run_job(w, job);
+        me.spare.set(core.run_job(w, job));
     }
     core.drop_handed(w);
 }
@@ -67,7 +82,7 @@ pub(crate) fn worker_main(core: &Arc<Core>, w: usize, parker: &Parker) {
 impl Core {
     /// Spins briefly before parking: a futex sleep and wake costs several
     /// microseconds, more than a short burst of polling when work keeps coming.
-    fn spin_for_work(&self, w: usize, pool: usize, me: &Handle) -> Option<Job> {
+    fn spin_for_work(&self, w: usize, pool: usize, me: &Mine) -> Option<Job> {
         self.dispatch.start_searching(pool);
         let backoff = crossbeam::utils::Backoff::new();
         let mut found = None;
@@ -80,7 +95,7 @@ impl Core {
     }
 
     /// Takes the best task this worker may run, with its slots, and claims it.
-    fn try_take(&self, w: usize, me: &Handle) -> Option<Job> {
+    fn try_take(&self, w: usize, me: &Mine) -> Option<Job> {
         let pool = &self.dispatch.pools[self.workers[w].pool];
         for _ in 0..64 {
             // A slot and a task another worker handed this one come first.
@@ -192,7 +207,7 @@ impl Core {
     }
 
     /// Claims what another worker handed this one (see [`Core::hand_off`]).
-    fn take_handed(&self, w: usize, me: &Handle) -> Option<Job> {
+    fn take_handed(&self, w: usize, me: &Mine) -> Option<Job> {
         let h = self.global.take_handed(w)?;
         match self.claim(w, h.place, h.reg, me, h.pauses) {
             Ok(job) => Some(job),
@@ -430,7 +445,7 @@ impl Core {
         w: usize,
         place: Place,
         reg: Arc<Registered>,
-        me: &Handle,
+        me: &Mine,
         pauses: u64,
     ) -> std::result::Result<Job, Arc<Registered>> {
         let id = place.id;
@@ -493,7 +508,7 @@ impl Core {
         }
     }
 
-    fn job(e: &TaskEntry, reg: Arc<Registered>, worker: Arc<str>, base: u64, me: &Handle) -> Job {
+    fn job(e: &TaskEntry, reg: Arc<Registered>, worker: Arc<str>, base: u64, me: &Mine) -> Job {
         let t = &e.task;
         let deadline = if t.timeout_ms == 0 {
             u64::MAX
@@ -506,7 +521,7 @@ impl Core {
             .map_or(0, super::clock::ceil_ms);
         let ctl = AttemptCtl::new(t.id, t.attempt, deadline, hb, base);
         let inner = ContextInner {
-            core: Arc::clone(me),
+            core: Arc::clone(&me.core),
             ctl,
             reg,
             payload: t.payload.clone(),
@@ -518,18 +533,27 @@ impl Core {
             parent_id: t.parent_id,
             root_id: t.root_id,
         };
-        Job {
-            ctx: TaskContext {
-                inner: Arc::new(inner),
+        let inner = match me.spare.take() {
+            Some(mut spare) => match Arc::get_mut(&mut spare) {
+                Some(ctx) => {
+                    *ctx = inner;
+                    spare
+                }
+                None => Arc::new(inner),
             },
+            None => Arc::new(inner),
+        };
+        Job {
+            ctx: TaskContext { inner },
             kind: t.kind,
             cron: t.cron.clone(),
             next_run_time: t.next_run_time,
         }
     }
 
-    /// Runs the handler of a claimed task and records its outcome.
-    fn run_job(self: &Arc<Self>, w: usize, job: Job) {
+    /// Runs the handler of a claimed task and records its outcome. Returns
+    /// the attempt's context for the worker's next attempt to reuse.
+    fn run_job(self: &Arc<Self>, w: usize, job: Job) -> Option<Arc<ContextInner>> {
         let inner = job.ctx.inner.clone();
         self.timer.set_slot(w, Some(inner.clone()));
         let result = self.call(&job);
@@ -546,6 +570,8 @@ impl Core {
         if inner.ctl.take_slot() {
             self.give_back(&inner.reg, None);
         }
+        drop(job);
+        Some(inner)
     }
 
     fn call(&self, job: &Job) -> HandlerResult {
