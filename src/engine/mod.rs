@@ -16,7 +16,7 @@ pub mod task;
 mod transition;
 pub mod workflow;
 
-use crate::codec::{ChildOutcome, TaskId, UnixMs};
+use crate::codec::{ChildOutcome, NewTask, TaskId, UnixMs};
 use serde::{Deserialize, Serialize};
 use slot::Slot;
 use std::borrow::Cow;
@@ -559,28 +559,7 @@ impl Shard {
         use crate::codec::Record;
         let id = record.task_id();
         match record {
-            Record::Submit(new) => {
-                // The record itself is kept until the task's next record
-                // (`Slot::Submitted`): its box is already allocated, on the
-                // submitter's thread, while a full entry built here would be
-                // cold by the time a worker claims the task. The claim builds
-                // it, usually in a box a task that just finished left warm.
-                let std::collections::hash_map::Entry::Vacant(slot) = self.tasks.entry(id) else {
-                    return Err(TransitionError::Duplicate(id));
-                };
-                transition::check_submit(&new)?;
-                let ready_at = new.next_run_ms;
-                self.index.add_ids(id, new.tag.clone(), new.root_id);
-                self.counts[TaskStatus::Pending as usize] += 1;
-                slot.insert(Slot::Submitted(new, self.event_seq));
-                // The `created` event's number, as building the entry stamps it.
-                self.event_seq = self.event_seq.wrapping_add(1);
-                self.unbuilt += 1;
-                Ok(Applied {
-                    ready_at: Some(ready_at),
-                    ..Applied::default()
-                })
-            }
+            Record::Submit(new) => self.submit(new, !self.spare.is_empty()),
             Record::Delete { .. } => {
                 let before = self.status(id);
                 let applied = transition::apply(
@@ -635,14 +614,53 @@ impl Shard {
     }
 
     /// Applies one record read back from the log: the same transition as
-    /// live operation makes ([`Shard::apply`]), which keeps a submitted task as
-    /// its decoded record until its next record comes ([`Slot::Submitted`]). In a
-    /// log written with a backlog, the claims come long after the submits; built
-    /// at submit, each entry is cold by then, and building it at the claim
-    /// writes it once, into a box a task that just finished left warm.
+    /// [`Shard::apply`], except that a submitted task always stays as its
+    /// decoded record until its next record comes ([`Slot::Submitted`]). In a
+    /// log written with a backlog, the claims come long after the submits;
+    /// built at submit, each entry is cold by then, and building it at the
+    /// claim writes it once, into a box a task that just finished left warm.
     /// On error the shard's state is unchanged.
     pub fn replay(&mut self, record: crate::codec::Record) -> Result<(), TransitionError> {
-        self.apply(record).map(drop)
+        match record {
+            crate::codec::Record::Submit(new) => self.submit(new, false).map(drop),
+            other => self.apply(other).map(drop),
+        }
+    }
+
+    /// Creates a task from its submit record. Built now (`build`), its entry
+    /// takes a spare box; otherwise the record itself is kept until the task's
+    /// next record ([`Slot::Submitted`]), which builds it.
+    ///
+    /// Live operation builds at once when a spare box is at hand: a task
+    /// submitted to idle workers is claimed at once, and the submitter, which
+    /// allocated the record's box, then frees it on its own thread, where the
+    /// allocator reuses it for the next submit. Without a spare (a backlog:
+    /// the submitter is ahead of the workers) the record is kept: the
+    /// submitter allocates nothing more, and the entry is built by the claim,
+    /// in the box a task that just finished left warm, rather than built here
+    /// and gone cold by then.
+    fn submit(&mut self, new: Box<NewTask>, build: bool) -> Result<Applied, TransitionError> {
+        let id = new.id;
+        let std::collections::hash_map::Entry::Vacant(slot) = self.tasks.entry(id) else {
+            return Err(TransitionError::Duplicate(id));
+        };
+        transition::check_submit(&new)?;
+        let ready_at = new.next_run_ms;
+        self.index.add_ids(id, new.tag.clone(), new.root_id);
+        self.counts[TaskStatus::Pending as usize] += 1;
+        let mut task = Slot::Submitted(new, self.event_seq);
+        // The `created` event's number, as building the entry stamps it.
+        self.event_seq = self.event_seq.wrapping_add(1);
+        if build {
+            task.build(&mut self.spare);
+        } else {
+            self.unbuilt += 1;
+        }
+        slot.insert(task);
+        Ok(Applied {
+            ready_at: Some(ready_at),
+            ..Applied::default()
+        })
     }
 
     /// Builds the entries of every task still held as its submit record, so
