@@ -16,7 +16,7 @@ pub mod task;
 mod transition;
 pub mod workflow;
 
-use crate::codec::{ChildOutcome, NewTask, TaskId, UnixMs};
+use crate::codec::{ChildOutcome, TaskId, UnixMs};
 use serde::{Deserialize, Serialize};
 use slot::Slot;
 use std::borrow::Cow;
@@ -272,8 +272,7 @@ pub struct Shard {
     spare: Vec<Box<TaskEntry>>,
     /// The next event sequence number of this shard (see `EventRow::seq`).
     event_seq: u32,
-    /// At least the number of tasks held as their submit records
-    /// ([`Slot::Submitted`]); 0 means there are none.
+    /// Tasks [`Shard::replay`] left as their submit records.
     unbuilt: usize,
 }
 
@@ -349,10 +348,8 @@ pub struct ShardImageRef<'a> {
 struct SlotSeq<'a>(&'a IdMap<Slot>);
 
 impl Serialize for SlotSeq<'_> {
-    /// A task still held as its submit record is written as the entry it
-    /// creates (a snapshot holds live and frozen tasks only).
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|(id, slot)| (id, slot.stored())))
+        s.collect_seq(self.0.iter())
     }
 }
 
@@ -362,22 +359,6 @@ pub struct ShardImage {
     tasks: Vec<(TaskId, Slot)>,
     index: Index,
     event_seq: u32,
-}
-
-/// What queuing a pending task reads: the same from a live entry and from a
-/// submit record not yet built into one ([`Shard::ready_fields`]).
-#[derive(Clone, Copy, Debug)]
-pub struct ReadyFields<'a> {
-    /// The handler name.
-    pub name: &'a std::sync::Arc<str>,
-    /// Higher runs first.
-    pub priority: i32,
-    /// When the task is eligible to run.
-    pub next_run_time: UnixMs,
-    /// When the task was created.
-    pub created_at: UnixMs,
-    /// Capability tags a worker must have.
-    pub requires: &'a [String],
 }
 
 /// A task in a scan: its id, status and creation time without decoding, the
@@ -429,10 +410,8 @@ impl Shard {
         self.tasks.get(&id).and_then(Slot::entry)
     }
 
-    /// The entry of a task that is not finished (`None` for a finished one,
-    /// and for a pending one still held as its submit record: call
-    /// [`Shard::build`] first where that matters): for the paths that act on
-    /// pending, running or waiting tasks.
+    /// The entry of a task that is not finished (`None` for a finished one):
+    /// for the paths that act on pending, running or waiting tasks.
     pub fn live(&self, id: TaskId) -> Option<&TaskEntry> {
         self.tasks.get(&id).and_then(Slot::live)
     }
@@ -451,9 +430,7 @@ impl Shard {
 
     /// Every task that is not finished (finished ones are never pending,
     /// running or suspended, so recovery and catch-up look only here).
-    /// Builds the entries of tasks still held as their submit records first.
-    pub fn live_entries(&mut self) -> impl Iterator<Item = &TaskEntry> {
-        self.end_replay();
+    pub fn live_entries(&self) -> impl Iterator<Item = &TaskEntry> {
         self.tasks.values().filter_map(Slot::live)
     }
 
@@ -559,7 +536,20 @@ impl Shard {
         use crate::codec::Record;
         let id = record.task_id();
         match record {
-            Record::Submit(new) => self.submit(new, !self.spare.is_empty()),
+            Record::Submit(ref new) => {
+                // Indexed fields are taken from the record, so the new task is
+                // not looked up again after it is inserted.
+                let (tag, root) = (new.tag.clone(), new.root_id);
+                let applied = transition::apply(
+                    &mut self.tasks,
+                    &mut self.spare,
+                    &mut self.event_seq,
+                    record,
+                )?;
+                self.counts[TaskStatus::Pending as usize] += 1;
+                self.index.add_ids(id, tag, root);
+                Ok(applied)
+            }
             Record::Delete { .. } => {
                 let before = self.status(id);
                 let applied = transition::apply(
@@ -583,7 +573,6 @@ impl Shard {
                     .get_mut(&id)
                     .ok_or(TransitionError::NotFound(id))?;
                 let before = slot.status();
-                slot.build(&mut self.spare);
                 let result = match slot.live_mut() {
                     Some(e) => {
                         let from = e.events.len();
@@ -614,57 +603,42 @@ impl Shard {
     }
 
     /// Applies one record read back from the log: the same transition as
-    /// [`Shard::apply`], except that a submitted task always stays as its
-    /// decoded record until its next record comes ([`Slot::Submitted`]). In a
-    /// log written with a backlog, the claims come long after the submits;
-    /// built at submit, each entry is cold by then, and building it at the
-    /// claim writes it once, into a box a task that just finished left warm.
-    /// On error the shard's state is unchanged.
+    /// [`Shard::apply`], except that a submitted task stays as its decoded
+    /// record until its next record comes ([`Slot::Submitted`]). In a log
+    /// written with a backlog, the claims come long after the submits; built
+    /// at submit, each entry is cold by then, and building it at the claim
+    /// writes it once, into a box a task that just finished left warm.
+    /// Call [`Shard::end_replay`] when the replay is over. On error the
+    /// shard's state is unchanged.
     pub fn replay(&mut self, record: crate::codec::Record) -> Result<(), TransitionError> {
+        use crate::codec::Record;
+        let id = record.task_id();
         match record {
-            crate::codec::Record::Submit(new) => self.submit(new, false).map(drop),
-            other => self.apply(other).map(drop),
+            Record::Submit(new) => {
+                let std::collections::hash_map::Entry::Vacant(slot) = self.tasks.entry(id) else {
+                    return Err(TransitionError::Duplicate(id));
+                };
+                transition::check_submit(&new)?;
+                self.index.add_ids(id, new.tag.clone(), new.root_id);
+                self.counts[TaskStatus::Pending as usize] += 1;
+                slot.insert(Slot::Submitted(new, self.event_seq));
+                // The `created` event's number, as `apply` would stamp it.
+                self.event_seq = self.event_seq.wrapping_add(1);
+                self.unbuilt += 1;
+                Ok(())
+            }
+            other => {
+                if let Some(slot @ Slot::Submitted(..)) = self.tasks.get_mut(&id) {
+                    slot.build(&mut self.spare);
+                    self.unbuilt -= 1;
+                }
+                self.apply(other).map(drop)
+            }
         }
     }
 
-    /// Creates a task from its submit record. Built now (`build`), its entry
-    /// takes a spare box; otherwise the record itself is kept until the task's
-    /// next record ([`Slot::Submitted`]), which builds it.
-    ///
-    /// Live operation builds at once when a spare box is at hand: a task
-    /// submitted to idle workers is claimed at once, and the submitter, which
-    /// allocated the record's box, then frees it on its own thread, where the
-    /// allocator reuses it for the next submit. Without a spare (a backlog:
-    /// the submitter is ahead of the workers) the record is kept: the
-    /// submitter allocates nothing more, and the entry is built by the claim,
-    /// in the box a task that just finished left warm, rather than built here
-    /// and gone cold by then.
-    fn submit(&mut self, new: Box<NewTask>, build: bool) -> Result<Applied, TransitionError> {
-        let id = new.id;
-        let std::collections::hash_map::Entry::Vacant(slot) = self.tasks.entry(id) else {
-            return Err(TransitionError::Duplicate(id));
-        };
-        transition::check_submit(&new)?;
-        let ready_at = new.next_run_ms;
-        self.index.add_ids(id, new.tag.clone(), new.root_id);
-        self.counts[TaskStatus::Pending as usize] += 1;
-        let mut task = Slot::Submitted(new, self.event_seq);
-        // The `created` event's number, as building the entry stamps it.
-        self.event_seq = self.event_seq.wrapping_add(1);
-        if build {
-            task.build(&mut self.spare);
-        } else {
-            self.unbuilt += 1;
-        }
-        slot.insert(task);
-        Ok(Applied {
-            ready_at: Some(ready_at),
-            ..Applied::default()
-        })
-    }
-
-    /// Builds the entries of every task still held as its submit record, so
-    /// that a scan of live entries ([`Shard::live_entries`]) sees them all.
+    /// Builds the entries of the tasks a replay left as submit records, so
+    /// that every other method sees only live and frozen tasks.
     pub fn end_replay(&mut self) {
         if self.unbuilt == 0 {
             return;
@@ -673,20 +647,6 @@ impl Shard {
             slot.build(&mut self.spare);
         }
         self.unbuilt = 0;
-    }
-
-    /// Builds the entry of task `id` if it is still held as its submit
-    /// record, so that [`Shard::live`] returns it.
-    pub fn build(&mut self, id: TaskId) {
-        if let Some(slot) = self.tasks.get_mut(&id) {
-            slot.build(&mut self.spare);
-        }
-    }
-
-    /// What queuing a pending task reads (see [`ReadyFields`]), from its entry
-    /// or its submit record; `None` for a finished or unknown task.
-    pub fn ready_fields(&self, id: TaskId) -> Option<ReadyFields<'_>> {
-        self.tasks.get(&id).and_then(Slot::ready_fields)
     }
 
     /// Freezes the task if it is finished and still live, keeping its box for the

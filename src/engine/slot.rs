@@ -26,19 +26,19 @@ use std::borrow::Cow;
 mod pack;
 
 /// A task in the table: live (mutable structs) or frozen (encoded bytes), or
-/// as its submit record, until its next record.
+/// during a replay only, as its submit record.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum Slot {
     /// Pending, running, waiting or paused: the structs, changed in place.
     Live(Box<TaskEntry>),
     /// Finished: encoded, with what scans read beside the bytes.
     Frozen(Frozen),
-    /// A task created by its submit record and not yet changed by another:
-    /// the record and the sequence number of its `created` event. The entry
-    /// is built when the next record of the task comes (see `Shard::apply`),
-    /// so a long backlog does not write out a full entry per submit, all of
-    /// them gone cold by the claim, and the submitter allocates nothing more
-    /// than the record's box. A snapshot stores it built (`Slot::stored`).
+    /// A task replayed from its submit record and not yet changed by another:
+    /// the decoded record and the sequence number of its `created` event.
+    /// Replay builds the entry when the next record of the task comes (see
+    /// `Shard::replay`), so a log with a long backlog does not write out a
+    /// full entry per submit, all of them gone cold by the claim. Exists only
+    /// between `Shard::replay` and `Shard::end_replay`, so never in a snapshot.
     #[serde(skip)]
     Submitted(Box<NewTask>, u32),
 }
@@ -112,42 +112,15 @@ impl Slot {
         }
     }
 
-    /// The live entry, if built and not frozen.
+    /// The live entry, if not frozen.
     pub(crate) fn live(&self) -> Option<&TaskEntry> {
         match self {
             Slot::Live(e) => Some(e),
-            Slot::Frozen(_) | Slot::Submitted(..) => None,
-        }
-    }
-
-    /// What queuing the task reads, unless it is frozen.
-    pub(crate) fn ready_fields(&self) -> Option<super::ReadyFields<'_>> {
-        match self {
-            Slot::Live(e) => Some(super::ReadyFields {
-                name: &e.task.name,
-                priority: e.task.priority,
-                next_run_time: e.task.next_run_time,
-                created_at: e.task.created_at,
-                requires: &e.task.requires,
-            }),
-            Slot::Submitted(new, _) => Some(super::ReadyFields {
-                name: &new.name,
-                priority: new.priority,
-                next_run_time: new.next_run_ms,
-                created_at: new.created_ms,
-                requires: &new.requires,
-            }),
             Slot::Frozen(_) => None,
-        }
-    }
-
-    /// The slot as a snapshot stores it: a submit record as the entry it creates.
-    pub(crate) fn stored(&self) -> Cow<'_, Slot> {
-        match self {
-            Slot::Submitted(new, seq) => {
-                Cow::Owned(Slot::Live(Box::new(submitted_entry(new, *seq))))
+            Slot::Submitted(..) => {
+                debug_assert!(false, "a replay left a task unbuilt");
+                None
             }
-            Slot::Live(_) | Slot::Frozen(_) => Cow::Borrowed(self),
         }
     }
 

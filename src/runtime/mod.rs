@@ -461,7 +461,7 @@ impl Core {
 
     /// Queues a pending task now, or hands it to the timer until `at`.
     pub(crate) fn make_ready(&self, shard: &Shard, id: TaskId, at: UnixMs) {
-        let Some(t) = shard.ready_fields(id) else {
+        let Some(e) = shard.live(id) else {
             if at > self.now() {
                 self.timer.schedule(at, id);
             }
@@ -471,17 +471,18 @@ impl Core {
         // one reading taken when it was submitted) needs no clock reading.
         // A system clock set back since is caught by the claim, which reads
         // the clock again and gives a task not yet due to the timer.
-        if at > t.created_at && at > self.now() {
+        if at > e.task.created_at && at > self.now() {
             self.timer.schedule(at, id);
             return;
         }
+        let name = e.task.name.clone();
         let item = ReadyItem {
-            priority: t.priority,
-            ready_at: t.next_run_time,
+            priority: e.task.priority,
+            ready_at: e.task.next_run_time,
             id,
-            name: t.name.clone(),
+            name,
         };
-        self.dispatch.push(item, t.requires);
+        self.dispatch.push(item, &e.task.requires);
     }
 
     /// Timer entries that fell due together (a timer round, or what came due
@@ -502,7 +503,6 @@ impl Core {
         use crate::engine::TaskStatus as S;
         let _wakes = self.dispatch.defer_wakes();
         let mut shard = self.store.lock(id);
-        shard.build(id);
         let Some(e) = shard.live(id) else { return };
         if e.task.next_run_time > at {
             return; // a stale entry: the task was rescheduled since

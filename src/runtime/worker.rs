@@ -468,9 +468,6 @@ impl Core {
         if self.paused.load(Ordering::Acquire) || self.pauses.load(Ordering::Acquire) != pauses {
             return Err(reg);
         }
-        // A task not changed since its submit is built here, where its
-        // claim is about to change it anyway.
-        shard.build(id);
         let Some(e) = shard.live(id) else {
             return Err(reg);
         };
