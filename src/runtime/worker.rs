@@ -74,7 +74,7 @@ pub(crate) fn worker_main(core: &Arc<Core>, w: usize, parker: &Parker) {
             }
         };
         core.dispatch.wake_if_more(pool);
-        me.spare.set(core.run_job(w, job));
+        me.spare.set(Some(core.run_job(w, job)));
     }
     core.drop_handed(w);
 }
@@ -553,7 +553,7 @@ impl Core {
 
     /// Runs the handler of a claimed task and records its outcome. Returns
     /// the attempt's context for the worker's next attempt to reuse.
-    fn run_job(self: &Arc<Self>, w: usize, job: Job) -> Option<Arc<ContextInner>> {
+    fn run_job(self: &Arc<Self>, w: usize, job: Job) -> Arc<ContextInner> {
         let inner = job.ctx.inner.clone();
         self.timer.set_slot(w, Some(inner.clone()));
         let result = self.call(&job);
@@ -571,7 +571,7 @@ impl Core {
             self.give_back(&inner.reg, None);
         }
         drop(job);
-        Some(inner)
+        inner
     }
 
     fn call(&self, job: &Job) -> HandlerResult {
