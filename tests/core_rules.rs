@@ -825,3 +825,48 @@ fn a_task_waiting_for_its_retry_can_be_resumed_now_or_cancelled() {
     assert_eq!(t.status, TaskStatus::PermanentlyFailed);
     assert_eq!(t.error.as_deref(), Some("gave up"));
 }
+
+/// A worker reuses its last attempt's context only when nothing else holds
+/// it: a context a handler kept still names its own task and payload after
+/// the same worker ran other tasks (whose contexts it did reuse).
+#[test]
+fn a_context_a_handler_keeps_is_never_reused_for_another_task() {
+    let (mgr, _clock) = manual(1);
+    let kept: Arc<Mutex<Vec<fibflow::TaskContext>>> = Arc::default();
+    let k = kept.clone();
+    mgr.register("keep_even", move |ctx| {
+        if ctx.payload()["i"].as_u64().is_some_and(|i| i % 2 == 0) {
+            k.lock().unwrap().push(ctx.clone());
+        }
+        Ok(ctx.payload().clone().into())
+    })
+    .unwrap();
+    // Queued before start, so the one worker runs them back to back.
+    let ids = mgr
+        .submit_batch((0..8u64).map(|i| ("keep_even", json!({ "i": i }), SubmitOptions::new())))
+        .unwrap();
+    mgr.start().unwrap();
+    for id in &ids {
+        assert_eq!(
+            mgr.wait(*id, PATIENCE).unwrap().status,
+            TaskStatus::Completed
+        );
+    }
+    let kept = kept.lock().unwrap();
+    let mut seen: Vec<u64> = kept
+        .iter()
+        .map(|c| c.payload()["i"].as_u64().unwrap())
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        [0, 2, 4, 6],
+        "each kept context still holds its own payload"
+    );
+    for ctx in kept.iter() {
+        let i = ctx.payload()["i"].as_u64().unwrap();
+        assert_eq!(ctx.id(), ids[usize::try_from(i).unwrap()], "task {i}");
+        assert_eq!(ctx.name(), "keep_even");
+    }
+    mgr.stop(PATIENCE).unwrap();
+}
