@@ -9,7 +9,8 @@
 //! 2. Throughput: one producer submits no-op tasks in batches while the machine's
 //!    cores run them (in memory); end to end means until `count_by_status` reports
 //!    them all completed. The baseline pushes no-op jobs through a crossbeam channel
-//!    to the same number of threads.
+//!    to the same number of threads. Rounds alternate between the two, as the
+//!    latency samples do; each figure is the median of its rounds.
 //!
 //! Ratios are fibflow / baseline: above 1 means slower for latency and faster for
 //! throughput.
@@ -240,18 +241,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// Repeats `round` until `budget` is spent (at least once); the median rate.
-fn rounds<E>(
-    budget: Duration,
-    mut round: impl FnMut() -> Result<f64, E>,
-) -> Result<(f64, usize), E> {
+/// Throughput rounds of the baseline and of fibflow, alternated until `budget`
+/// is spent (at least one pair), so that both see the same machine load, as the
+/// latency samples do: the median rate of each and its number of rounds,
+/// `((fibflow, rounds), (baseline, rounds))`.
+type Rates = ((f64, usize), (f64, usize));
+fn throughput(workers: usize, budget: Duration) -> Result<Rates, Box<dyn std::error::Error>> {
     let until = Instant::now() + budget;
-    let mut rates = Vec::new();
-    while rates.is_empty() || Instant::now() < until {
-        rates.push(round()?);
+    let (mut fib, mut base) = (Vec::new(), Vec::new());
+    while fib.is_empty() || Instant::now() < until {
+        base.push(baseline_round(workers));
+        fib.push(fibflow_round(workers)?);
     }
-    let n = rates.len();
-    Ok((median(rates), n))
+    let (nf, nb) = (fib.len(), base.len());
+    Ok(((median(fib), nf), (median(base), nb)))
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -268,9 +271,7 @@ pub fn run(a: &BenchArgs) -> CliResult {
     let total = Duration::from_secs_f64(a.seconds.max(0.4));
     let part = |f: f64| total.mul_f64(f);
     let (fib_lat, base_lat) = latency(n, part(0.5), Duration::from_micros(a.gap_us))?;
-    let (base_tput, base_rounds) =
-        rounds(part(0.15), || Ok::<f64, fibflow::Error>(baseline_round(n)))?;
-    let (fib_tput, fib_rounds) = rounds(part(0.35), || fibflow_round(n))?;
+    let ((fib_tput, fib_rounds), (base_tput, base_rounds)) = throughput(n, part(0.5))?;
     let v = json!({
         "workers": n,
         "seconds": a.seconds,
