@@ -19,8 +19,8 @@ use crate::runtime::context::TaskContext;
 use crate::runtime::error::{Error, Result};
 use crate::runtime::registry::{Handler, HandlerOptions, HandlerResult};
 use crate::runtime::store::Store;
+use crate::runtime::sync::Parker;
 use crate::runtime::{worker_main, Config, Core, RecoveryStats, SubmitOptions, WorkerInfo};
-use crossbeam::sync::Parker;
 use parking_lot::Mutex;
 use serde_json::Value;
 use std::future::Future;
@@ -398,7 +398,7 @@ impl TaskManager {
         if self.core.stopping.swap(true, Ordering::AcqRel) {
             return Ok(StopReport::default());
         }
-        self.core.dispatch.wake_all();
+        self.core.dispatch.idle.wake_all();
         let until = instant_after(deadline);
         let all_done = {
             let mut live = self.core.live.0.lock();
@@ -438,7 +438,7 @@ impl TaskManager {
     /// Lets workers claim again after [`TaskManager::pause`].
     pub fn resume(&self) {
         self.core.paused.store(false, Ordering::Release);
-        self.core.dispatch.wake_all();
+        self.core.dispatch.idle.wake_all();
     }
 
     /// `running` or `pending` → `paused`; a running handler's late result is discarded.
@@ -572,7 +572,7 @@ impl Drop for TaskManager {
         if self.parkers.lock().is_none() {
             let _ = self.stop(Duration::from_secs(1));
         }
-        self.core.dispatch.wake_all();
+        self.core.dispatch.idle.wake_all();
         self.core.timer.stop();
     }
 }

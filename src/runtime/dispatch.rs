@@ -5,29 +5,19 @@
 //! pool knows the queues whose requirements its tags cover; a worker scans only
 //! those, so a task never reaches a worker lacking a capability it requires.
 //!
-//! # Park/wake protocol
-//!
-//! 1. A worker that finds no work pushes itself on its pool's idle stack, then scans
-//!    the queues once more, then parks.
-//! 2. Whoever makes work ready inserts it first, then pops one idle worker of a pool
-//!    that serves the queue and unparks it.
-//!
-//! Correct because: if the producer's pop misses the worker (step 1 push not yet
-//! visible), the insert happened before the pop, so the worker's re-scan in step 1,
-//! which follows its push, sees the task. A `Parker` keeps an unpark that arrives
-//! before `park`, so no wake-up is lost. A worker that finds work on the re-scan
-//! takes itself off the idle stack; if someone already popped it, it passes the
-//! wake-up on so that no other idle worker is left asleep with work queued.
+//! Idle workers park and are woken by whoever makes work ready for them: the
+//! protocol is in `runtime::idle`.
 
+use super::idle::Idle;
 use super::ready::{ReadyEntry, ReadySet};
+use super::sync::Unparker;
 use crate::codec::TaskId;
 use arc_swap::ArcSwap;
-use crossbeam::sync::Unparker;
 use parking_lot::{Mutex, RwLock};
 use std::cell::{Cell, RefCell};
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::HashMap;
-use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// The order of queued tasks: priority (higher first), ready time, then id.
@@ -167,10 +157,6 @@ pub(crate) struct PoolState {
     pub(crate) tags: Vec<String>,
     /// The queues it serves, and the others (one load for both).
     pub(crate) queues: ArcSwap<QueueLists>,
-    idle: Mutex<Vec<usize>>,
-    idle_count: AtomicUsize,
-    /// Workers spinning for work: a producer need not wake anyone while one is.
-    searching: AtomicUsize,
 }
 
 impl PoolState {
@@ -180,9 +166,6 @@ impl PoolState {
         PoolState {
             tags,
             queues: ArcSwap::from_pointee(QueueLists::default()),
-            idle: Mutex::new(Vec::new()),
-            idle_count: AtomicUsize::new(0),
-            searching: AtomicUsize::new(0),
         }
     }
 
@@ -196,11 +179,8 @@ pub(crate) struct Dispatcher {
     queues: RwLock<HashMap<Vec<String>, Arc<Queue>>>,
     default_queue: Arc<Queue>,
     pub(crate) pools: Vec<Arc<PoolState>>,
-    unparkers: Vec<Unparker>,
-    /// `listed[w]`: worker `w` is on its pool's idle stack (changed under
-    /// that stack's lock), so that a woken worker knows without the lock
-    /// whether it must take itself off.
-    listed: Box<[crossbeam::utils::CachePadded<AtomicBool>]>,
+    /// The idle workers of each pool (same indices as `pools`).
+    pub(crate) idle: Idle,
     /// Entries held in all queues (see [`Queue::held`]).
     held_total: AtomicUsize,
 }
@@ -220,12 +200,8 @@ impl Dispatcher {
         Dispatcher {
             queues: RwLock::new(HashMap::new()),
             default_queue,
+            idle: Idle::new(pools.len(), unparkers),
             pools,
-            listed: unparkers
-                .iter()
-                .map(|_| crossbeam::utils::CachePadded::new(AtomicBool::new(false)))
-                .collect(),
-            unparkers,
             held_total: AtomicUsize::new(0),
         }
     }
@@ -282,24 +258,7 @@ impl Dispatcher {
 
     fn push_to(&self, q: &Arc<Queue>, item: ReadyItem) {
         q.set.insert(item);
-        // Pairs with the fence in `stop_searching`: either this load sees the
-        // searcher, or the searcher's re-scan sees the item (Dekker's pattern).
-        fence(Ordering::SeqCst);
-        if q.servers
-            .iter()
-            .any(|&p| self.pools[p].searching.load(Ordering::SeqCst) > 0)
-        {
-            return; // a spinning worker of a serving pool will find it
-        }
-        // Nobody to wake (every worker of a serving pool is busy, the common
-        // case under load): the deferred wake-up would find the same, so the
-        // queue is not recorded for it. A worker that lists itself idle after
-        // this read scans the queues before it parks (see `go_idle`).
-        if !q
-            .servers
-            .iter()
-            .any(|&p| self.pools[p].idle_count.load(Ordering::Acquire) > 0)
-        {
+        if !self.idle.wanted(&q.servers) {
             return;
         }
         if DEFER.with(|d| d.depth.get()) > 0 {
@@ -386,11 +345,7 @@ impl Dispatcher {
     }
 
     fn wake_for(&self, q: &Queue) {
-        for &p in &q.servers {
-            if self.wake_one(p) {
-                return;
-            }
-        }
+        self.idle.wake_for(&q.servers);
     }
 
     /// Holds the tasks queued on this thread until the guard drops, then
@@ -411,160 +366,17 @@ impl Dispatcher {
         DeferGuard { dispatch: self }
     }
 
-    /// A worker of pool `p` starts spinning for work.
-    pub(crate) fn start_searching(&self, p: usize) {
-        self.pools[p].searching.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// A worker of pool `p` stops spinning; it must scan once more afterwards.
-    pub(crate) fn stop_searching(&self, p: usize) {
-        self.pools[p].searching.fetch_sub(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-    }
-
-    /// Wakes worker `w`, handed a slot and a task (see `Core::hand_off`).
-    /// Off its idle stack it takes itself (`woke`).
-    pub(crate) fn unpark(&self, w: usize) {
-        if let Some(u) = self.unparkers.get(w) {
-            u.unpark();
-        }
-    }
-
-    /// Wakes one idle worker of pool `p`; false if none was idle.
-    pub(crate) fn wake_one(&self, p: usize) -> bool {
-        let pool = &self.pools[p];
-        if pool.idle_count.load(Ordering::Acquire) == 0 {
-            return false;
-        }
-        let w = {
-            let mut idle = pool.idle.lock();
-            let w = idle.pop();
-            if let Some(w) = w {
-                self.set_listed(w, false);
-            }
-            pool.idle_count.store(idle.len(), Ordering::Release);
-            w
-        };
-        match w {
-            Some(w) => {
-                self.unparkers[w].unpark();
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// A worker of pool `p` took a task. If more are queued for the pool, a
-    /// worker of it is idle and none is spinning, wake one: a producer skips
-    /// its wake-up while a worker spins, and that worker takes only one task,
-    /// so without this a burst of submissions could leave tasks queued behind
-    /// parked workers. Each worker that starts a task passes the wake-up on
-    /// this way, so the burst spreads over the idle workers.
+    /// A worker of pool `p` took a task: if more are queued for the pool,
+    /// see [`Idle::wake_if_more`].
     pub(crate) fn wake_if_more(&self, p: usize) {
-        let pool = &self.pools[p];
-        if pool.idle_count.load(Ordering::Acquire) == 0 || pool.searching.load(Ordering::SeqCst) > 0
-        {
-            return;
-        }
-        if pool.queues.load().served.iter().any(|q| !q.set.is_empty()) {
-            self.wake_one(p);
-        }
-    }
-
-    /// Wakes one idle worker in every pool (a slot freed, a handler registered).
-    pub(crate) fn wake_each_pool(&self) {
-        for p in 0..self.pools.len() {
-            self.wake_one(p);
-        }
-    }
-
-    /// Wakes every worker (pause/resume of the manager, stop). The idle stacks
-    /// are emptied too: a worker left listed while it runs a task would take the
-    /// next producer's wake-up, and another idle worker would sleep on with the
-    /// task queued (seen as a task stuck "waiting for a free worker" after a
-    /// resume). Each woken worker lists itself again if it finds nothing.
-    pub(crate) fn wake_all(&self) {
-        for pool in &self.pools {
-            let mut idle = pool.idle.lock();
-            for w in idle.drain(..) {
-                self.set_listed(w, false);
-            }
-            pool.idle_count.store(0, Ordering::Release);
-        }
-        for u in &self.unparkers {
-            u.unpark();
-        }
-    }
-
-    /// Worker `w` of pool `p` woke from park: it takes itself off the idle
-    /// stack if it is still there (a spurious or manager-wide wake), so it is
-    /// never listed while it runs a task. No wake-up is passed on: this worker
-    /// scans the queues next.
-    pub(crate) fn woke(&self, p: usize, w: usize) {
-        let pool = &self.pools[p];
-        // Usually the waker took it off, and its lock line stays where it
-        // is: this check reads only this worker's flag.
-        if !self
-            .listed
-            .get(w)
-            .is_some_and(|l| l.load(Ordering::Acquire))
-            || pool.idle_count.load(Ordering::Acquire) == 0
-        {
-            return;
-        }
-        let mut idle = pool.idle.lock();
-        if let Some(i) = idle.iter().position(|&x| x == w) {
-            idle.swap_remove(i);
-            self.set_listed(w, false);
-            pool.idle_count.store(idle.len(), Ordering::Release);
-        }
-    }
-
-    /// Records whether worker `w` is on its idle stack (under that stack's lock).
-    fn set_listed(&self, w: usize, on: bool) {
-        if let Some(l) = self.listed.get(w) {
-            l.store(on, Ordering::Release);
-        }
-    }
-
-    /// Step 1 of the protocol: worker `w` of pool `p` declares itself idle.
-    pub(crate) fn go_idle(&self, p: usize, w: usize) {
-        let pool = &self.pools[p];
-        let mut idle = pool.idle.lock();
-        if !self
-            .listed
-            .get(w)
-            .is_some_and(|l| l.load(Ordering::Acquire))
-        {
-            idle.push(w);
-        }
-        self.set_listed(w, true);
-        pool.idle_count.store(idle.len(), Ordering::Release);
-        drop(idle);
-        // Pairs with the fence in `push_to` (Dekker's pattern): either the
-        // producer sees this worker idle, or the re-scan that follows sees
-        // its entry. (The skip list's epoch pin used to give this fence by
-        // the way; a look at the lane takes none.)
-        fence(Ordering::SeqCst);
-    }
-
-    /// Worker `w` found work after declaring itself idle: it leaves the idle stack,
-    /// and if a producer had already popped it, passes the wake-up on.
-    pub(crate) fn leave_idle(&self, p: usize, w: usize) {
-        let pool = &self.pools[p];
-        let was_idle = {
-            let mut idle = pool.idle.lock();
-            let pos = idle.iter().position(|&x| x == w);
-            if let Some(i) = pos {
-                idle.swap_remove(i);
-            }
-            self.set_listed(w, false);
-            pool.idle_count.store(idle.len(), Ordering::Release);
-            pos.is_some()
-        };
-        if !was_idle {
-            self.wake_one(p);
-        }
+        self.idle.wake_if_more(p, || {
+            self.pools[p]
+                .queues
+                .load()
+                .served
+                .iter()
+                .any(|q| !q.set.is_empty())
+        });
     }
 }
 

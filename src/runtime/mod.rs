@@ -8,11 +8,13 @@ pub mod clock;
 pub mod context;
 pub(crate) mod dispatch;
 pub mod error;
+pub(crate) mod idle;
 mod ready;
 mod recover;
 pub mod registry;
 pub(crate) mod store;
 mod submit;
+pub(crate) mod sync;
 pub(crate) mod timer;
 mod worker;
 
@@ -361,7 +363,7 @@ impl Core {
         clock: Arc<dyn Clock>,
         config: Config,
         store: Store,
-        unparkers: Vec<crossbeam::sync::Unparker>,
+        unparkers: Vec<sync::Unparker>,
         workers: Vec<WorkerInfo>,
     ) -> Result<Core> {
         let pools = config
@@ -697,7 +699,7 @@ impl Core {
             self.dispatch.release_held(name, usize::MAX);
         }
         drop(gates);
-        self.dispatch.wake_each_pool();
+        self.dispatch.idle.wake_each_pool();
     }
 }
 

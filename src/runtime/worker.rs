@@ -11,7 +11,7 @@ use super::Core;
 use crate::codec::{FailKind, NewTask, Record, TaskId, TaskKind};
 use crate::engine::schedule::{next_round, RetryStrategy};
 use crate::engine::{Shard, TaskEntry, TaskStatus};
-use crossbeam::sync::Parker;
+use crate::runtime::sync::Parker;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -56,10 +56,10 @@ pub(crate) fn worker_main(core: &Arc<Core>, w: usize, parker: &Parker) {
         {
             Some(job) => job,
             None => {
-                core.dispatch.go_idle(pool, w);
+                core.dispatch.idle.go_idle(pool, w);
                 match core.try_take(w, &me) {
                     Some(job) => {
-                        core.dispatch.leave_idle(pool, w);
+                        core.dispatch.idle.leave_idle(pool, w);
                         job
                     }
                     None => {
@@ -67,7 +67,7 @@ pub(crate) fn worker_main(core: &Arc<Core>, w: usize, parker: &Parker) {
                         // (its payload, or a registration since replaced).
                         drop(me.spare.take());
                         parker.park();
-                        core.dispatch.woke(pool, w);
+                        core.dispatch.idle.woke(pool, w);
                         continue;
                     }
                 }
@@ -83,14 +83,14 @@ impl Core {
     /// Spins briefly before parking: a futex sleep and wake costs several
     /// microseconds, more than a short burst of polling when work keeps coming.
     fn spin_for_work(&self, w: usize, pool: usize, me: &Mine) -> Option<Job> {
-        self.dispatch.start_searching(pool);
+        self.dispatch.idle.start_searching(pool);
         let backoff = crossbeam::utils::Backoff::new();
         let mut found = None;
         while found.is_none() && !backoff.is_completed() && self.gate_open() {
             backoff.snooze();
             found = self.try_take(w, me);
         }
-        self.dispatch.stop_searching(pool);
+        self.dispatch.idle.stop_searching(pool);
         found.or_else(|| self.try_take(w, me))
     }
 
@@ -135,7 +135,7 @@ impl Core {
                 }
                 if let Err(hit) = self.global.start_look(w) {
                     if hit {
-                        self.dispatch.wake_each_pool();
+                        self.dispatch.idle.wake_each_pool();
                     }
                     if self.global.handed(w) {
                         continue;
@@ -145,7 +145,7 @@ impl Core {
             }
             let Some((qi, place, reg)) = self.pick(queues, others) else {
                 if binding && self.global.end_look_empty(w) {
-                    self.dispatch.wake_each_pool();
+                    self.dispatch.idle.wake_each_pool();
                 }
                 if self.global.handed(w) {
                     continue;
@@ -168,7 +168,7 @@ impl Core {
                 let item = place.item(reg.name.clone());
                 self.give_back(&reg, Some((queue, item)));
                 if self.global.unreserve() {
-                    self.dispatch.wake_each_pool();
+                    self.dispatch.idle.wake_each_pool();
                 }
                 continue;
             }
@@ -201,7 +201,7 @@ impl Core {
         let unrun = paused.then(|| (queue, place.item(reg.name.clone())));
         self.give_back(reg, unrun);
         if self.global.release(w) {
-            self.dispatch.wake_each_pool();
+            self.dispatch.idle.wake_each_pool();
         }
         paused
     }
@@ -224,7 +224,7 @@ impl Core {
         while let Some(h) = self.global.retire(w) {
             self.put_back(&h);
             if self.global.release(w) {
-                self.dispatch.wake_each_pool();
+                self.dispatch.idle.wake_each_pool();
             }
         }
     }
@@ -252,7 +252,7 @@ impl Core {
         for to in self.receivers(q) {
             match self.global.hand(to, h) {
                 Ok(()) => {
-                    self.dispatch.unpark(to);
+                    self.dispatch.idle.unpark(to);
                     return;
                 }
                 Err(back) => h = back,
@@ -260,7 +260,7 @@ impl Core {
         }
         self.put_back(&h);
         if self.global.unreserve() {
-            self.dispatch.wake_each_pool();
+            self.dispatch.idle.wake_each_pool();
         }
     }
 
@@ -292,7 +292,7 @@ impl Core {
         self.dispatch.release_held(&reg.name, 1);
         drop(gate);
         if cap_was_hit {
-            self.dispatch.wake_each_pool();
+            self.dispatch.idle.wake_each_pool();
         }
     }
 
@@ -565,7 +565,7 @@ impl Core {
         // worse task if this worker was the only one that can run the best
         // (`Core::receivers`).
         if self.global.release(w) {
-            self.dispatch.wake_each_pool();
+            self.dispatch.idle.wake_each_pool();
         }
         if inner.ctl.take_slot() {
             self.give_back(&inner.reg, None);

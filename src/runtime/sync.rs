@@ -1,0 +1,108 @@
+//! The synchronization primitives of the park/wake protocol (`runtime::idle`),
+//! from std, parking_lot and crossbeam in a normal build, and from [loom] when
+//! the crate is built with `RUSTFLAGS="--cfg fibflow_loom"` (the `.ci/loom`
+//! run), so that loom can explore every interleaving of that protocol.
+//!
+//! The cfg is fibflow's own rather than the customary `loom`: tokio, a
+//! dependency, has `cfg(loom)` code of its own that does not build outside its
+//! repository.
+//!
+//! Only the protocol's own state goes through here. The ready queues
+//! (crossbeam-skiplist and `runtime::ready`) stay on std atomics, which loom
+//! cannot see, so the loom model stands in for them with a counter of its own.
+//!
+//! [loom]: https://docs.rs/loom
+
+#[cfg(not(fibflow_loom))]
+pub(crate) use crossbeam::sync::{Parker, Unparker};
+#[cfg(not(fibflow_loom))]
+pub(crate) use parking_lot::Mutex;
+#[cfg(not(fibflow_loom))]
+pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+
+#[cfg(fibflow_loom)]
+pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+#[cfg(fibflow_loom)]
+pub(crate) use loom_shim::{Mutex, Parker, Unparker};
+
+#[cfg(fibflow_loom)]
+mod loom_shim {
+    use loom::sync::{Arc, Condvar};
+    use std::sync::PoisonError;
+
+    /// parking_lot's `lock()` (no poisoning) over loom's mutex.
+    #[derive(Debug, Default)]
+    pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
+
+    impl<T> Mutex<T> {
+        pub(crate) fn new(value: T) -> Self {
+            Mutex(loom::sync::Mutex::new(value))
+        }
+
+        pub(crate) fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        }
+    }
+
+    /// crossbeam's `Parker`: one token, kept if `unpark` comes before `park`.
+    #[derive(Debug, Default)]
+    pub(crate) struct Parker {
+        inner: Arc<Token>,
+    }
+
+    #[derive(Debug, Default)]
+    struct Token {
+        set: loom::sync::Mutex<bool>,
+        cond: Condvar,
+    }
+
+    /// Wakes the [`Parker`] it came from.
+    #[derive(Clone, Debug)]
+    pub(crate) struct Unparker {
+        inner: Arc<Token>,
+    }
+
+    impl Parker {
+        pub(crate) fn new() -> Self {
+            Parker::default()
+        }
+
+        /// Blocks until the token is set, then takes it.
+        pub(crate) fn park(&self) {
+            let mut set = self
+                .inner
+                .set
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            while !*set {
+                set = self
+                    .inner
+                    .cond
+                    .wait(set)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            *set = false;
+        }
+
+        /// Owned, where crossbeam lends one: callers clone it either way.
+        pub(crate) fn unparker(&self) -> Unparker {
+            Unparker {
+                inner: self.inner.clone(),
+            }
+        }
+    }
+
+    impl Unparker {
+        /// Sets the token and wakes the parked thread, if any.
+        pub(crate) fn unpark(&self) {
+            *self
+                .inner
+                .set
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = true;
+            self.inner.cond.notify_one();
+        }
+    }
+}
