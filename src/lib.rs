@@ -54,6 +54,7 @@ pub mod crash_test;
 pub mod engine;
 pub mod log;
 pub mod runtime;
+mod sync;
 
 pub use api::{
     AttemptFilter, Builder, EventFilter, FailedTask, HandlerInfo, Page, Paged, Pool,

@@ -37,11 +37,14 @@
 //! in full; so `synced > lsn` implies every byte below the end of `lsn`'s frame
 //! was copied before the sync started and is on disk (I2).
 
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicUsize};
 use std::sync::Arc;
-use std::thread::Thread;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Condvar;
+
+// The group commit's primitives are loom's under `.ci/loom` (see `crate::sync`
+// and `loom_model` below); `Notify` stays on std and parking_lot.
+use crate::sync::{thread, thread_local, AtomicBool, AtomicU64, Mutex, Ordering};
 
 use super::LogError;
 
@@ -49,7 +52,7 @@ use super::LogError;
 #[derive(Debug, Default)]
 pub(crate) struct Notify {
     waiters: AtomicUsize,
-    lock: Mutex<()>,
+    lock: parking_lot::Mutex<()>,
     cond: Condvar,
 }
 
@@ -82,14 +85,14 @@ impl Notify {
 #[derive(Debug)]
 struct WaitSlot {
     woken: AtomicBool,
-    thread: Thread,
+    thread: thread::Thread,
 }
 
 thread_local! {
     // Reused by every wait of this thread (a thread is in at most one wait list at a time).
     static SLOT: Arc<WaitSlot> = Arc::new(WaitSlot {
         woken: AtomicBool::new(false),
-        thread: std::thread::current(),
+        thread: thread::current(),
     });
 }
 
@@ -230,7 +233,7 @@ impl GroupCommit {
                 st.waiters.push((lsn, Arc::clone(&slot)));
                 drop(st);
                 while !slot.woken.load(Ordering::Acquire) {
-                    std::thread::park();
+                    thread::park();
                 }
                 continue;
             }
@@ -249,6 +252,85 @@ impl GroupCommit {
             }
             drop(guard);
         }
+    }
+}
+
+/// Model checks of the group commit under `.ci/loom` (`RUSTFLAGS="--cfg
+/// fibflow_loom"`): loom runs each model under every interleaving (up to its
+/// preemption bound) and fails on a deadlock, which is what a lost wake-up
+/// becomes here. The flush is a stand-in that moves `synced` forward by a
+/// fixed step (less than a real flush, which syncs everything completed, so
+/// a leader may have to hand the lead on before its own LSN is covered).
+#[cfg(all(test, fibflow_loom))]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used)]
+mod loom_model {
+    use super::{GroupCommit, LogError};
+    use crate::sync::{AtomicBool, AtomicU64, Ordering};
+    use loom::sync::Arc;
+
+    /// Thread `i` waits for `lsns[i]` (the model's own thread takes
+    /// `lsns[0]`); each flush moves `synced` by `step`; flush number
+    /// `fail_at` (counting from 0) fails.
+    fn run(lsns: &'static [u64], step: u64, fail_at: Option<u64>) {
+        let mut builder = loom::model::Builder::new();
+        if builder.preemption_bound.is_none() {
+            builder.preemption_bound = Some(3);
+        }
+        builder.check(move || {
+            let gc = Arc::new(GroupCommit::new(0));
+            let flushing = Arc::new(AtomicBool::new(false));
+            let flushes = Arc::new(AtomicU64::new(0));
+            let wait = {
+                let (gc, flushing, flushes) = (gc.clone(), flushing.clone(), flushes.clone());
+                move |lsn: u64| {
+                    let r = gc.wait(lsn, |from| {
+                        assert!(
+                            !flushing.swap(true, Ordering::AcqRel),
+                            "two flushes ran at once"
+                        );
+                        let n = flushes.fetch_add(1, Ordering::AcqRel);
+                        flushing.store(false, Ordering::Release);
+                        if Some(n) == fail_at {
+                            return Err(LogError::Io {
+                                context: "a modelled flush".to_owned(),
+                                source: std::io::Error::other("injected"),
+                            });
+                        }
+                        Ok(from + step)
+                    });
+                    match r {
+                        Ok(()) => assert!(gc.synced() > lsn, "returned before {lsn} was synced"),
+                        Err(_) => assert!(gc.check().is_err(), "an error without poison"),
+                    }
+                }
+            };
+            let threads: Vec<_> = lsns[1..]
+                .iter()
+                .map(|&lsn| {
+                    let wait = wait.clone();
+                    loom::thread::spawn(move || wait(lsn))
+                })
+                .collect();
+            wait(lsns[0]);
+            for t in threads {
+                t.join().unwrap();
+            }
+        });
+    }
+
+    #[test]
+    fn three_waiters_one_flush_covers_all() {
+        run(&[0, 1, 2], 3, None);
+    }
+
+    #[test]
+    fn three_waiters_the_lead_is_handed_on() {
+        run(&[2, 1, 0], 1, None);
+    }
+
+    #[test]
+    fn a_failed_flush_poisons_every_waiter() {
+        run(&[1, 0, 1], 1, Some(0));
     }
 }
 

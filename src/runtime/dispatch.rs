@@ -10,8 +10,8 @@
 
 use super::idle::Idle;
 use super::ready::{ReadyEntry, ReadySet};
-use super::sync::Unparker;
 use crate::codec::TaskId;
+use crate::sync::Unparker;
 use arc_swap::ArcSwap;
 use parking_lot::{Mutex, RwLock};
 use std::cell::{Cell, RefCell};

@@ -19,10 +19,10 @@
 //! ([`Idle::start_searching`]); a producer that sees a searcher wakes nobody,
 //! and the searcher scans once more after it stops.
 //!
-//! The primitives come from `runtime::sync`, so that `.ci/loom` can check this
+//! The primitives come from `crate::sync`, so that `.ci/loom` can check this
 //! protocol under every interleaving (the `loom_model` tests below).
 
-use super::sync::{fence, AtomicBool, AtomicUsize, Mutex, Ordering, Unparker};
+use crate::sync::{fence, AtomicBool, AtomicUsize, Mutex, Ordering, Unparker};
 use crossbeam::utils::CachePadded;
 
 /// The idle workers of every pool, and how to wake them.
@@ -261,9 +261,10 @@ impl Idle {
 /// cannot see), inserted into with the weakest ordering the protocol allows
 /// (`Release`): the fences in [`Idle`] have to do the rest.
 #[cfg(all(test, fibflow_loom))]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used)]
 mod loom_model {
     use super::Idle;
-    use crate::runtime::sync::{AtomicBool, AtomicUsize, Ordering, Parker};
+    use crate::sync::{AtomicBool, AtomicUsize, Ordering, Parker};
     use loom::sync::Arc;
 
     struct Model {

@@ -14,7 +14,6 @@ mod recover;
 pub mod registry;
 pub(crate) mod store;
 mod submit;
-pub(crate) mod sync;
 pub(crate) mod timer;
 mod worker;
 
@@ -363,7 +362,7 @@ impl Core {
         clock: Arc<dyn Clock>,
         config: Config,
         store: Store,
-        unparkers: Vec<sync::Unparker>,
+        unparkers: Vec<crate::sync::Unparker>,
         workers: Vec<WorkerInfo>,
     ) -> Result<Core> {
         let pools = config

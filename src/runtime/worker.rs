@@ -11,7 +11,7 @@ use super::Core;
 use crate::codec::{FailKind, NewTask, Record, TaskId, TaskKind};
 use crate::engine::schedule::{next_round, RetryStrategy};
 use crate::engine::{Shard, TaskEntry, TaskStatus};
-use crate::runtime::sync::Parker;
+use crate::sync::Parker;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

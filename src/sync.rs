@@ -1,15 +1,17 @@
-//! The synchronization primitives of the park/wake protocol (`runtime::idle`),
-//! from std, parking_lot and crossbeam in a normal build, and from [loom] when
-//! the crate is built with `RUSTFLAGS="--cfg fibflow_loom"` (the `.ci/loom`
-//! run), so that loom can explore every interleaving of that protocol.
+//! The synchronization primitives of fibflow's hand-written protocols: the
+//! park/wake protocol of idle workers (`runtime::idle`) and the log's group
+//! commit (`log::commit`). They are std's, parking_lot's and crossbeam's in a
+//! normal build, and [loom]'s when the crate is built with `RUSTFLAGS="--cfg
+//! fibflow_loom"` (the `.ci/loom` run), so that loom can explore every
+//! interleaving of those protocols.
 //!
 //! The cfg is fibflow's own rather than the customary `loom`: tokio, a
 //! dependency, has `cfg(loom)` code of its own that does not build outside its
 //! repository.
 //!
-//! Only the protocol's own state goes through here. The ready queues
-//! (crossbeam-skiplist and `runtime::ready`) stay on std atomics, which loom
-//! cannot see, so the loom model stands in for them with a counter of its own.
+//! Only the protocols' own state goes through here. The ready queues
+//! (crossbeam-skiplist and `runtime::ready`) and the log's mapping stay on std
+//! atomics, which loom cannot see, so the loom models stand in for them.
 //!
 //! [loom]: https://docs.rs/loom
 
@@ -18,10 +20,14 @@ pub(crate) use crossbeam::sync::{Parker, Unparker};
 #[cfg(not(fibflow_loom))]
 pub(crate) use parking_lot::Mutex;
 #[cfg(not(fibflow_loom))]
-pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+#[cfg(not(fibflow_loom))]
+pub(crate) use std::{thread, thread_local};
 
 #[cfg(fibflow_loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+#[cfg(fibflow_loom)]
+pub(crate) use loom::{thread, thread_local};
 #[cfg(fibflow_loom)]
 pub(crate) use loom_shim::{Mutex, Parker, Unparker};
 
