@@ -1,6 +1,7 @@
 //! The synchronization primitives of fibflow's hand-written protocols: the
-//! park/wake protocol of idle workers (`runtime::idle`) and the log's group
-//! commit (`log::commit`). They are std's, parking_lot's and crossbeam's in a
+//! park/wake protocol of idle workers (`runtime::idle`), the log's group
+//! commit (`log::commit`) and its tail reservation (`log::completion`). They
+//! are std's, parking_lot's and crossbeam's in a
 //! normal build, and [loom]'s when the crate is built with `RUSTFLAGS="--cfg
 //! fibflow_loom"` (the `.ci/loom` run), so that loom can explore every
 //! interleaving of those protocols.
@@ -10,8 +11,8 @@
 //! repository.
 //!
 //! Only the protocols' own state goes through here. The ready queues
-//! (crossbeam-skiplist and `runtime::ready`) and the log's mapping stay on std
-//! atomics, which loom cannot see, so the loom models stand in for them.
+//! (crossbeam-skiplist and `runtime::ready`) and the mapped bytes stay outside
+//! loom's view, so the loom models stand in for them.
 //!
 //! [loom]: https://docs.rs/loom
 

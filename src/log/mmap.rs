@@ -13,11 +13,12 @@
 //!   file, so no other process of ours writes the file; memmap2 documents that
 //!   outside modification of a mapped file is undefined behaviour. Users must
 //!   not edit segment files while a log is open (documented in `docs/log-format.md`).
-//! - M3: slots are disjoint: each is the result of one `fetch_add` on `tail`,
-//!   clipped to `[0, len)`.
+//! - M3: slots are disjoint: each is the result of one `fetch_add` on `tail`
+//!   (`Completion::reserve`), clipped to `[0, len)`.
 //! - M4: `completed` only moves over bytes whose slots were dropped, and slots
 //!   are only ever issued at offsets `>= tail >= completed`, so bytes below
-//!   `completed` are never written again while `&self` borrows exist.
+//!   `completed` are never written again while `&self` borrows exist
+//!   (`completion.rs` has the protocol, and a loom model of it).
 //!
 //! Write-through (set with [`Mapping::set_write_through`] before the mapping
 //! is shared; file-backed mappings only): [`Slot::write`] copies the bytes into
@@ -33,32 +34,17 @@
 //! and the range sync that follows writes them back whichever way they were
 //! dirtied (a failed *sync*, not a failed copy, is what poisons the log).
 //!
-//! Completion protocol (no lock when slots finish in order):
-//!
-//! 1. A finishing slot `[s, e)` tries `completed: s -> e` with one CAS. If it
-//!    wins, it then looks at `pending_count`; if it is non-zero it locks
-//!    `pending` and drains (step 3).
-//! 2. If the CAS fails (an earlier slot is still open), it locks `pending`,
-//!    inserts `s -> e`, increments `pending_count`, and drains.
-//! 3. Drain, under the `pending` lock: while `pending` holds an entry starting
-//!    at `completed`, remove it and move `completed` to its end.
-//!
-//! Correct because the increment in 2 and the CAS in 1 are both SeqCst, as are
-//! the loads that follow them: either the inserting thread sees `completed ==
-//! s` and drains its own entry, or the CAS winner sees `pending_count > 0` and
-//! drains it. A drain never races a CAS on the same value: the only slot that
-//! starts at the drained position is the finished one in `pending`.
+//! The tail and `completed` live in [`Completion`] (`completion.rs`), which
+//! has no `unsafe` and is model-checked by `.ci/loom`.
 #![allow(unsafe_code)]
 
-use std::collections::BTreeMap;
+use memmap2::{MmapOptions, MmapRaw};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use memmap2::{MmapOptions, MmapRaw};
-use parking_lot::Mutex;
+use super::completion::Completion;
 
 /// Page granularity used for prefaulting.
 const PAGE: u64 = 4096;
@@ -75,35 +61,17 @@ enum Backing {
     Anon(MmapRaw),
 }
 
-/// The words every appender writes, on one cache line of their own: an append
-/// touches `tail` and then `completed`, so keeping them together moves one
-/// line between cores per append instead of two, and nothing else shares it.
-#[derive(Debug)]
-#[repr(align(64))]
-struct Hot {
-    // M3: next unreserved offset; may grow past `len` (those reservations get no slot).
-    tail: AtomicU64,
-    // M4: every byte in [0, completed) is finished and never written through a slot again.
-    completed: AtomicU64,
-    // 1 + start of the highest finished record (`Fits`) slot; 0 if none. Once
-    // every slot issued so far is finished, that slot is below `completed`.
-    last_record: AtomicU64,
-    // Entries in `pending` (read without the lock by the CAS winner, step 1).
-    pending_count: AtomicUsize,
-}
-
 /// A fixed-size mapped region with lock-free slot reservation.
 #[derive(Debug)]
 pub struct Mapping {
-    hot: Hot,
+    // M3/M4: the tail and the `completed` watermark.
+    done: Completion,
     // M1: `ptr` points at `len` bytes owned by `map`.
     map: Backing,
     ptr: NonNull<u8>,
     len: u64,
     // Slot writes go through `pwritev` on the file instead of the mapping (file backing only).
     write_through: bool,
-    // Finished slots that are not yet contiguous with `completed`: start -> (end, is a record).
-    pending: Mutex<BTreeMap<u64, (u64, bool)>>,
 }
 
 // SAFETY: the mapping is plain memory; concurrent access is coordinated by M3/M4
@@ -176,17 +144,11 @@ impl Mapping {
         // A fresh mapping is exclusively owned: everything is "completed" and readable,
         // and no slot can be issued until `set_tail` is called.
         Mapping {
-            hot: Hot {
-                tail: AtomicU64::new(len),
-                completed: AtomicU64::new(len),
-                last_record: AtomicU64::new(0),
-                pending_count: AtomicUsize::new(0),
-            },
+            done: Completion::new(len),
             map,
             ptr,
             len,
             write_through: false,
-            pending: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -202,19 +164,19 @@ impl Mapping {
 
     /// Offset below which every slot is finished.
     pub fn completed(&self) -> u64 {
-        self.hot.completed.load(Ordering::Acquire)
+        self.done.completed()
     }
 
     /// Next unreserved offset (may exceed `len`).
     pub fn tail(&self) -> u64 {
-        self.hot.tail.load(Ordering::Acquire)
+        self.done.tail()
     }
 
     /// Start of the highest finished `Fits` slot issued since the last
     /// [`Mapping::set_tail`], if any. When no slot is open it is below
     /// [`Mapping::completed`]; while slots are open it may be above it.
     pub fn last_record(&self) -> Option<u64> {
-        self.hot.last_record.load(Ordering::Acquire).checked_sub(1)
+        self.done.last_record()
     }
 
     /// The whole mapping, mutably. Exclusive access means no slot or reader exists.
@@ -239,11 +201,7 @@ impl Mapping {
     /// Sets where slots start being issued; bytes below stay readable.
     pub fn set_tail(&mut self, tail: u64) {
         let tail = tail.min(self.len);
-        *self.hot.tail.get_mut() = tail;
-        *self.hot.completed.get_mut() = tail;
-        *self.hot.last_record.get_mut() = 0;
-        *self.hot.pending_count.get_mut() = 0;
-        self.pending.get_mut().clear();
+        self.done.reset(tail);
     }
 
     /// Writes to each page so its first use by an appender does not fault.
@@ -291,7 +249,7 @@ impl Mapping {
 
     /// Reserves `len` bytes at the tail by one atomic add.
     pub fn reserve(&self, len: u64) -> Reserve<'_> {
-        let start = self.hot.tail.fetch_add(len, Ordering::AcqRel);
+        let start = self.done.reserve(len);
         let end = start.saturating_add(len);
         if end <= self.len {
             Reserve::Fits(Slot {
@@ -324,51 +282,6 @@ impl Mapping {
                 raw.flush_range(start as usize, (end - start) as usize)
             }
             _ => Ok(()),
-        }
-    }
-
-    /// Records that slot `[start, end)` is finished and advances `completed`
-    /// (protocol in the module doc).
-    fn finish(&self, start: u64, end: u64, record: bool) {
-        let hot = &self.hot;
-        if record {
-            // Monotone (fetch_max), because slots finish out of order. Set before
-            // `completed` moves, so whoever sees the bytes complete also sees it.
-            hot.last_record.fetch_max(start + 1, Ordering::AcqRel);
-        }
-        // Step 1.
-        if hot
-            .completed
-            .compare_exchange(start, end, Ordering::SeqCst, Ordering::Relaxed)
-            .is_ok()
-        {
-            if hot.pending_count.load(Ordering::SeqCst) > 0 {
-                self.drain(&mut self.pending.lock());
-            }
-            return;
-        }
-        // Step 2.
-        let mut pending = self.pending.lock();
-        pending.insert(start, (end, record));
-        hot.pending_count.fetch_add(1, Ordering::SeqCst);
-        self.drain(&mut pending);
-    }
-
-    /// Step 3: moves `completed` over every pending slot contiguous with it.
-    fn drain(&self, pending: &mut BTreeMap<u64, (u64, bool)>) {
-        let hot = &self.hot;
-        loop {
-            let done = hot.completed.load(Ordering::SeqCst);
-            let Some((end, _)) = pending.remove(&done) else {
-                return;
-            };
-            hot.pending_count.fetch_sub(1, Ordering::SeqCst);
-            // Only the owner of a slot starting at `done` could move `completed`
-            // from `done`, and that slot is the finished one just removed.
-            let moved =
-                hot.completed
-                    .compare_exchange(done, end, Ordering::SeqCst, Ordering::Relaxed);
-            debug_assert!(moved.is_ok(), "completed moved under the pending lock");
         }
     }
 }
@@ -475,7 +388,7 @@ impl Slot<'_> {
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.map.finish(self.start, self.end, self.record);
+        self.map.done.finish(self.start, self.end, self.record);
     }
 }
 

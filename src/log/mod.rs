@@ -38,6 +38,7 @@
 #![deny(clippy::indexing_slicing)]
 
 pub mod commit;
+mod completion;
 pub mod frame;
 mod lock;
 pub mod mmap;
