@@ -113,3 +113,42 @@ mod loom_shim {
         }
     }
 }
+
+/// Helpers of the `loom_model` tests.
+#[cfg(all(test, fibflow_loom))]
+pub(crate) mod model {
+    /// Runs `f` under every interleaving loom explores, up to
+    /// `LOOM_MAX_PREEMPTIONS` preemptions (3 when unset).
+    pub(crate) fn check(f: impl Fn() + Sync + Send + 'static) {
+        let mut builder = loom::model::Builder::new();
+        if builder.preemption_bound.is_none() {
+            builder.preemption_bound = Some(3);
+        }
+        builder.check(f);
+    }
+
+    /// Runs `work(input)` for each of `inputs` at once: the first on the
+    /// model's own thread, each other on a thread of its own; returns when
+    /// all have.
+    pub(crate) fn on_threads<T: Copy + Send + 'static>(
+        inputs: &[T],
+        work: impl Fn(T) + Clone + Send + 'static,
+    ) {
+        let Some((&first, rest)) = inputs.split_first() else {
+            return;
+        };
+        let threads: Vec<_> = rest
+            .iter()
+            .map(|&input| {
+                let work = work.clone();
+                loom::thread::spawn(move || work(input))
+            })
+            .collect();
+        work(first);
+        for t in threads {
+            if let Err(panic) = t.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+}

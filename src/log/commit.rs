@@ -265,18 +265,14 @@ impl GroupCommit {
 #[allow(clippy::indexing_slicing, clippy::unwrap_used)]
 mod loom_model {
     use super::{GroupCommit, LogError};
-    use crate::sync::{AtomicBool, AtomicU64, Ordering};
+    use crate::sync::{model, AtomicBool, AtomicU64, Ordering};
     use loom::sync::Arc;
 
     /// Thread `i` waits for `lsns[i]` (the model's own thread takes
     /// `lsns[0]`); each flush moves `synced` by `step`; flush number
     /// `fail_at` (counting from 0) fails.
     fn run(lsns: &'static [u64], step: u64, fail_at: Option<u64>) {
-        let mut builder = loom::model::Builder::new();
-        if builder.preemption_bound.is_none() {
-            builder.preemption_bound = Some(3);
-        }
-        builder.check(move || {
+        model::check(move || {
             let gc = Arc::new(GroupCommit::new(0));
             let flushing = Arc::new(AtomicBool::new(false));
             let flushes = Arc::new(AtomicU64::new(0));
@@ -304,17 +300,7 @@ mod loom_model {
                     }
                 }
             };
-            let threads: Vec<_> = lsns[1..]
-                .iter()
-                .map(|&lsn| {
-                    let wait = wait.clone();
-                    loom::thread::spawn(move || wait(lsn))
-                })
-                .collect();
-            wait(lsns[0]);
-            for t in threads {
-                t.join().unwrap();
-            }
+            model::on_threads(lsns, wait);
         });
     }
 

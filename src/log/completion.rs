@@ -158,18 +158,14 @@ impl Completion {
 #[allow(clippy::indexing_slicing, clippy::unwrap_used)]
 mod loom_model {
     use super::Completion;
-    use crate::sync::{AtomicBool, Ordering};
+    use crate::sync::{model, AtomicBool, Ordering};
     use loom::sync::Arc;
 
     /// Thread `i` (the model's own thread is 0) reserves `slots[i]` slots
     /// of one byte each, then finishes them in reverse order (so a thread
     /// with two finishes its later one first, out of order).
     fn run(slots: &'static [usize]) {
-        let mut builder = loom::model::Builder::new();
-        if builder.preemption_bound.is_none() {
-            builder.preemption_bound = Some(3);
-        }
-        builder.check(move || {
+        model::check(move || {
             let total: usize = slots.iter().sum();
             let c = Arc::new(Completion::new(0));
             let done: Arc<Vec<AtomicBool>> =
@@ -191,17 +187,7 @@ mod loom_model {
                     }
                 }
             };
-            let threads: Vec<_> = slots[1..]
-                .iter()
-                .map(|&n| {
-                    let work = work.clone();
-                    loom::thread::spawn(move || work(n))
-                })
-                .collect();
-            work(slots[0]);
-            for t in threads {
-                t.join().unwrap();
-            }
+            model::on_threads(slots, work);
             assert_eq!(
                 c.completed(),
                 total as u64,

@@ -264,7 +264,7 @@ impl Idle {
 #[allow(clippy::indexing_slicing, clippy::unwrap_used)]
 mod loom_model {
     use super::Idle;
-    use crate::sync::{AtomicBool, AtomicUsize, Ordering, Parker};
+    use crate::sync::{model, AtomicBool, AtomicUsize, Ordering, Parker};
     use loom::sync::Arc;
 
     struct Model {
@@ -345,11 +345,7 @@ mod loom_model {
         servers: &'static [usize],
         tasks: usize,
     ) {
-        let mut builder = loom::model::Builder::new();
-        if builder.preemption_bound.is_none() {
-            builder.preemption_bound = Some(3);
-        }
-        builder.check(move || {
+        model::check(move || {
             let parkers: Vec<Parker> = workers.iter().map(|_| Parker::new()).collect();
             let unparkers = parkers.iter().map(|p| p.unparker().clone()).collect();
             let m = Arc::new(Model {
