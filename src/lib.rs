@@ -13,6 +13,8 @@
 //! engine   the deterministic state machine: apply(record) -> state + effects
 //! log      segmented mmap WAL over opaque records (framing, CRC-32C, recovery)
 //! codec    the versioned record schema and its postcard encoding
+//! (sync)   the primitives of the hand-written protocols: std's, or loom's
+//!          under `--cfg fibflow_loom` (`.ci/loom` model-checks them)
 //! ```
 //!
 //! ## Invariants
