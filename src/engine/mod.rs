@@ -604,7 +604,7 @@ impl Shard {
 
     /// Applies one record read back from the log: the same transition as
     /// [`Shard::apply`], except that a submitted task stays as its decoded
-    /// record until its next record comes ([`Slot::Submitted`]). In a log
+    /// record until its next record comes (`Slot::Submitted`). In a log
     /// written with a backlog, the claims come long after the submits; built
     /// at submit, each entry is cold by then, and building it at the claim
     /// writes it once, into a box a task that just finished left warm.

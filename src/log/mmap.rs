@@ -34,7 +34,7 @@
 //! and the range sync that follows writes them back whichever way they were
 //! dirtied (a failed *sync*, not a failed copy, is what poisons the log).
 //!
-//! The tail and `completed` live in [`Completion`] (`completion.rs`), which
+//! The tail and `completed` live in `Completion` (`completion.rs`), which
 //! has no `unsafe` and is model-checked by `.ci/loom`.
 #![allow(unsafe_code)]
 
