@@ -1,10 +1,10 @@
 //! The synchronization primitives of fibflow's hand-written protocols: the
 //! park/wake protocol of idle workers (`runtime::idle`), the log's group
 //! commit (`log::commit`) and its tail reservation (`log::completion`). They
-//! are std's, parking_lot's and crossbeam's in a
-//! normal build, and [loom]'s when the crate is built with `RUSTFLAGS="--cfg
-//! fibflow_loom"` (the `.ci/loom` run), so that loom can explore every
-//! interleaving of those protocols.
+//! are std's, parking_lot's and crossbeam's in a normal build, and [loom]'s
+//! when the crate is built with `RUSTFLAGS="--cfg fibflow_loom"` (the
+//! `.ci/loom` run), so that loom can explore every interleaving of those
+//! protocols.
 //!
 //! The cfg is fibflow's own rather than the customary `loom`: tokio, a
 //! dependency, has `cfg(loom)` code of its own that does not build outside its

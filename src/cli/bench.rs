@@ -243,18 +243,20 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Throughput rounds of the baseline and of fibflow, alternated until `budget`
 /// is spent (at least one pair), so that both see the same machine load, as the
-/// latency samples do: the median rate of each and its number of rounds,
-/// `((fibflow, rounds), (baseline, rounds))`.
-type Rates = ((f64, usize), (f64, usize));
-fn throughput(workers: usize, budget: Duration) -> Result<Rates, Box<dyn std::error::Error>> {
+/// latency samples do: the median rate of fibflow and of the baseline, and
+/// the number of rounds each ran (the same for both).
+fn throughput(
+    workers: usize,
+    budget: Duration,
+) -> Result<(f64, f64, usize), Box<dyn std::error::Error>> {
     let until = Instant::now() + budget;
     let (mut fib, mut base) = (Vec::new(), Vec::new());
     while fib.is_empty() || Instant::now() < until {
         base.push(baseline_round(workers));
         fib.push(fibflow_round(workers)?);
     }
-    let (nf, nb) = (fib.len(), base.len());
-    Ok(((median(fib), nf), (median(base), nb)))
+    let rounds = fib.len();
+    Ok((median(fib), median(base), rounds))
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -271,7 +273,7 @@ pub fn run(a: &BenchArgs) -> CliResult {
     let total = Duration::from_secs_f64(a.seconds.max(0.4));
     let part = |f: f64| total.mul_f64(f);
     let (fib_lat, base_lat) = latency(n, part(0.5), Duration::from_micros(a.gap_us))?;
-    let ((fib_tput, fib_rounds), (base_tput, base_rounds)) = throughput(n, part(0.5))?;
+    let (fib_tput, base_tput, rounds) = throughput(n, part(0.5))?;
     let v = json!({
         "workers": n,
         "seconds": a.seconds,
@@ -288,9 +290,9 @@ pub fn run(a: &BenchArgs) -> CliResult {
         "ratio_p99": ratio(fib_lat.p99, base_lat.p99),
         "ratio_p999": ratio(fib_lat.p999, base_lat.p999),
         "throughput_tasks_per_s": round(fib_tput, 0),
-        "throughput_rounds": fib_rounds,
+        "throughput_rounds": rounds,
         "baseline_jobs_per_s": round(base_tput, 0),
-        "baseline_rounds": base_rounds,
+        "baseline_rounds": rounds,
         "ratio_throughput": ratio(fib_tput, base_tput),
     });
     if a.json {
@@ -322,8 +324,8 @@ pub fn run(a: &BenchArgs) -> CliResult {
             v["ratio_p999"]
         )?;
         outln!("end-to-end no-op throughput:")?;
-        outln!("  fibflow    {fib_tput:>12.0} tasks/s  (median of {fib_rounds} rounds of {TASKS_PER_ROUND})")?;
-        outln!("  baseline   {base_tput:>12.0} jobs/s   (median of {base_rounds} rounds of {JOBS_PER_ROUND})")?;
+        outln!("  fibflow    {fib_tput:>12.0} tasks/s  (median of {rounds} rounds of {TASKS_PER_ROUND})")?;
+        outln!("  baseline   {base_tput:>12.0} jobs/s   (median of {rounds} rounds of {JOBS_PER_ROUND})")?;
         outln!("  ratio      {:>12}", v["ratio_throughput"])?;
     }
     Ok(ExitCode::SUCCESS)

@@ -262,7 +262,6 @@ impl GroupCommit {
 /// fixed step (less than a real flush, which syncs everything completed, so
 /// a leader may have to hand the lead on before its own LSN is covered).
 #[cfg(all(test, fibflow_loom))]
-#[allow(clippy::indexing_slicing, clippy::unwrap_used)]
 mod loom_model {
     use super::{GroupCommit, LogError};
     use crate::sync::{model, AtomicBool, AtomicU64, Ordering};
