@@ -1,6 +1,6 @@
 //! Dispatch: submit→handler-start latency with idle workers, and end-to-end no-op
 //! throughput with 2 workers, each beside its same-run baseline (a raw crossbeam
-//! channel feeding 2 parked threads). Compare `fibflow` with `crossbeam_baseline`
+//! channel of boxed no-op jobs feeding 2 parked threads). Compare `fibflow` with `crossbeam_baseline`
 //! inside each group; the ratio is the figure to report.
 //!
 //! Run: `cargo bench --bench dispatch` (about 15 s). `fibflow bench` prints the
@@ -22,7 +22,7 @@ fn latency(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(300));
     g.bench_function("crossbeam_baseline", |b| {
-        let base = ParkedThreads::new(WORKERS, true);
+        let base = ParkedThreads::new(WORKERS);
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
@@ -53,7 +53,7 @@ fn throughput(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(300));
     g.throughput(Throughput::Elements(NOOPS));
     g.bench_function("crossbeam_baseline", |b| {
-        let base = ParkedThreads::new(WORKERS, false);
+        let base = ParkedThreads::new(WORKERS);
         b.iter_custom(|iters| (0..iters).map(|_| base.run_noops(NOOPS)).sum());
     });
     g.bench_function("fibflow", |b| {

@@ -843,6 +843,63 @@ fn crash_test_json_has_every_field_and_agrees_with_inspect() {
     assert_eq!(uint(&v, "completed"), 40, "{v}");
 }
 
+#[test]
+fn bench_json_has_every_field_with_ratios_of_its_own_figures() {
+    // The shortest budget: at least 100 latency samples of each and one
+    // throughput round of each (a debug build, so the figures mean nothing).
+    let r = fibflow(&["bench", "--json", "--seconds", "0.4", "--gap-us", "0"]);
+    r.expect_code(0);
+    let v = r.json();
+    assert!(uint(&v, "workers") >= 1, "{v}");
+    assert_eq!(uint(&v, "gap_us"), 0, "{v}");
+    assert!((num(&v, "seconds") - 0.4).abs() < 1e-9, "{v}");
+    for who in ["latency_samples", "baseline_latency_samples"] {
+        assert!(uint(&v, who) >= 100, "{who}: {v}");
+    }
+    let rounds = uint(&v, "throughput_rounds");
+    assert!(rounds >= 1, "{v}");
+    assert_eq!(
+        uint(&v, "baseline_rounds"),
+        rounds,
+        "alternated rounds: {v}"
+    );
+    // Each ratio is fibflow's figure over its baseline's, rounded to 3 places.
+    let close = |ratio: &str, a: &str, b: &str| {
+        let want = num(&v, a) / num(&v, b);
+        let got = num(&v, ratio);
+        assert!(
+            (got - want).abs() <= 0.01 * want + 0.001,
+            "{ratio} = {got}, {a}/{b} = {want}: {v}"
+        );
+    };
+    for q in ["p50", "p99", "p999"] {
+        let (a, b) = (format!("submit_start_{q}_us"), format!("baseline_{q}_us"));
+        assert!(num(&v, &a) > 0.0 && num(&v, &b) > 0.0, "{q}: {v}");
+        close(&format!("ratio_{q}"), &a, &b);
+    }
+    for who in ["submit_start", "baseline"] {
+        let p = |q: &str| num(&v, &format!("{who}_{q}_us"));
+        assert!(p("p50") <= p("p99") && p("p99") <= p("p999"), "{who}: {v}");
+    }
+    for k in [
+        "throughput_tasks_per_s",
+        "baseline_jobs_per_s",
+        "baseline_u64_per_s",
+    ] {
+        assert!(num(&v, k) > 0.0, "{k}: {v}");
+    }
+    close(
+        "ratio_throughput",
+        "throughput_tasks_per_s",
+        "baseline_jobs_per_s",
+    );
+    close(
+        "ratio_throughput_u64",
+        "throughput_tasks_per_s",
+        "baseline_u64_per_s",
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Bad input
 // ---------------------------------------------------------------------------

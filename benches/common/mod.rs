@@ -15,32 +15,33 @@ use std::time::{Duration, Instant};
 /// Pause before each latency sample, so the workers have parked again.
 pub const IDLE_GAP: Duration = Duration::from_micros(300);
 
-/// The baseline: `n` threads parked in `recv` on one crossbeam channel. Each job
-/// is the instant it was sent; a worker answers with the instant it got it and
-/// counts it.
+/// A baseline job, as a thread pool's channel carries it.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The baseline: `n` threads parked in `recv` on one crossbeam channel of boxed
+/// jobs (`Box<dyn FnOnce() + Send>`, what a thread pool's channel carries; such
+/// a channel moves the 6–7 M no-op jobs/s issue 2 gives for its baseline). A
+/// thread runs each job and counts it.
 pub struct ParkedThreads {
-    jobs: Option<Sender<Instant>>,
+    jobs: Option<Sender<Job>>,
+    started_tx: Sender<Instant>,
     started: Receiver<Instant>,
     done: Arc<AtomicU64>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl ParkedThreads {
-    /// Starts `n` parked threads. With `answer`, every job is answered on the
-    /// `started` channel (latency mode); without, jobs are only counted.
-    pub fn new(n: usize, answer: bool) -> ParkedThreads {
-        let (jobs, rx) = channel::unbounded::<Instant>();
-        let (tx, started) = channel::unbounded::<Instant>();
+    /// Starts `n` parked threads.
+    pub fn new(n: usize) -> ParkedThreads {
+        let (jobs, rx) = channel::unbounded::<Job>();
+        let (started_tx, started) = channel::unbounded::<Instant>();
         let done = Arc::new(AtomicU64::new(0));
         let threads = (0..n)
             .map(|_| {
-                let (rx, tx, done) = (rx.clone(), tx.clone(), done.clone());
+                let (rx, done) = (rx.clone(), done.clone());
                 std::thread::spawn(move || {
-                    while let Ok(sent) = rx.recv() {
-                        if answer {
-                            let _ = tx.send(Instant::now());
-                        }
-                        std::hint::black_box(sent);
+                    while let Ok(job) = rx.recv() {
+                        job();
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                 })
@@ -48,19 +49,25 @@ impl ParkedThreads {
             .collect();
         ParkedThreads {
             jobs: Some(jobs),
+            started_tx,
             started,
             done,
             threads,
         }
     }
 
-    /// Hands one job to an idle thread; the time until it started.
+    /// Hands one job to an idle thread; the time until it started (the job
+    /// records the instant it runs, as fibflow's probe handler does).
     pub fn hand_off(&self) -> Duration {
+        let tx = self.started_tx.clone();
         let t0 = Instant::now();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(Instant::now());
+        });
         self.jobs
             .as_ref()
             .expect("running")
-            .send(t0)
+            .send(job)
             .expect("workers alive");
         let started = self.started.recv().expect("workers alive");
         started.saturating_duration_since(t0)
@@ -71,8 +78,11 @@ impl ParkedThreads {
         let target = self.done.load(Ordering::Relaxed) + n;
         let t0 = Instant::now();
         let jobs = self.jobs.as_ref().expect("running");
-        for _ in 0..n {
-            jobs.send(t0).expect("workers alive");
+        for i in 0..n {
+            let job: Job = Box::new(move || {
+                std::hint::black_box(i);
+            });
+            jobs.send(job).expect("workers alive");
         }
         while self.done.load(Ordering::Relaxed) < target {
             std::thread::yield_now();

@@ -2,15 +2,22 @@
 //!
 //! 1. Latency: one task is submitted while every worker is idle and parked; the
 //!    handler records `Instant::now()` at its start; the difference to the instant
-//!    before `submit` is one sample. The baseline hands one job (an `Instant`) over a
-//!    crossbeam channel to the same number of parked threads and measures the same
-//!    span. Samples alternate between the two (same machine load), with a pause of
+//!    before `submit` is one sample. The baseline hands one job (a boxed closure
+//!    that records `Instant::now()` when it runs) over a crossbeam channel to the
+//!    same number of parked threads and measures the same span. Samples alternate between the two (same machine load), with a pause of
 //!    `--gap-us` (default 300 µs) before each so the workers park again.
 //! 2. Throughput: one producer submits no-op tasks in batches while the machine's
 //!    cores run them (in memory); end to end means until `count_by_status` reports
 //!    them all completed. The baseline pushes no-op jobs through a crossbeam channel
 //!    to the same number of threads. Rounds alternate between the two, as the
 //!    latency samples do; each figure is the median of its rounds.
+//!
+//! A baseline job is what a thread pool's channel carries: a boxed closure
+//! (`Box<dyn FnOnce() + Send>`), allocated by the producer and run and freed by
+//! a worker. That channel moves 6–7 M no-op jobs/s on a 2-core host, the figure
+//! issue 2 gives for its baseline. A channel of bare integers, which allocates
+//! nothing, moves 20–47 M/s there; it is reported too (`baseline_u64_per_s`), as
+//! the floor of any hand-off.
 //!
 //! Ratios are fibflow / baseline: above 1 means slower for latency and faster for
 //! throughput.
@@ -87,37 +94,48 @@ fn percentiles(mut v: Vec<Duration>) -> Percentiles {
     }
 }
 
+/// A baseline job, as a thread pool's channel carries it.
+type Job = Box<dyn FnOnce() + Send>;
+
 /// The parked-thread baseline of the latency measurement.
 struct Parked {
-    jobs: Option<channel::Sender<Instant>>,
+    jobs: Option<channel::Sender<Job>>,
+    started_tx: channel::Sender<Instant>,
     started: channel::Receiver<Instant>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Parked {
     fn new(workers: usize) -> Parked {
-        let (jobs, job_rx) = channel::unbounded::<Instant>();
-        let (done_tx, started) = channel::unbounded::<Instant>();
+        let (jobs, job_rx) = channel::unbounded::<Job>();
+        let (started_tx, started) = channel::unbounded::<Instant>();
         let threads = (0..workers)
             .map(|_| {
-                let (rx, tx) = (job_rx.clone(), done_tx.clone());
+                let rx = job_rx.clone();
                 std::thread::spawn(move || {
-                    while rx.recv().is_ok() {
-                        let _ = tx.send(Instant::now());
+                    while let Ok(job) = rx.recv() {
+                        job();
                     }
                 })
             })
             .collect();
         Parked {
             jobs: Some(jobs),
+            started_tx,
             started,
             threads,
         }
     }
 
     fn sample(&self) -> Option<Duration> {
+        // Cloned before the clock starts: the baseline pays nothing fibflow's
+        // handler (which holds its own sender) does not.
+        let tx = self.started_tx.clone();
         let t0 = Instant::now();
-        self.jobs.as_ref()?.send(t0).ok()?;
+        let job: Job = Box::new(move || {
+            let _ = tx.send(Instant::now());
+        });
+        self.jobs.as_ref()?.send(job).ok()?;
         let started = self.started.recv().ok()?;
         Some(started.saturating_duration_since(t0))
     }
@@ -207,15 +225,17 @@ fn fibflow_round(workers: usize) -> Result<f64, Box<dyn std::error::Error>> {
     Ok(TASKS_PER_ROUND as f64 / secs)
 }
 
-fn baseline_round(workers: usize) -> f64 {
-    let (tx, rx) = channel::unbounded::<u64>();
+/// One baseline round: `JOBS_PER_ROUND` items made by `make` pushed through a
+/// channel to `workers` threads that `run` and count each; items per second.
+fn channel_round<T: Send + 'static>(workers: usize, make: impl Fn(u64) -> T, run: fn(T)) -> f64 {
+    let (tx, rx) = channel::unbounded::<T>();
     let done = Arc::new(AtomicU64::new(0));
     let threads: Vec<_> = (0..workers)
         .map(|_| {
             let (rx, done) = (rx.clone(), done.clone());
             std::thread::spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    std::hint::black_box(job);
+                while let Ok(item) = rx.recv() {
+                    run(item);
                     done.fetch_add(1, Ordering::Relaxed);
                 }
             })
@@ -223,7 +243,7 @@ fn baseline_round(workers: usize) -> f64 {
         .collect();
     let t0 = Instant::now();
     for i in 0..JOBS_PER_ROUND {
-        let _ = tx.send(i);
+        let _ = tx.send(make(i));
     }
     while done.load(Ordering::Relaxed) < JOBS_PER_ROUND {
         std::thread::sleep(Duration::from_micros(50));
@@ -236,27 +256,61 @@ fn baseline_round(workers: usize) -> f64 {
     JOBS_PER_ROUND as f64 / secs
 }
 
+/// The baseline: no-op jobs, boxed as a thread pool's are.
+fn baseline_round(workers: usize) -> f64 {
+    channel_round(
+        workers,
+        |i| -> Job {
+            Box::new(move || {
+                std::hint::black_box(i);
+            })
+        },
+        |job| job(),
+    )
+}
+
+/// The allocation-free floor: bare integers.
+fn integer_round(workers: usize) -> f64 {
+    channel_round(
+        workers,
+        |i| i,
+        |i| {
+            std::hint::black_box(i);
+        },
+    )
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// Throughput rounds of the baseline and of fibflow, alternated until `budget`
-/// is spent (at least one pair), so that both see the same machine load, as the
-/// latency samples do: the median rate of fibflow and of the baseline, and
-/// the number of rounds each ran (the same for both).
-fn throughput(
-    workers: usize,
-    budget: Duration,
-) -> Result<(f64, f64, usize), Box<dyn std::error::Error>> {
+/// Median rates of one throughput measurement.
+struct Rates {
+    fibflow: f64,
+    baseline: f64,
+    integers: f64,
+    /// Rounds behind each median (the same for all three).
+    rounds: usize,
+}
+
+/// Throughput rounds of the baseline, of fibflow and of the integer floor,
+/// alternated until `budget` is spent (at least one of each), so that all see
+/// the same machine load, as the latency samples do.
+fn throughput(workers: usize, budget: Duration) -> Result<Rates, Box<dyn std::error::Error>> {
     let until = Instant::now() + budget;
-    let (mut fib, mut base) = (Vec::new(), Vec::new());
+    let (mut fib, mut base, mut ints) = (Vec::new(), Vec::new(), Vec::new());
     while fib.is_empty() || Instant::now() < until {
         base.push(baseline_round(workers));
         fib.push(fibflow_round(workers)?);
+        ints.push(integer_round(workers));
     }
-    let rounds = fib.len();
-    Ok((median(fib), median(base), rounds))
+    Ok(Rates {
+        rounds: fib.len(),
+        fibflow: median(fib),
+        baseline: median(base),
+        integers: median(ints),
+    })
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -273,7 +327,12 @@ pub fn run(a: &BenchArgs) -> CliResult {
     let total = Duration::from_secs_f64(a.seconds.max(0.4));
     let part = |f: f64| total.mul_f64(f);
     let (fib_lat, base_lat) = latency(n, part(0.5), Duration::from_micros(a.gap_us))?;
-    let (fib_tput, base_tput, rounds) = throughput(n, part(0.5))?;
+    let Rates {
+        fibflow: fib_tput,
+        baseline: base_tput,
+        integers: int_tput,
+        rounds,
+    } = throughput(n, part(0.5))?;
     let v = json!({
         "workers": n,
         "seconds": a.seconds,
@@ -294,11 +353,13 @@ pub fn run(a: &BenchArgs) -> CliResult {
         "baseline_jobs_per_s": round(base_tput, 0),
         "baseline_rounds": rounds,
         "ratio_throughput": ratio(fib_tput, base_tput),
+        "baseline_u64_per_s": round(int_tput, 0),
+        "ratio_throughput_u64": ratio(fib_tput, int_tput),
     });
     if a.json {
         print_json(&v)?;
     } else {
-        outln!("fibflow bench: {n} workers, in memory, baseline = crossbeam channel to {n} parked threads")?;
+        outln!("fibflow bench: {n} workers, in memory, baseline = crossbeam channel of boxed jobs to {n} parked threads")?;
         outln!("submit -> handler start (idle workers), microseconds:")?;
         outln!(
             "             {:>10} {:>10} {:>10} {:>8}",
@@ -327,6 +388,7 @@ pub fn run(a: &BenchArgs) -> CliResult {
         outln!("  fibflow    {fib_tput:>12.0} tasks/s  (median of {rounds} rounds of {TASKS_PER_ROUND})")?;
         outln!("  baseline   {base_tput:>12.0} jobs/s   (median of {rounds} rounds of {JOBS_PER_ROUND})")?;
         outln!("  ratio      {:>12}", v["ratio_throughput"])?;
+        outln!("  integers   {int_tput:>12.0} /s       (the channel alone, nothing allocated; ratio {})", v["ratio_throughput_u64"])?;
     }
     Ok(ExitCode::SUCCESS)
 }
