@@ -616,7 +616,7 @@ fn timer_main(core: &Arc<Core>, mut retention: Option<(RetentionPolicy, Duration
     while let Some(mut due) = core.timer.next_due(&now, real, housekeeping_at) {
         core.queue_due(std::mem::take(&mut due.tasks));
         for ctl in std::mem::take(&mut due.attempts) {
-            core.attempt_due(&ctl.ctl);
+            core.attempt_due(&ctl);
         }
         let t = core.now();
         if let Some((policy, every, last)) = &mut retention {

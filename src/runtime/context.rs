@@ -21,7 +21,8 @@ pub(crate) struct AttemptCtl {
     pub(crate) done: AtomicBool,
     /// The attempt still holds its handler's concurrency slot. Whoever ends
     /// the attempt's hold first (its worker when the handler returns, or a
-    /// pause while it runs: SPEC §3 "slots free on ... pause") frees the slot.
+    /// pause or a timeout while it runs: SPEC §3 "slots free on ... failure
+    /// ... and pause") frees the slot.
     slot_held: AtomicBool,
     /// The attempt no longer owns its task (it was paused, say): the timer
     /// stops looking at it, and its handler runs on unchecked.

@@ -859,39 +859,52 @@ impl Core {
     }
 
     /// The timer found an attempt past its deadline or heartbeat window.
-    pub(crate) fn attempt_due(&self, ctl: &AttemptCtl) {
+    ///
+    /// The attempt fails with its own registration's retry strategy (SPEC §8:
+    /// a running attempt keeps the handler it started with, as a failure
+    /// reported by the handler does), and its handler slot frees now, as it
+    /// does on a pause (SPEC §3): a sync handler may run on past its timeout,
+    /// and it must not hold its handler type at its cap meanwhile.
+    pub(crate) fn attempt_due(&self, inner: &ContextInner) {
+        let ctl = &inner.ctl;
         let now = self.now();
         let kind = if now >= ctl.deadline_ms {
             FailKind::TimeoutTotal
         } else {
             FailKind::TimeoutHeartbeat
         };
-        let _wakes = self.dispatch.defer_wakes();
-        let mut shard = self.store.lock(ctl.id);
-        let owned = shard
-            .live(ctl.id)
-            .filter(|e| e.task.status == TaskStatus::Running && e.task.attempt == ctl.attempt);
-        let Some(e) = owned else {
-            // Paused (or otherwise ended) while its handler runs on: SPEC §4,
-            // it never times out, and the timer must not find it due again
-            // at every round (that was a busy loop until the handler returned).
-            ctl.detach();
-            return;
-        };
-        let reg = self.registry.get(&e.task.name);
-        let error = match kind {
-            // fib-flow's texts (its timeout sweep), which its tests match.
-            FailKind::TimeoutHeartbeat => "Task heartbeat timed out".to_owned(),
-            _ => "Task exceeded total timeout limit".to_owned(),
-        };
-        let worker = e.task.worker.clone();
-        let w = self
-            .workers
-            .iter()
-            .position(|x| Some(&x.name) == worker.as_ref())
-            .unwrap_or(usize::MAX);
-        let record = self.fail_record(e, reg.as_deref(), w, error, kind, now);
-        self.commit_outcome(&mut shard, record, Vec::new());
-        ctl.cancel(if kind == FailKind::TimeoutTotal { 1 } else { 2 });
+        {
+            let _wakes = self.dispatch.defer_wakes();
+            let mut shard = self.store.lock(ctl.id);
+            let owned = shard
+                .live(ctl.id)
+                .filter(|e| e.task.status == TaskStatus::Running && e.task.attempt == ctl.attempt);
+            let Some(e) = owned else {
+                // Paused (or otherwise ended) while its handler runs on: SPEC §4,
+                // it never times out, and the timer must not find it due again
+                // at every round (that was a busy loop until the handler returned).
+                ctl.detach();
+                return;
+            };
+            let error = match kind {
+                // fib-flow's texts (its timeout sweep), which its tests match.
+                FailKind::TimeoutHeartbeat => "Task heartbeat timed out".to_owned(),
+                _ => "Task exceeded total timeout limit".to_owned(),
+            };
+            let worker = e.task.worker.clone();
+            let w = self
+                .workers
+                .iter()
+                .position(|x| Some(&x.name) == worker.as_ref())
+                .unwrap_or(usize::MAX);
+            let record = self.fail_record(e, Some(&inner.reg), w, error, kind, now);
+            self.commit_outcome(&mut shard, record, Vec::new());
+            ctl.cancel(if kind == FailKind::TimeoutTotal { 1 } else { 2 });
+        }
+        // After the shard's lock, as on a pause; the worker does not free the
+        // slot again when the handler returns.
+        if ctl.take_slot() {
+            self.give_back(&inner.reg, None);
+        }
     }
 }
