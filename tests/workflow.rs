@@ -339,7 +339,8 @@ fn child_options_come_from_spec_then_registration_then_parent() {
                     .timeout(Duration::from_millis(1500))
                     .max_retries(2)
                     .retry_interval(Duration::from_millis(500))
-                    .requires(["gpu", "big"])
+                    // Added to the handler's `big`, as a submission's are.
+                    .requires(["gpu"])
                     .fail_parent(),
             ]));
         }

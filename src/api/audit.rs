@@ -162,7 +162,9 @@ pub struct WorkflowSummary {
     pub root_stages: Vec<StageTiming>,
     /// Tasks that failed for good or timed out.
     pub failed_tasks: Vec<FailedTask>,
-    /// The root plus the longest child branch (ties to the lowest id).
+    /// The root plus the longest child branch (ties to the lowest id). A
+    /// branch is as long as its task's longest attempt plus its longest child
+    /// branch, as fib-flow estimates it.
     pub critical_path: Vec<TaskId>,
     /// The 5 slowest closed attempts, slowest first.
     pub slowest_attempts: Vec<Attempt>,
@@ -447,8 +449,12 @@ fn stage_timings(root: &TaskEntry) -> Vec<StageTiming> {
         .collect()
 }
 
-/// The root plus, at each level, the child whose branch takes longest (its own
-/// span plus its longest child branch); ties go to the lowest id.
+/// The root plus, at each level, the child whose branch takes longest; ties go
+/// to the lowest id. A branch's length is its task's longest attempt plus its
+/// longest child branch, as fib-flow estimates it. Not the task's first start
+/// to last end: a parent's span includes the time it waited for its children,
+/// which would count a child branch twice (a parent with a long child would
+/// win over a longer leaf sibling).
 fn critical_path(root: TaskId, entries: &[TaskEntry]) -> Vec<TaskId> {
     let mut children: HashMap<TaskId, Vec<&TaskEntry>> = HashMap::new();
     for e in entries {
@@ -456,10 +462,13 @@ fn critical_path(root: TaskId, entries: &[TaskEntry]) -> Vec<TaskId> {
             children.entry(p).or_default().push(e);
         }
     }
+    /// The longest finished attempt (an open one has no duration yet).
     fn span(e: &TaskEntry) -> u64 {
-        let start = e.attempts.iter().map(|a| a.started_at).min();
-        let end = e.attempts.iter().filter_map(|a| a.ended_at).max();
-        start.zip(end).map_or(0, |(s, t)| t.saturating_sub(s))
+        e.attempts
+            .iter()
+            .filter_map(|a| a.ended_at.map(|end| end.saturating_sub(a.started_at)))
+            .max()
+            .unwrap_or(0)
     }
     fn branch(
         id: TaskId,

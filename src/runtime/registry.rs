@@ -95,7 +95,9 @@ pub struct ChildSpec {
     pub max_retries: Option<u32>,
     /// Retry interval override.
     pub retry_interval: Option<Duration>,
-    /// Capability override.
+    /// Capability tags the child needs, added to its handler's registered
+    /// ones (as a submission's are); unset, the handler's, or if it has none
+    /// the parent's.
     pub requires: Option<Vec<String>>,
     /// What the parent does if this child fails for good.
     pub on_failure: OnChildFailure,
@@ -142,7 +144,7 @@ impl ChildSpec {
         self.retry_interval = Some(d);
         self
     }
-    /// Sets the required capabilities.
+    /// Sets the required capabilities (added to the child handler's).
     pub fn requires<I, S>(mut self, tags: I) -> Self
     where
         I: IntoIterator<Item = S>,

@@ -818,8 +818,10 @@ impl Core {
                     .ok_or_else(|| Error::NoHandler(c.name.clone()))?;
                 let o = &reg.options;
                 let ms = super::clock::ceil_ms;
+                // Added to the handler's, as a submission's are: a child
+                // never runs on a worker that lacks what its handler needs.
                 let requires = match c.requires {
-                    Some(r) => r,
+                    Some(r) => o.requires.iter().cloned().chain(r).collect(),
                     None if !o.requires.is_empty() => o.requires.clone(),
                     None => p.requires.clone(),
                 };
