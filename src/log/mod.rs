@@ -904,7 +904,8 @@ impl Log {
     }
 
     /// Writes a snapshot covering every record with LSN `<= lsn` atomically
-    /// (temp file, fsync, rename, fsync directory), then deletes older snapshots
+    /// (the log synced through `lsn` first, in every durability mode; then temp
+    /// file, fsync, rename, fsync directory), then deletes older snapshots
     /// and every non-active segment all of whose records are `<= lsn`.
     /// Appends may continue meanwhile. Snapshots are written one at a time; one
     /// at or below the LSN of the newest snapshot already written does nothing.
@@ -927,6 +928,14 @@ impl Log {
         {
             return Ok(());
         }
+        // The log is durable through `lsn` before a snapshot says it covers
+        // it. A snapshot ahead of the synced prefix would survive a power
+        // loss that cut the log below it; appends after the next open would
+        // then take LSNs the snapshot claims, and the open after that would
+        // skip them as covered (acknowledged records lost).
+        inner
+            .commit
+            .wait(lsn.0, |from| inner.flush_to(lsn.0, from))?;
         let name = snapshot_name(lsn.0);
         inner
             .storage
