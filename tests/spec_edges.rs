@@ -53,17 +53,13 @@ fn a_timed_out_attempt_frees_its_handler_slot_like_a_pause() {
     });
     // Control: with pause the slot frees at once (s3_pausing_a_running_task_frees_its_handler_slot).
     // With a timeout, b should run while a's handler still blocks.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while status(&mgr, b) != TaskStatus::Completed && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let b_status = status(&mgr, b);
+    // Waited for with the gate shut: b can only finish if a's slot is free.
+    let b_status = mgr.wait(b, Duration::from_secs(10)).map(|t| t.status);
     gate.open();
     mgr.wait(b, PATIENCE).unwrap();
-    assert_eq!(
-        b_status,
-        TaskStatus::Completed,
-        "the timed-out attempt kept its handler slot until its handler returned"
+    assert!(
+        matches!(b_status, Ok(TaskStatus::Completed)),
+        "the timed-out attempt kept its handler slot until its handler returned: {b_status:?}"
     );
 }
 
@@ -81,7 +77,8 @@ fn a_capped_handler_frees_its_slot_on_failure_and_retries_all() {
         move |ctx| {
             let c = n.fetch_add(1, Ordering::SeqCst) + 1;
             p.fetch_max(c, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(2));
+            // A little work, so that attempts overlap.
+            std::thread::park_timeout(Duration::from_millis(2));
             n.fetch_sub(1, Ordering::SeqCst);
             if ctx.retry_count() < 2 {
                 Err("boom".into())
@@ -195,7 +192,6 @@ fn wait_on_each_terminal_status_unknown_ids_and_deadlines() {
     // cancel → permanently_failed, from another thread while waiting
     std::thread::scope(|s| {
         let h = s.spawn(|| mgr.wait(sus, PATIENCE));
-        std::thread::sleep(Duration::from_millis(20));
         mgr.cancel_task(sus, Some("no")).unwrap();
         let t = h.join().unwrap().unwrap();
         assert_eq!(t.status, TaskStatus::PermanentlyFailed);
@@ -435,7 +431,8 @@ fn stop_with_a_handler_outliving_the_deadline() {
     assert_eq!(report.interrupted, vec![slow]);
     gate.open();
     eventually("handler returned", || returned.load(Ordering::SeqCst) == 1);
-    std::thread::sleep(Duration::from_millis(50));
+    // Its worker let go of its slot: the late result was seen (and dropped).
+    eventually("late result handled", || mgr.running() == 0);
     let t = mgr.get_task(slow).unwrap();
     assert_eq!(t.status, TaskStatus::Pending);
     assert_eq!(t.result, None);
@@ -632,7 +629,6 @@ fn pause_task_of_an_async_task_then_resume() {
     mgr.pause_task(id).unwrap();
     assert_eq!(mgr.wait(id, PATIENCE).unwrap().status, TaskStatus::Paused);
     tx.send_replace(true);
-    std::thread::sleep(Duration::from_millis(50));
     eventually("handler done", || mgr.running() == 0);
     let t = mgr.get_task(id).unwrap();
     assert_eq!(t.status, TaskStatus::Paused);
@@ -913,17 +909,13 @@ fn a_heartbeat_timeout_frees_its_handler_slot() {
     eventually("a times out", || {
         status(&mgr, a) == TaskStatus::PermanentlyFailed
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while status(&mgr, b) != TaskStatus::Completed && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let b_status = status(&mgr, b);
+    // Waited for with the gate shut: b can only finish if a's slot is free.
+    let b_status = mgr.wait(b, Duration::from_secs(10)).map(|t| t.status);
     gate.open();
     mgr.wait(b, PATIENCE).unwrap();
-    assert_eq!(
-        b_status,
-        TaskStatus::Completed,
-        "slot kept after a heartbeat timeout"
+    assert!(
+        matches!(b_status, Ok(TaskStatus::Completed)),
+        "slot kept after a heartbeat timeout: {b_status:?}"
     );
 }
 

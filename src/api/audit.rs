@@ -381,6 +381,7 @@ impl TaskManager {
                 "no retention policy: pass one or configure it on the builder".into(),
             )
         })?;
+        let _call = self.core.enter_call()?;
         retention_batch(&self.core, policy, usize::MAX)
     }
 }

@@ -213,11 +213,18 @@ impl TaskManager {
     }
 
     /// Registers many handlers at once (all or none). Re-registering a name
-    /// replaces it for future claims; running attempts keep their handler.
+    /// replaces it for future claims; running attempts keep their handler. A
+    /// name given twice in one call is refused.
     pub fn register_many(&self, items: Vec<(String, Handler, HandlerOptions)>) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
         for (name, _, o) in &items {
             if name.trim().is_empty() {
                 return Err(Error::EmptyName);
+            }
+            if !seen.insert(name.as_str()) {
+                return Err(Error::InvalidOption(format!(
+                    "handler `{name}` appears twice in one register_many: give each name once"
+                )));
             }
             for t in &o.requires {
                 crate::runtime::error::check_tag(t)?;
@@ -278,7 +285,10 @@ impl TaskManager {
         payload: Value,
         options: SubmitOptions,
     ) -> Result<TaskId> {
-        let (id, lsn) = self.core.submit_one(name, payload, options)?;
+        let (id, lsn) = {
+            let _call = self.core.enter_call()?;
+            self.core.submit_one(name, payload, options)?
+        };
         self.core.store.wait(lsn)?;
         Ok(id)
     }
@@ -310,6 +320,9 @@ impl TaskManager {
         // knows no length, and the vector would grow (and be copied) some
         // ten times for a batch of a thousand.
         let tasks = tasks.into_iter();
+        // Held until every item is recorded: a `stop` meanwhile waits, so a
+        // batch is refused whole or recorded whole (SPEC §13).
+        let call = self.core.enter_call()?;
         let mut prepared = Vec::with_capacity(tasks.size_hint().0.min(1 << 16));
         // One submission time for the batch: a clock reading per task costs
         // about 110 instructions, and the batch is submitted at one moment.
@@ -327,6 +340,7 @@ impl TaskManager {
             last = lsn.max(last);
             ids.push(id);
         }
+        drop(call);
         self.core.store.wait(last)?;
         Ok(ids)
     }
@@ -398,6 +412,9 @@ impl TaskManager {
         if self.core.stopping.swap(true, Ordering::AcqRel) {
             return Ok(StopReport::default());
         }
+        // Calls already in (a batch half recorded) finish; later ones see
+        // `stopping` and are refused whole.
+        self.core.drain_calls();
         self.core.dispatch.idle.wake_all();
         let until = instant_after(deadline);
         let all_done = {
@@ -443,6 +460,7 @@ impl TaskManager {
 
     /// `running` or `pending` → `paused`; a running handler's late result is discarded.
     pub fn pause_task(&self, id: TaskId) -> Result<()> {
+        let _call = self.core.enter_call()?;
         self.core.control(Record::Pause {
             id,
             at_ms: self.core.now(),
@@ -453,6 +471,7 @@ impl TaskManager {
     pub fn resume_task(&self, id: TaskId, reason: Option<&str>) -> Result<()> {
         // An empty reason is no reason, as in fib-flow (`resume_reason || 'manual'`).
         let reason = reason.filter(|r| !r.is_empty()).map(str::to_owned);
+        let _call = self.core.enter_call()?;
         self.core.control(Record::Resume {
             id,
             reason,
@@ -464,6 +483,7 @@ impl TaskManager {
     /// cancelled", also for an empty reason, as in fib-flow).
     pub fn cancel_task(&self, id: TaskId, reason: Option<&str>) -> Result<()> {
         let reason = reason.filter(|r| !r.is_empty()).map(str::to_owned);
+        let _call = self.core.enter_call()?;
         self.core.control(Record::Cancel {
             id,
             reason,

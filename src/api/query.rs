@@ -297,6 +297,7 @@ impl TaskManager {
     /// Deletes the tasks matching `filter` with their events and attempts; returns
     /// how many. Running tasks are deleted too; their late results are dropped.
     pub fn delete_tasks(&self, filter: &TaskFilter) -> Result<u64> {
+        let _call = self.core.enter_call()?;
         let mut ids = Vec::new();
         self.scan(filter, |s| ids.push(s.id()));
         let mut n = 0;

@@ -349,6 +349,11 @@ pub(crate) struct Core {
     /// must not claim it after the `resume` that follows (see `try_take`).
     pub(crate) pauses: std::sync::atomic::AtomicU64,
     pub(crate) stopping: AtomicBool,
+    /// Held shared by each public call that records something
+    /// ([`Core::enter_call`]); `stop` takes it exclusively once, after setting
+    /// `stopping`, so that no call is half recorded when the store closes
+    /// (SPEC §13: a rejected call changes nothing).
+    calls: parking_lot::RwLock<()>,
     pub(crate) started: AtomicBool,
     crons: Mutex<HashMap<String, Arc<CronSchedule>>>,
     /// Drives async handlers; `None` only while the core is being dropped.
@@ -395,6 +400,7 @@ impl Core {
             paused: AtomicBool::new(false),
             pauses: std::sync::atomic::AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            calls: parking_lot::RwLock::new(()),
             started: AtomicBool::new(false),
             crons: Mutex::new(HashMap::new()),
             tokio: Some(tokio),
@@ -614,6 +620,22 @@ impl Core {
         }
     }
 
+    /// Enters a public call that records something: refused once the
+    /// manager stops, and otherwise recorded whole before the store closes
+    /// (`stop` waits for the guard). Not to be taken twice on one thread.
+    pub(crate) fn enter_call(&self) -> Result<parking_lot::RwLockReadGuard<'_, ()>> {
+        let guard = self.calls.read();
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(Error::Stopped);
+        }
+        Ok(guard)
+    }
+
+    /// `stop`: after `stopping` is set, waits for the calls already in.
+    pub(crate) fn drain_calls(&self) {
+        drop(self.calls.write());
+    }
+
     /// Whether workers may claim now.
     pub(crate) fn gate_open(&self) -> bool {
         !self.paused.load(Ordering::Acquire) && !self.stopping.load(Ordering::Acquire)
@@ -686,7 +708,11 @@ impl Core {
         &self,
         items: Vec<(String, registry::Handler, registry::HandlerOptions)>,
     ) {
-        let names: Vec<String> = items.iter().map(|(n, _, _)| n.clone()).collect();
+        // Sorted and distinct: two registrations of overlapping names lock
+        // their gates in one order, and one name is not locked twice.
+        let mut names: Vec<String> = items.iter().map(|(n, _, _)| n.clone()).collect();
+        names.sort_unstable();
+        names.dedup();
         // Under the handlers' gates, so that a worker taking a slot of one
         // (under its gate) chooses among all its tasks, the ones set aside
         // while it was not registered back in their queues, and no task is

@@ -97,7 +97,14 @@ impl Core {
     /// Takes the best task this worker may run, with its slots, and claims it.
     fn try_take(&self, w: usize, me: &Mine) -> Option<Job> {
         let pool = &self.dispatch.pools[self.workers[w].pool];
-        for _ in 0..64 {
+        // Bounds the looks that find nothing to run (a hand-off that comes
+        // back, a slot lost to a handed task). A stale entry dropped (its task
+        // deleted, or queued again since) costs none: a queue may hold any
+        // number of them, and returning with work still queued would park
+        // this worker with nothing left to wake it.
+        let mut tries = 64;
+        while tries > 0 {
+            tries -= 1;
             // A slot and a task another worker handed this one come first.
             if self.global.handed(w) {
                 match self.take_handed(w, me) {
@@ -178,6 +185,7 @@ impl Core {
                     if self.unclaimed(w, queue, place, &reg, pauses) {
                         return None;
                     }
+                    tries += 1;
                 }
             }
         }
