@@ -192,6 +192,16 @@ impl Store {
         Ok((applied, lsn))
     }
 
+    /// The LSN of the last record reserved so far, for a call that must
+    /// not return before what others recorded is durable (a dedup hit
+    /// acknowledges a task another call is still making durable).
+    pub(crate) fn last_reserved(&self) -> Option<Lsn> {
+        if !self.durable {
+            return None;
+        }
+        self.log.load().as_deref().and_then(Log::covered_lsn)
+    }
+
     /// Waits until `lsn` is durable at the configured level.
     pub(crate) fn wait(&self, lsn: Option<Lsn>) -> Result<()> {
         if lsn.is_none() {

@@ -237,7 +237,10 @@ impl Core {
             Some(key) => {
                 let guard = self.store.dedup.lock();
                 if let Some(&id) = guard.get(key) {
-                    return Ok((id, None));
+                    // That task's record is appended (the key is entered
+                    // after it), but its submitter may still be waiting for
+                    // it to be durable: so does this call.
+                    return Ok((id, self.store.last_reserved()));
                 }
                 Some(guard)
             }
