@@ -320,9 +320,6 @@ impl TaskManager {
         // knows no length, and the vector would grow (and be copied) some
         // ten times for a batch of a thousand.
         let tasks = tasks.into_iter();
-        // Held until every item is recorded: a `stop` meanwhile waits, so a
-        // batch is refused whole or recorded whole (SPEC §13).
-        let call = self.core.enter_call()?;
         let mut prepared = Vec::with_capacity(tasks.size_hint().0.min(1 << 16));
         // One submission time for the batch: a clock reading per task costs
         // about 110 instructions, and the batch is submitted at one moment.
@@ -330,6 +327,10 @@ impl TaskManager {
         for (name, payload, o) in tasks {
             prepared.push(self.core.prepare_submit(name.as_ref(), payload, o, now)?);
         }
+        // Held until every item is recorded: a `stop` meanwhile waits, so a
+        // batch is refused whole or recorded whole (SPEC §13). Taken after
+        // the caller's iterator ran, which may call this manager itself.
+        let call = self.core.enter_call()?;
         for new in &prepared {
             self.core.store.check_submit_fits(new)?;
         }
