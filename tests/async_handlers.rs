@@ -122,9 +122,10 @@ fn async_success_failure_and_retry() {
         },
     )
     .unwrap();
-    mgr.register_async("plain", |ctx| async move {
-        Ok(Outcome::complete(ctx.payload()))
-    })
+    mgr.register_async(
+        "plain",
+        |ctx| async move { Outcome::complete(ctx.payload()) },
+    )
     .unwrap();
     mgr.start().unwrap();
 

@@ -977,7 +977,7 @@ fn s6_a_spawn_returned_after_pause_task_creates_no_children() {
             if ctx.stage() == 0 {
                 spawn()
             } else {
-                Outcome::complete("finished")
+                Outcome::Complete(json!("finished"))
             }
         }),
     )
@@ -1022,7 +1022,7 @@ fn s6_a_suspension_returned_after_pause_task_is_discarded() {
                 reason: "late".into(),
                 context: Some(vec![7, 7, 7]),
             },
-            |_| Outcome::complete("second run"),
+            |_| Outcome::Complete(json!("second run")),
         ),
     )
     .unwrap();
@@ -1200,8 +1200,8 @@ fn s7_pausing_a_running_cron_round_discards_it_and_resume_returns_to_the_schedul
         "tick",
         first_call_blocks(
             &gate,
-            || Outcome::complete("late round"),
-            |_| Outcome::complete("resumed round"),
+            || Outcome::Complete(json!("late round")),
+            |_| Outcome::Complete(json!("resumed round")),
         ),
     )
     .unwrap();

@@ -140,14 +140,14 @@ async fn script(ctx: TaskContext, side: Shared, clock: Arc<ManualClock>) -> Hand
             })
         }
         "fail" => Err(format!("always k{} s{stage}", p["k"]).into()),
-        _ => Ok(Outcome::complete(json!({
+        _ => Outcome::complete(json!({
             "k": p["k"],
             "stage": stage,
             "retry": retry,
             // a cron round sees its last round's result: not nested again
             "seen": if stage > 0 { ctx.result().cloned() } else { None },
             "context": context,
-        }))),
+        })),
     }
 }
 

@@ -457,12 +457,6 @@ fn stage_timings(root: &TaskEntry) -> Vec<StageTiming> {
 /// which would count a child branch twice (a parent with a long child would
 /// win over a longer leaf sibling).
 fn critical_path(root: TaskId, entries: &[TaskEntry]) -> Vec<TaskId> {
-    let mut children: HashMap<TaskId, Vec<&TaskEntry>> = HashMap::new();
-    for e in entries {
-        if let Some(p) = e.task.parent_id {
-            children.entry(p).or_default().push(e);
-        }
-    }
     /// The longest finished attempt (an open one has no duration yet).
     fn span(e: &TaskEntry) -> u64 {
         e.attempts
@@ -471,30 +465,36 @@ fn critical_path(root: TaskId, entries: &[TaskEntry]) -> Vec<TaskId> {
             .max()
             .unwrap_or(0)
     }
-    fn branch(
-        id: TaskId,
-        children: &HashMap<TaskId, Vec<&TaskEntry>>,
-        memo: &mut HashMap<TaskId, u64>,
-    ) -> u64 {
-        if let Some(v) = memo.get(&id) {
-            return *v;
+    let mut children: HashMap<TaskId, Vec<&TaskEntry>> = HashMap::new();
+    for e in entries {
+        if let Some(p) = e.task.parent_id {
+            children.entry(p).or_default().push(e);
         }
-        let best = children.get(&id).map_or(0, |kids| {
-            kids.iter()
-                .map(|k| span(k) + branch(k.task.id, children, memo))
-                .max()
-                .unwrap_or(0)
-        });
-        memo.insert(id, best);
-        best
     }
-    let mut memo = HashMap::new();
+    // Each task's longest child branch, children before parents, without
+    // recursion: a chain of children may be any number of levels deep.
+    let mut longest: HashMap<TaskId, u64> = HashMap::new();
+    let mut stack = vec![(root, false)];
+    while let Some((id, expanded)) = stack.pop() {
+        let kids = children.get(&id).map_or(&[][..], Vec::as_slice);
+        if expanded {
+            let best = kids
+                .iter()
+                .map(|k| span(k).saturating_add(longest.get(&k.task.id).copied().unwrap_or(0)))
+                .max()
+                .unwrap_or(0);
+            longest.insert(id, best);
+        } else if !longest.contains_key(&id) {
+            stack.push((id, true));
+            stack.extend(kids.iter().map(|k| (k.task.id, false)));
+        }
+    }
     let mut path = vec![root];
     let mut at = root;
     while let Some(kids) = children.get(&at) {
         let mut best: Option<(u64, TaskId)> = None;
         for k in kids {
-            let len = span(k) + branch(k.task.id, &children, &mut memo);
+            let len = span(k).saturating_add(longest.get(&k.task.id).copied().unwrap_or(0));
             if best.is_none_or(|(bl, bid)| len > bl || (len == bl && k.task.id < bid)) {
                 best = Some((len, k.task.id));
             }

@@ -81,6 +81,9 @@ impl Pool {
     }
 }
 
+/// The longest pool name, in bytes (worker names are the pool's plus a number).
+const MAX_POOL_NAME: usize = 256;
+
 /// The most worker threads a manager runs, over all its pools.
 pub(crate) const MAX_WORKERS: usize = 4096;
 
@@ -258,6 +261,16 @@ impl Builder {
         for p in &self.pools {
             if p.name.trim().is_empty() {
                 return Err(Error::InvalidOption("a pool needs a non-empty name".into()));
+            }
+            // Every claim record carries its worker's name (the pool's, with
+            // a number): a name near a segment's size would make every claim
+            // by the pool too large to log, and its tasks would never run.
+            if p.name.len() > MAX_POOL_NAME {
+                return Err(Error::InvalidOption(format!(
+                    "pool name `{}…` is {} bytes; at most {MAX_POOL_NAME} are allowed",
+                    p.name.chars().take(32).collect::<String>(),
+                    p.name.len()
+                )));
             }
             // Workers are named after their pool, and a timeout finds its
             // attempt's pool by worker name.

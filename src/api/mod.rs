@@ -229,6 +229,11 @@ impl TaskManager {
             for t in &o.requires {
                 crate::runtime::error::check_tag(t)?;
             }
+            if o.heartbeat_window == Some(Duration::ZERO) {
+                return Err(Error::InvalidOption(format!(
+                    "handler `{name}`: a heartbeat window of zero could never be met; leave it unset for no heartbeat check"
+                )));
+            }
             if o.max_concurrent_tasks == Some(0) {
                 return Err(Error::InvalidOption(format!(
                     "handler `{name}`: max_concurrent_tasks must be at least 1"

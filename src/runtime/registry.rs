@@ -49,9 +49,26 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Completes with `value` serialized to JSON.
-    pub fn complete(value: impl serde::Serialize) -> Outcome {
-        Outcome::Complete(serde_json::to_value(value).unwrap_or(Value::Null))
+    /// Completes with `value` serialized to JSON, as a handler's return
+    /// value. A value JSON cannot hold (a map whose keys are not strings, a
+    /// `Serialize` impl that fails) fails the attempt with serde's message,
+    /// rather than completing the task with a result it never had.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), fibflow::Error> {
+    /// use fibflow::{Outcome, TaskManager};
+    /// let mgr = TaskManager::builder().memory().build()?;
+    /// mgr.register("sum", |ctx| {
+    ///     let n = ctx.payload().as_u64().unwrap_or(0);
+    ///     Outcome::complete(n * (n + 1) / 2)
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn complete(value: impl serde::Serialize) -> HandlerResult {
+        match serde_json::to_value(value) {
+            Ok(v) => Ok(Outcome::Complete(v)),
+            Err(e) => Err(format!("the handler's result does not serialize to JSON: {e}").into()),
+        }
     }
 
     /// Spawns `children` without changing the context.

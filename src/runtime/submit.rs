@@ -30,7 +30,8 @@ pub struct SubmitOptions {
     pub requires: Vec<String>,
     /// A second submit with a key an existing task holds returns that task's id.
     pub dedup_key: Option<String>,
-    /// Makes a cron task with this expression.
+    /// Makes a cron task with this expression (it first runs at the next
+    /// occurrence; `delay` and `run_at` are refused with it).
     pub cron: Option<String>,
 }
 
@@ -134,6 +135,11 @@ impl Core {
         let pool_attempts = self.pool_max_attempts(&requires);
         let (kind, next_run_ms) = match &o.cron {
             Some(expr) => {
+                if o.delay.is_some() || o.run_at.is_some() {
+                    return Err(Error::InvalidOption(format!(
+                        "cron task `{expr}`: delay and run_at do not apply (a cron task first runs at the next occurrence); leave them unset"
+                    )));
+                }
                 let s = self.cron(expr)?;
                 let next = s.next_after(now).ok_or_else(|| {
                     Error::InvalidOption(format!(
