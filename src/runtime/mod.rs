@@ -413,6 +413,14 @@ impl Core {
         self.tokio.as_ref().map(|rt| rt.block_on(fut))
     }
 
+    /// Runs `f` inside the async handlers' runtime, so that an async
+    /// handler's synchronous part (before it returns its future) may use
+    /// tokio: `tokio::spawn`, `tokio::time::sleep`, `timeout`.
+    pub(crate) fn in_runtime<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _entered = self.tokio.as_ref().map(tokio::runtime::Runtime::enter);
+        f()
+    }
+
     pub(crate) fn now(&self) -> UnixMs {
         self.clock.now_ms()
     }
@@ -643,6 +651,12 @@ impl Core {
 
     /// `stop`: records the attempts still running as interrupted; returns their tasks.
     pub(crate) fn interrupt_running(&self) -> Vec<TaskId> {
+        // A claim checks `stopping` and publishes its attempt under its
+        // shard's lock: once every lock has been taken since `stopping` was
+        // set, every claimed attempt is in a slot.
+        for i in 0..store::SHARDS {
+            drop(self.store.lock_index(i));
+        }
         let ctls: Vec<_> = self
             .timer
             .slots

@@ -511,7 +511,14 @@ impl Core {
             Err(_) => return Err(reg),
         }
         match shard.live(id) {
-            Some(e) => Ok(Self::job(e, reg, worker, base, me)),
+            Some(e) => {
+                let job = Self::job(e, reg, worker, base, me);
+                // Published before the shard's lock is let go: `stop` passes
+                // every shard's lock before it reads the slots, so an attempt
+                // claimed before `stopping` was set is always found there.
+                self.timer.set_slot(w, Some(job.ctx.inner.clone()));
+                Ok(job)
+            }
             None => Err(reg),
         }
     }
@@ -562,12 +569,15 @@ impl Core {
     /// Runs the handler of a claimed task and records its outcome. Returns
     /// the attempt's context for the worker's next attempt to reuse.
     fn run_job(self: &Arc<Self>, w: usize, job: Job) -> Arc<ContextInner> {
+        // `claim` published the attempt in this worker's timer slot.
         let inner = job.ctx.inner.clone();
-        self.timer.set_slot(w, Some(inner.clone()));
         let result = self.call(&job);
+        // No timeout fires once the handler is done; the slot stays until
+        // the outcome is recorded, so that a `stop` meanwhile finds the
+        // attempt (and interrupts it, or sees it finished).
         inner.ctl.done.store(true, Ordering::Release);
-        self.timer.set_slot(w, None);
         self.finish(w, &job, result);
+        self.timer.set_slot(w, None);
         // The global slot first: while this worker still holds it, it can
         // receive no handoff, and a handler slot freed before would go to a
         // worse task if this worker was the only one that can run the best
@@ -590,7 +600,7 @@ impl Core {
                 // Making the future runs the closure's synchronous part, which
                 // may panic too: it is inside the guard.
                 catch_unwind(AssertUnwindSafe(|| {
-                    let fut = f(job.ctx.clone());
+                    let fut = self.in_runtime(|| f(job.ctx.clone()));
                     self.block_on(async move {
                         tokio::select! {
                             // Cancellation first: a handler that was cancelled
