@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::{children_of, eventually, manual, Gate, PATIENCE};
+use common::fib::events_of;
+use common::{children_of, eventually, manual, DropGuard, Gate, Release, PATIENCE};
 use fibflow::{
     AttemptOutcome, ChildSpec, EventType, HandlerOptions, Interrupted, Outcome, Progress, TaskId,
     TaskManager, TaskStatus,
@@ -12,32 +13,6 @@ use serde_json::json;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// Counts its drops: proves a handler's future was dropped.
-struct DropGuard(Arc<AtomicUsize>);
-
-impl Drop for DropGuard {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-/// A latch async handlers await; opened from a plain thread.
-#[derive(Clone)]
-struct Release(Arc<tokio::sync::watch::Sender<bool>>);
-
-impl Release {
-    fn new() -> Release {
-        Release(Arc::new(tokio::sync::watch::channel(false).0))
-    }
-    fn open(&self) {
-        self.0.send_replace(true);
-    }
-    async fn wait(&self) {
-        let mut rx = self.0.subscribe();
-        let _ = rx.wait_for(|open| *open).await;
-    }
-}
 
 /// Tracks how many run at once and the peak.
 #[derive(Default)]
@@ -72,14 +47,6 @@ fn outcomes(mgr: &TaskManager, id: TaskId) -> Vec<Option<AttemptOutcome>> {
         .unwrap()
         .iter()
         .map(|a| a.outcome)
-        .collect()
-}
-
-fn events_of(mgr: &TaskManager, id: TaskId, ty: EventType) -> Vec<fibflow::Event> {
-    mgr.events(id)
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.event_type == ty)
         .collect()
 }
 

@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{children_of, eventually, manual, Gate, PATIENCE};
+use common::{children_of, eventually, manual, DropGuard, Gate, Release, PATIENCE};
 use fibflow::{
     AttemptOutcome, ChildSpec, ContextError, EventType, HandlerOptions, Interrupted, Outcome,
     Progress, TaskContext, TaskId, TaskManager, TaskStatus,
@@ -23,33 +23,6 @@ use serde_json::json;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
-
-/// Counts its drops: proves a handler's future was dropped (cancelled or done).
-struct DropGuard(Arc<AtomicUsize>);
-
-impl Drop for DropGuard {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-/// A latch async handlers await (a tokio watch channel); the test opens it
-/// from a plain thread.
-#[derive(Clone)]
-struct Release(Arc<tokio::sync::watch::Sender<bool>>);
-
-impl Release {
-    fn new() -> Release {
-        Release(Arc::new(tokio::sync::watch::channel(false).0))
-    }
-    fn open(&self) {
-        self.0.send_replace(true);
-    }
-    async fn wait(&self) {
-        let mut rx = self.0.subscribe();
-        let _ = rx.wait_for(|open| *open).await;
-    }
-}
 
 fn status(mgr: &TaskManager, id: TaskId) -> TaskStatus {
     mgr.get_task(id).unwrap().status

@@ -23,43 +23,51 @@ fn status(mgr: &TaskManager, id: TaskId) -> TaskStatus {
 /// SPEC §3: "slots free on success, failure, suspension and pause". A timeout is a
 /// failed attempt: its handler slot frees when the attempt times out, as it does
 /// when the task is paused, even if the (sync) handler runs on. (Session 15
-/// found it held until the handler returned.)
-#[test]
-fn a_timed_out_attempt_frees_its_handler_slot_like_a_pause() {
+/// found it held until the handler returned.) `limit` adds the timeout kind
+/// to a handler capped at one attempt at a time.
+fn a_timeout_frees_the_handler_slot(limit: HandlerOptions) {
     let (mgr, clock) = manual(4);
     let gate = Gate::new();
-    let g = gate.clone();
-    mgr.register_with(
-        "capped",
-        HandlerOptions::new()
-            .max_concurrent_tasks(1)
-            .timeout(Duration::from_secs(1))
-            .max_retries(1),
-        move |ctx| {
-            if ctx.payload()["block"] == json!(true) {
-                g.wait();
-            }
-            Ok(json!("ok").into())
-        },
-    )
+    let opener = gate.clone();
+    let options = limit.max_concurrent_tasks(1).max_retries(1);
+    mgr.register_with("capped", options, move |ctx| {
+        if ctx.payload()["block"] == json!(true) {
+            opener.wait();
+        }
+        Ok(json!("ok").into())
+    })
     .unwrap();
     mgr.start().unwrap();
-    let a = mgr.submit("capped", json!({"block": true})).unwrap();
-    eventually("a runs", || status(&mgr, a) == TaskStatus::Running);
-    let b = mgr.submit("capped", json!({"block": false})).unwrap();
-    clock.advance(Duration::from_secs(2));
-    eventually("a times out", || {
-        status(&mgr, a) == TaskStatus::PermanentlyFailed
+    let blocked = mgr.submit("capped", json!({"block": true})).unwrap();
+    eventually("the blocked one runs", || {
+        status(&mgr, blocked) == TaskStatus::Running
     });
-    // Control: with pause the slot frees at once (s3_pausing_a_running_task_frees_its_handler_slot).
-    // With a timeout, b should run while a's handler still blocks.
-    // Waited for with the gate shut: b can only finish if a's slot is free.
-    let b_status = mgr.wait(b, Duration::from_secs(10)).map(|t| t.status);
+    let next = mgr.submit("capped", json!({"block": false})).unwrap();
+    clock.advance(Duration::from_secs(2));
+    eventually("the blocked one times out", || {
+        status(&mgr, blocked) == TaskStatus::PermanentlyFailed
+    });
+    // Waited for with the gate shut: `next` can only finish if the slot is
+    // free while the timed-out handler still blocks.
+    let next_status = mgr.wait(next, Duration::from_secs(10)).map(|t| t.status);
     gate.open();
-    mgr.wait(b, PATIENCE).unwrap();
+    mgr.wait(next, PATIENCE).unwrap();
     assert!(
-        matches!(b_status, Ok(TaskStatus::Completed)),
-        "the timed-out attempt kept its handler slot until its handler returned: {b_status:?}"
+        matches!(next_status, Ok(TaskStatus::Completed)),
+        "the timed-out attempt kept its handler slot until its handler returned: {next_status:?}"
+    );
+}
+
+#[test]
+fn a_timed_out_attempt_frees_its_handler_slot_like_a_pause() {
+    a_timeout_frees_the_handler_slot(HandlerOptions::new().timeout(Duration::from_secs(1)));
+}
+
+/// SPEC §3: a heartbeat timeout is a failure too: it frees the handler slot.
+#[test]
+fn a_heartbeat_timeout_frees_its_handler_slot() {
+    a_timeout_frees_the_handler_slot(
+        HandlerOptions::new().heartbeat_window(Duration::from_secs(1)),
     );
 }
 
@@ -878,44 +886,6 @@ fn a_timeout_of_an_attempt_whose_handler_was_unregistered_keeps_its_strategy() {
         timeout_at.saturating_sub(at),
         100_000,
         "the timeout's retry ignored the strategy of the registration the attempt ran with"
-    );
-}
-
-/// SPEC §3: a heartbeat timeout is a failure too: it frees the handler slot.
-#[test]
-fn a_heartbeat_timeout_frees_its_handler_slot() {
-    let (mgr, clock) = manual(4);
-    let gate = Gate::new();
-    let g = gate.clone();
-    mgr.register_with(
-        "capped",
-        HandlerOptions::new()
-            .max_concurrent_tasks(1)
-            .heartbeat_window(Duration::from_secs(1))
-            .max_retries(1),
-        move |ctx| {
-            if ctx.payload()["block"] == json!(true) {
-                g.wait();
-            }
-            Ok(json!("ok").into())
-        },
-    )
-    .unwrap();
-    mgr.start().unwrap();
-    let a = mgr.submit("capped", json!({"block": true})).unwrap();
-    eventually("a runs", || status(&mgr, a) == TaskStatus::Running);
-    let b = mgr.submit("capped", json!({"block": false})).unwrap();
-    clock.advance(Duration::from_secs(2));
-    eventually("a times out", || {
-        status(&mgr, a) == TaskStatus::PermanentlyFailed
-    });
-    // Waited for with the gate shut: b can only finish if a's slot is free.
-    let b_status = mgr.wait(b, Duration::from_secs(10)).map(|t| t.status);
-    gate.open();
-    mgr.wait(b, PATIENCE).unwrap();
-    assert!(
-        matches!(b_status, Ok(TaskStatus::Completed)),
-        "slot kept after a heartbeat timeout: {b_status:?}"
     );
 }
 

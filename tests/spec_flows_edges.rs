@@ -5,6 +5,7 @@
 mod common;
 
 use chrono::{TimeZone as _, Utc};
+use common::fib::events_of;
 use common::{children_of, event_names, eventually, Gate, PATIENCE};
 use fibflow::{
     AttemptFilter, AttemptOutcome, CatchUp, ChildSpec, Error, EventFilter, EventType,
@@ -59,14 +60,6 @@ fn wait_status(mgr: &TaskManager, id: TaskId, s: TaskStatus) {
     eventually(&format!("task {id} {s}"), || {
         mgr.get_task(id).is_some_and(|t| t.status == s)
     });
-}
-
-fn events_of(mgr: &TaskManager, id: TaskId, ty: EventType) -> Vec<fibflow::Event> {
-    mgr.events(id)
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.event_type == ty)
-        .collect()
 }
 
 // ---------------------------------------------------------------------------

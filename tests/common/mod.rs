@@ -130,3 +130,33 @@ pub fn build_unlocked(builder: fibflow::Builder) -> fibflow::Result<TaskManager>
         }
     }
 }
+
+/// Counts its drops: a handler's future holds one to show it was dropped.
+pub struct DropGuard(pub Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A latch async handlers await (a tokio watch channel); the test opens it
+/// from a plain thread.
+#[derive(Clone)]
+pub struct Release(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Release {
+    /// A shut latch.
+    pub fn new() -> Release {
+        Release(Arc::new(tokio::sync::watch::channel(false).0))
+    }
+    /// Opens it for every waiter, now and later.
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+    /// Waits until it is open.
+    pub async fn wait(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|open| *open).await;
+    }
+}
