@@ -19,7 +19,7 @@ use chrono::offset::LocalResult;
 use chrono::{DateTime, NaiveDateTime, Offset, TimeDelta, TimeZone as _, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
-use croner::{Cron, JobType};
+use croner::Cron;
 use serde::{Deserialize, Serialize};
 
 /// Errors raised while building schedules or retry strategies.
@@ -253,7 +253,15 @@ fn normalize_field(field: Field, raw: &str) -> Result<String, String> {
     reject_unsupported(field, &upper)?;
     let text = match field {
         Field::Month => replace_names(&upper, &MONTH_NAMES, 1),
-        Field::DayOfWeek => replace_names(&upper.replace("-SUN", "-7"), &WEEKDAY_NAMES, 0),
+        Field::DayOfWeek => {
+            let numbered = replace_names(&upper.replace("-SUN", "-7"), &WEEKDAY_NAMES, 0);
+            // 7 is Sunday too, but croner reads it so only outside `nL`.
+            numbered
+                .split(',')
+                .map(|item| if item == "7L" { "0L" } else { item })
+                .collect::<Vec<_>>()
+                .join(",")
+        }
         _ => upper,
     };
     let allowed =
@@ -358,11 +366,15 @@ fn locate_croner_error(fields: &[String]) -> String {
 /// (neither starts with `*`), a day matching either one matches.
 ///
 /// Occurrences are whole seconds of the zone's wall clock. Across daylight-saving
-/// transitions (same rules as croner/Vixie cron): a wall-clock time skipped by a
-/// spring-forward gap fires at the end of the gap if the expression has a single
-/// fixed second, minute and hour, and is skipped otherwise; a wall-clock time that
-/// repeats in a fall-back overlap fires once (at its first instance) for such
-/// fixed-time expressions, and at both instances otherwise.
+/// transitions, Vixie cron's rules: an expression is *fixed-time* when none of
+/// its second, minute and hour fields starts with `*` (`30 2 * * *`,
+/// `0,30 1 * * *`, `0 9-17 * * *`), and *wildcard* otherwise (`*/15 * * * *`,
+/// `0 * * * *`). Wall-clock times skipped by a spring-forward gap fire at the
+/// end of the gap for a fixed-time expression (once, however many of them the
+/// gap held) and not at all for a wildcard one; a wall-clock time that repeats
+/// in a fall-back overlap fires once (at its first instance) for a fixed-time
+/// expression, and at both instances for a wildcard one, which so keeps firing
+/// in real time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CronSchedule {
     expr: String,
@@ -384,7 +396,10 @@ impl CronSchedule {
         let cron = croner_parser()
             .parse(&fields.join(" "))
             .map_err(|_| invalid(locate_croner_error(&fields)))?;
-        let fixed_time = cron.determine_job_type() == JobType::FixedTime;
+        // Vixie cron's (and cronie's) rule: a job is "wildcard" when its
+        // minute or hour field (here also the second) starts with `*`, and
+        // fixed-time otherwise, lists and ranges included.
+        let fixed_time = fields.iter().take(3).all(|f| !f.starts_with('*'));
         Ok(Self {
             expr: expr.to_owned(),
             tz,
