@@ -516,7 +516,11 @@ fn s9_plain_successful_task_has_exactly_created_claimed_started_completed() {
     let w = t.worker.clone().expect("the worker of the attempt");
     for e in &evs {
         assert_eq!(e.task_id, id);
-        assert_eq!(e.root_id, None);
+        assert_eq!(
+            e.root_id,
+            Some(id),
+            "a root task's events name it as their root"
+        );
         assert_eq!(e.parent_id, None);
         assert_eq!(e.stage, 0);
     }
@@ -1378,7 +1382,7 @@ fn s10_event_filters_type_worker_attempt_stage_and_time_range() {
                         && f.attempt.is_none_or(|a| e.attempt == Some(a))
                         && f.stage.is_none_or(|s| e.stage == s)
                         && f.from_ms.is_none_or(|t| e.time >= t)
-                        && f.until_ms.is_none_or(|t| e.time < t)
+                        && f.until_ms.is_none_or(|t| e.time <= t)
                 })
                 .cloned()
                 .collect();
@@ -1504,12 +1508,20 @@ fn s10_attempt_filters_worker_outcome_time_ranges_open_only() {
         }),
         [2]
     );
+    // Upper bounds are inclusive, as fib-flow's `started_before`.
+    assert_eq!(
+        q(AttemptFilter {
+            started_until_ms: Some(T0 + 11_999),
+            ..d()
+        }),
+        [1]
+    );
     assert_eq!(
         q(AttemptFilter {
             started_until_ms: Some(T0 + 12_000),
             ..d()
         }),
-        [1]
+        [1, 2]
     );
     assert_eq!(
         q(AttemptFilter {
@@ -1520,10 +1532,17 @@ fn s10_attempt_filters_worker_outcome_time_ranges_open_only() {
     );
     assert_eq!(
         q(AttemptFilter {
-            ended_until_ms: Some(T0 + 2_000),
+            ended_until_ms: Some(T0 + 1_999),
             ..d()
         }),
         Vec::<u32>::new()
+    );
+    assert_eq!(
+        q(AttemptFilter {
+            ended_until_ms: Some(T0 + 2_000),
+            ..d()
+        }),
+        [1]
     );
     assert_eq!(
         q(AttemptFilter {

@@ -24,7 +24,7 @@ pub struct EventFilter {
     pub stage: Option<u32>,
     /// Time at or after (ms).
     pub from_ms: Option<u64>,
-    /// Time before (ms).
+    /// Time at or before (ms); inclusive, as fib-flow's `started_before`.
     pub until_ms: Option<u64>,
 }
 
@@ -38,7 +38,7 @@ impl EventFilter {
             && self.attempt.is_none_or(|a| e.attempt == Some(a))
             && self.stage.is_none_or(|s| e.stage == s)
             && self.from_ms.is_none_or(|t| e.time >= t)
-            && self.until_ms.is_none_or(|t| e.time < t)
+            && self.until_ms.is_none_or(|t| e.time <= t)
     }
 }
 
@@ -51,11 +51,11 @@ pub struct AttemptFilter {
     pub outcome: Option<AttemptOutcome>,
     /// Started at or after (ms).
     pub started_from_ms: Option<u64>,
-    /// Started before (ms).
+    /// Started at or before (ms); inclusive, as fib-flow's `started_before`.
     pub started_until_ms: Option<u64>,
     /// Ended at or after (ms).
     pub ended_from_ms: Option<u64>,
-    /// Ended before (ms).
+    /// Ended at or before (ms); inclusive, as fib-flow's `ended_before`.
     pub ended_until_ms: Option<u64>,
     /// Only attempts still open.
     pub open_only: bool,
@@ -66,13 +66,13 @@ impl AttemptFilter {
         self.worker.as_ref().is_none_or(|w| *a.worker == **w)
             && self.outcome.is_none_or(|o| a.outcome == Some(o))
             && self.started_from_ms.is_none_or(|t| a.started_at >= t)
-            && self.started_until_ms.is_none_or(|t| a.started_at < t)
+            && self.started_until_ms.is_none_or(|t| a.started_at <= t)
             && self
                 .ended_from_ms
                 .is_none_or(|t| a.ended_at.is_some_and(|e| e >= t))
             && self
                 .ended_until_ms
-                .is_none_or(|t| a.ended_at.is_some_and(|e| e < t))
+                .is_none_or(|t| a.ended_at.is_some_and(|e| e <= t))
             && (!self.open_only || a.outcome.is_none())
     }
 }
@@ -108,7 +108,8 @@ pub struct WorkflowTiming {
     pub last_end: Option<u64>,
     /// Last event.
     pub last_event: Option<u64>,
-    /// `last_end - first_start`.
+    /// `last_end` minus the root's creation (fib-flow's
+    /// `workflow_duration_seconds`), once an attempt has ended.
     pub duration_ms: Option<u64>,
 }
 
@@ -152,7 +153,7 @@ pub struct WorkflowSummary {
     pub root_id: TaskId,
     /// Tasks per status.
     pub status_counts: BTreeMap<String, u64>,
-    /// Attempts per outcome (`open` for running ones).
+    /// Closed attempts per outcome (an open attempt has none yet).
     pub attempt_outcomes: BTreeMap<String, u64>,
     /// Workers that ran attempts, sorted.
     pub workers: Vec<String>,
@@ -160,13 +161,15 @@ pub struct WorkflowSummary {
     pub timing: WorkflowTiming,
     /// The root's stages.
     pub root_stages: Vec<StageTiming>,
-    /// Tasks that failed for good or timed out.
+    /// Tasks that are failed, timed out, permanently failed or paused (as
+    /// fib-flow lists them).
     pub failed_tasks: Vec<FailedTask>,
     /// The root plus the longest child branch (ties to the lowest id). A
     /// branch is as long as its task's longest attempt plus its longest child
     /// branch, as fib-flow estimates it.
     pub critical_path: Vec<TaskId>,
-    /// The 5 slowest closed attempts, slowest first.
+    /// The 5 slowest attempts, slowest first (ties to the earlier start); open
+    /// attempts, which have no duration yet, after the closed ones.
     pub slowest_attempts: Vec<Attempt>,
 }
 
@@ -311,14 +314,19 @@ impl TaskManager {
         let mut workers = BTreeSet::new();
         let mut timing = WorkflowTiming::default();
         let mut failed_tasks = Vec::new();
-        let mut closed: Vec<Attempt> = Vec::new();
+        let mut attempts: Vec<Attempt> = Vec::new();
         for e in &entries {
             *status_counts
                 .entry(e.task.status.as_str().to_owned())
                 .or_insert(0) += 1;
+            // fib-flow's `failed_tasks`: paused ones too (a cron task whose
+            // retries ran out, a task paused by hand).
             if matches!(
                 e.task.status,
-                TaskStatus::PermanentlyFailed | TaskStatus::Failed | TaskStatus::Timeout
+                TaskStatus::PermanentlyFailed
+                    | TaskStatus::Failed
+                    | TaskStatus::Timeout
+                    | TaskStatus::Paused
             ) {
                 failed_tasks.push(FailedTask {
                     id: e.task.id,
@@ -329,8 +337,12 @@ impl TaskManager {
             }
             timing.last_event = timing.last_event.max(e.task.last_event_time);
             for a in &e.attempts {
-                let key = a.outcome.map_or("open", AttemptOutcome::as_str);
-                *attempt_outcomes.entry(key.to_owned()).or_insert(0) += 1;
+                // Outcomes only, as fib-flow counts them: an open attempt has none.
+                if let Some(outcome) = a.outcome {
+                    *attempt_outcomes
+                        .entry(outcome.as_str().to_owned())
+                        .or_insert(0) += 1;
+                }
                 workers.insert(a.worker.clone());
                 timing.first_start = Some(
                     timing
@@ -338,22 +350,28 @@ impl TaskManager {
                         .map_or(a.started_at, |f| f.min(a.started_at)),
                 );
                 timing.last_end = timing.last_end.max(a.ended_at);
-                if a.ended_at.is_some() {
-                    closed.push(a.clone());
-                }
+                attempts.push(a.clone());
             }
         }
-        timing.duration_ms = timing
-            .first_start
+        // From the root's creation, as fib-flow's `workflow_duration_seconds`:
+        // time spent queued before the first start counts.
+        let created = entries
+            .iter()
+            .find(|e| e.task.id == root)
+            .map(|e| e.task.created_at);
+        timing.duration_ms = created
             .zip(timing.last_end)
             .map(|(s, e)| e.saturating_sub(s));
-        closed.sort_by(|a, b| {
+        // Slowest first, open attempts (no duration yet) last; ties to the
+        // earlier start, as fib-flow orders them.
+        attempts.sort_by(|a, b| {
             b.duration_ms()
                 .cmp(&a.duration_ms())
+                .then(a.started_at.cmp(&b.started_at))
                 .then(a.task_id.cmp(&b.task_id))
                 .then(a.number.cmp(&b.number))
         });
-        closed.truncate(5);
+        attempts.truncate(5);
         let root_stages = entries
             .iter()
             .find(|e| e.task.id == root)
@@ -368,7 +386,7 @@ impl TaskManager {
             root_stages,
             failed_tasks,
             critical_path: critical_path(root, &entries),
-            slowest_attempts: closed,
+            slowest_attempts: attempts,
         })
     }
 

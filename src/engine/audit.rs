@@ -121,7 +121,7 @@ pub struct Event {
     pub id: u64,
     /// The task.
     pub task_id: TaskId,
-    /// The task's workflow root.
+    /// The task's workflow root: the task itself for a root task.
     pub root_id: Option<TaskId>,
     /// The task's parent.
     pub parent_id: Option<TaskId>,

@@ -141,7 +141,9 @@ impl TaskEntry {
         Some(Event {
             id: i as u64,
             task_id: t.id,
-            root_id: t.root_id,
+            // A root task's events name it as their root (fib-flow's
+            // `normalizeRootId`), so a workflow's events share one root id.
+            root_id: t.root_id.or(Some(t.id)),
             parent_id: t.parent_id,
             event_type: row.ty,
             from_status: row.from,
