@@ -1358,7 +1358,10 @@ fn check_headers(
                     p.segment_id
                 )));
             }
-            None if h.base_lsn > snap.map_or(0, |(_, l)| l.saturating_add(1)) => {
+            // A log started over above a snapshot (`recover`, or a
+            // directory holding only a snapshot) begins at the first frame
+            // boundary after it.
+            None if h.base_lsn > snap.map_or(0, |(_, l)| frame::align_up(l.saturating_add(1))) => {
                 return Err(corrupt(
                     "records between the snapshot and this first segment are missing".to_owned(),
                 ));
@@ -1427,6 +1430,25 @@ fn recover(storage: &dyn Storage, config: &LogConfig) -> Result<Recovered, LogEr
     };
     let (scan, repairs) = scan;
     apply_repairs(storage, &mut segs, &repairs, &mut report)?;
+    // A log that ends at or below the snapshot's LSN: the disk lost writes
+    // that were synced before the snapshot was written (`write_snapshot`
+    // syncs first, so only a disk that lies about fsync gets here). Every
+    // record left is covered by the snapshot, and appending at the end would
+    // reuse LSNs it covers, which the next open would skip as covered. The
+    // log starts over in a fresh segment above the snapshot instead.
+    let snap_lsn = snap.as_ref().map(|(_, l, _)| *l);
+    let end = segs.last().map(|s| s.base() + scan.end.offset);
+    let restart = matches!((snap_lsn, end), (Some(l), Some(e)) if e <= l);
+    if restart {
+        fill_report(&mut report, &segs, &scan, snap_lsn);
+        let names: Vec<String> = segs.drain(..).map(|s| s.name).collect();
+        for name in names {
+            storage.remove(&name).map_err(io_err(format!(
+                "removing segment {name}, covered by the snapshot"
+            )))?;
+            report.removed.push(name);
+        }
+    }
     if segs.is_empty() {
         let base = snap
             .as_ref()
@@ -1462,7 +1484,11 @@ fn recover(storage: &dyn Storage, config: &LogConfig) -> Result<Recovered, LogEr
             .map_err(io_err(format!("syncing recovered segment {}", s.name)))?;
     }
     let synced = segs.last().map_or(0, |s| s.base() + s.map.completed());
-    fill_report(&mut report, &segs, &scan, snap.as_ref().map(|(_, l, _)| *l));
+    if restart {
+        report.segments = segs.len();
+    } else {
+        fill_report(&mut report, &segs, &scan, snap_lsn);
+    }
     Ok(Recovered {
         segs,
         report,

@@ -594,3 +594,43 @@ proptest! {
         prop_assert_eq!(bodies(&log), records);
     }
 }
+
+/// A disk that lost synced writes can leave the log ending below the
+/// snapshot's LSN. Appends after that open must land above the snapshot: at
+/// LSNs it covers, the next open would skip them as covered.
+#[test]
+fn a_log_cut_below_its_snapshot_appends_above_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || cfg(Durability::Sync, 1 << 20);
+    let mut lsns = Vec::new();
+    {
+        let (log, _) = Log::open(dir.path(), config()).unwrap();
+        for i in 0..100u32 {
+            lsns.push(log.append(&i.to_le_bytes().repeat(8)).unwrap());
+        }
+        log.write_snapshot(lsns[99], b"state@99").unwrap();
+    }
+    // The lying disk: everything from record 50 on is gone (zeros).
+    let seg = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let base = segment::SegmentHeader::decode(&bytes).unwrap().base_lsn;
+    let cut = usize::try_from(lsns[50].0 - base).unwrap();
+    bytes[cut..].fill(0);
+    std::fs::write(&seg, &bytes).unwrap();
+    let after = {
+        let (log, report) = Log::open(dir.path(), config()).unwrap();
+        assert_eq!(report.snapshot_lsn, Some(lsns[99]));
+        assert_eq!(report.last_lsn, Some(lsns[49]), "{report:?}");
+        assert!(collect(&log).is_empty(), "all of it is covered");
+        let lsn = log.append(b"after the cut").unwrap();
+        log.wait_durable(lsn).unwrap();
+        assert!(lsn > lsns[99], "{lsn:?} reuses an LSN the snapshot covers");
+        lsn
+    };
+    let (log, _) = Log::open(dir.path(), config()).unwrap();
+    assert_eq!(collect(&log), vec![(after, b"after the cut".to_vec())]);
+}
