@@ -470,9 +470,10 @@ fn s3_the_global_cap_spans_every_pool() {
     let s = mgr.submit("s", json!(null)).unwrap();
     eventually("s runs", || busy.load(Ordering::SeqCst));
     let g = mgr.submit("g", json!(null)).unwrap();
+    // The gpu pool's workers are idle: the global cap holds it.
     assert_eq!(
         mgr.waiting_reason(g).unwrap().as_deref(),
-        Some("queued: waiting for a free worker")
+        Some("the manager is at its global concurrency cap (1 running)")
     );
     gate.open();
     assert_eq!(mgr.wait(s, PATIENCE).unwrap().status, TaskStatus::Completed);

@@ -1209,7 +1209,10 @@ fn pause_task_keeps_a_delayed_task_from_running_until_resume_task() {
     let p = mgr.wait(paused, PATIENCE).unwrap();
     assert_eq!(p.status, TaskStatus::Paused);
     assert!(attempts(&mgr, paused).is_empty());
-    assert_eq!(mgr.waiting_reason(paused).unwrap(), None);
+    assert_eq!(
+        mgr.waiting_reason(paused).unwrap(),
+        Some(format!("paused: resume_task({}) runs it again", paused.0))
+    );
     let resumed_at = now_ms();
     mgr.resume_task(paused, None).unwrap();
     let t = mgr.wait(paused, PATIENCE).unwrap();

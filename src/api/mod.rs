@@ -533,15 +533,53 @@ impl TaskManager {
         self.core.store.lock(id).get(id).map(|e| e.task.clone())
     }
 
-    /// Why a pending task is not running, in words; `None` if it is not waiting.
+    /// Why a task is not running, in words; `None` if it is running or
+    /// finished. A pending task names what holds it (no handler, no pool with
+    /// its capabilities, its time not come, the manager stopped or paused, a
+    /// concurrency cap, or busy workers); a waiting one names what it waits
+    /// for (a retry, its children, a resume).
     pub fn waiting_reason(&self, id: TaskId) -> Result<Option<String>> {
-        let t = self.get_task(id).ok_or(Error::NotFound(id))?;
-        if t.status != TaskStatus::Pending {
-            return Ok(None);
+        let (t, awaiting_children, suspend_reason) = {
+            let shard = self.core.store.lock(id);
+            let e = shard.get(id).ok_or(Error::NotFound(id))?;
+            (e.task.clone(), e.round.is_some(), e.suspend_reason.clone())
+        };
+        match t.status {
+            TaskStatus::Pending => {}
+            TaskStatus::Paused => {
+                return Ok(Some(format!(
+                    "paused: resume_task({}) runs it again",
+                    t.id.0
+                )));
+            }
+            TaskStatus::Failed | TaskStatus::Timeout => {
+                return Ok(Some(format!(
+                    "its attempt {}; the retry is due at {} ms since the epoch",
+                    if t.status == TaskStatus::Failed {
+                        "failed"
+                    } else {
+                        "timed out"
+                    },
+                    t.next_run_time
+                )));
+            }
+            TaskStatus::Suspended if awaiting_children => {
+                return Ok(Some("suspended: waiting for its children to finish".into()));
+            }
+            TaskStatus::Suspended => {
+                let why = suspend_reason.unwrap_or_default();
+                return Ok(Some(format!(
+                    "suspended ({why}): resume_task({}) runs it again",
+                    t.id.0
+                )));
+            }
+            TaskStatus::Running | TaskStatus::Completed | TaskStatus::PermanentlyFailed => {
+                return Ok(None);
+            }
         }
-        if self.core.registry.get(&t.name).is_none() {
+        let Some(reg) = self.core.registry.get(&t.name) else {
             return Ok(Some(format!("No handler registered for task: {}", t.name)));
-        }
+        };
         if !self.core.dispatch.has_server(&t.requires) {
             return Ok(Some(format!(
                 "no worker pool has all the capabilities it requires: {}",
@@ -559,6 +597,19 @@ impl TaskManager {
         }
         if self.core.paused.load(Ordering::Acquire) {
             return Ok(Some("the manager is paused".into()));
+        }
+        if reg.slots.is_full() {
+            return Ok(Some(format!(
+                "handler `{}` is at its concurrency cap ({} running)",
+                t.name,
+                reg.slots.cap()
+            )));
+        }
+        if self.core.global.is_full() {
+            return Ok(Some(format!(
+                "the manager is at its global concurrency cap ({} running)",
+                self.core.global.cap()
+            )));
         }
         Ok(Some("queued: waiting for a free worker".into()))
     }

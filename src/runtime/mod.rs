@@ -193,8 +193,13 @@ impl GlobalSlots {
         self.swap(w, FREE, BUSY)
     }
 
-    fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.binding && self.running.load(Ordering::Relaxed) >= self.cap
+    }
+
+    /// The global cap (`max_concurrent_tasks`).
+    pub(crate) fn cap(&self) -> usize {
+        self.cap
     }
 
     /// Worker `w` returns its slot; true if the limit was reached before.

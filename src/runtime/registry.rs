@@ -328,6 +328,11 @@ impl Slots {
             .is_ok()
     }
 
+    /// The handler's cap.
+    pub(crate) fn cap(&self) -> usize {
+        self.cap.load(Ordering::Relaxed)
+    }
+
     /// Whether the cap is reached (a hint for skipping while scanning).
     pub(crate) fn is_full(&self) -> bool {
         self.running.load(Ordering::Relaxed) >= self.cap.load(Ordering::Relaxed)
