@@ -725,9 +725,11 @@ fn heartbeats_extend_the_window_but_not_the_total_timeout() {
 /// SPEC §4/§8: the retry strategy a timed-out attempt's retry uses is the one of the
 /// registration the attempt ran with, as for a failed attempt (SPEC §8: a running
 /// attempt keeps the handler it started with; SPEC §3 options are copied at
-/// registration). Session 15 found a timeout retried with the current one.
-#[test]
-fn a_timeout_and_a_failure_after_a_re_registration_use_the_same_retry_strategy() {
+/// registration). Session 15 found a timeout retried with the current one, or
+/// (after an unregister) with none. Two attempts of a handler with a fixed
+/// 100 s backoff run; `change` acts on the registration while they run; one
+/// then times out and the other fails: both retries are due 100 s later.
+fn a_timeout_keeps_the_attempts_strategy(change: impl FnOnce(&TaskManager)) {
     let (mgr, clock) = manual(2);
     let hang = Gate::new();
     let fail = Gate::new();
@@ -758,31 +760,42 @@ fn a_timeout_and_a_failure_after_a_re_registration_use_the_same_retry_strategy()
     eventually("running", || {
         status(&mgr, t_out) == TaskStatus::Running && status(&mgr, t_fail) == TaskStatus::Running
     });
-    mgr.register_with(
-        "h",
-        HandlerOptions::new()
-            .timeout(Duration::from_secs(5))
-            .max_retries(3)
-            .retry(RetryStrategy::fixed(Duration::from_secs(1))),
-        |_| Ok(json!("new").into()),
-    )
-    .unwrap();
+    change(&mgr);
     clock.advance(Duration::from_secs(6));
     let at = clock.now_ms();
-    eventually("timed out", || status(&mgr, t_out) == TaskStatus::Timeout);
+    eventually("timed out", || status(&mgr, t_out) != TaskStatus::Running);
     fail.open();
     eventually("failed", || status(&mgr, t_fail) == TaskStatus::Failed);
     hang.open();
+    let t = mgr.get_task(t_out).unwrap();
+    assert_eq!(t.status, TaskStatus::Timeout, "retried at once: {t:?}");
     let fail_delay = mgr.get_task(t_fail).unwrap().next_run_time - at;
-    let timeout_delay = mgr.get_task(t_out).unwrap().next_run_time - at;
     assert_eq!(
         fail_delay, 100_000,
         "failure uses the attempt's registration"
     );
     assert_eq!(
-        timeout_delay, fail_delay,
-        "a timed-out attempt of the old registration was retried with the new registration's strategy"
+        t.next_run_time.saturating_sub(at),
+        100_000,
+        "the timeout's retry ignored the strategy of the registration the attempt ran with"
     );
+}
+
+#[test]
+fn a_timeout_and_a_failure_after_a_re_registration_use_the_same_retry_strategy() {
+    a_timeout_keeps_the_attempts_strategy(|mgr| {
+        let new = HandlerOptions::new()
+            .timeout(Duration::from_secs(5))
+            .max_retries(3)
+            .retry(RetryStrategy::fixed(Duration::from_secs(1)));
+        mgr.register_with("h", new, |_| Ok(json!("new").into()))
+            .unwrap();
+    });
+}
+
+#[test]
+fn a_timeout_of_an_attempt_whose_handler_was_unregistered_keeps_its_strategy() {
+    a_timeout_keeps_the_attempts_strategy(|mgr| assert_eq!(mgr.unregister(&["h"]), 1));
 }
 
 // ---------------------------------------------------------------- more
@@ -831,62 +844,6 @@ fn dedup_keys_after_delete_reuse_and_reopen() {
     assert_eq!(again, b);
     assert_eq!(mgr.list_tasks(&TaskFilter::all()).len(), 2);
     mgr.stop(Duration::from_secs(5)).unwrap();
-}
-
-/// SPEC §4/§8: a handler unregistered while its attempt runs: the in-flight run
-/// keeps its registration, so a timeout of that attempt is retried with the
-/// handler's own retry strategy, as a failure of it is.
-#[test]
-fn a_timeout_of_an_attempt_whose_handler_was_unregistered_keeps_its_strategy() {
-    let (mgr, clock) = manual(2);
-    let hang = Gate::new();
-    let fail = Gate::new();
-    let (h, f) = (hang.clone(), fail.clone());
-    let opts = HandlerOptions::new()
-        .timeout(Duration::from_secs(5))
-        .max_retries(3)
-        .retry(RetryStrategy::fixed(Duration::from_secs(100)));
-    mgr.register_with("h", opts, move |ctx| {
-        if ctx.payload() == &json!("fail") {
-            f.wait();
-            Err("fail".into())
-        } else {
-            h.wait();
-            Ok(json!(null).into())
-        }
-    })
-    .unwrap();
-    mgr.start().unwrap();
-    let t_out = mgr.submit("h", json!("hang")).unwrap();
-    let t_fail = mgr
-        .submit_with(
-            "h",
-            json!("fail"),
-            SubmitOptions::new().timeout(Duration::from_secs(60)),
-        )
-        .unwrap();
-    eventually("running", || {
-        status(&mgr, t_out) == TaskStatus::Running && status(&mgr, t_fail) == TaskStatus::Running
-    });
-    assert_eq!(mgr.unregister(&["h"]), 1);
-    clock.advance(Duration::from_secs(6));
-    let at = clock.now_ms();
-    eventually("timed out", || status(&mgr, t_out) != TaskStatus::Running);
-    fail.open();
-    eventually("failed", || status(&mgr, t_fail) == TaskStatus::Failed);
-    hang.open();
-    let fail_at = mgr.get_task(t_fail).unwrap().next_run_time;
-    let timeout_at = mgr.get_task(t_out).unwrap().next_run_time;
-    let t = mgr.get_task(t_out).unwrap();
-    assert_eq!(t.status, TaskStatus::Timeout, "retried at once: {t:?}");
-    assert_eq!(fail_at - at, 100_000);
-    // the timed-out task is `timeout` until its retry is due: then `pending`
-    // (waiting for the handler to return), never lost
-    assert_eq!(
-        timeout_at.saturating_sub(at),
-        100_000,
-        "the timeout's retry ignored the strategy of the registration the attempt ran with"
-    );
 }
 
 /// Control (passes): pausing the same blocked attempt frees the slot at once.
