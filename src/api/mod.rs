@@ -464,10 +464,15 @@ impl TaskManager {
         self.core.dispatch.idle.wake_all();
     }
 
+    /// One control record, as a public call (refused once the manager stops).
+    fn control(&self, record: Record) -> Result<()> {
+        let _call = self.core.enter_call()?;
+        self.core.control(record)
+    }
+
     /// `running` or `pending` → `paused`; a running handler's late result is discarded.
     pub fn pause_task(&self, id: TaskId) -> Result<()> {
-        let _call = self.core.enter_call()?;
-        self.core.control(Record::Pause {
+        self.control(Record::Pause {
             id,
             at_ms: self.core.now(),
         })
@@ -477,8 +482,7 @@ impl TaskManager {
     pub fn resume_task(&self, id: TaskId, reason: Option<&str>) -> Result<()> {
         // An empty reason is no reason, as in fib-flow (`resume_reason || 'manual'`).
         let reason = reason.filter(|r| !r.is_empty()).map(str::to_owned);
-        let _call = self.core.enter_call()?;
-        self.core.control(Record::Resume {
+        self.control(Record::Resume {
             id,
             reason,
             at_ms: self.core.now(),
@@ -489,8 +493,7 @@ impl TaskManager {
     /// cancelled", also for an empty reason, as in fib-flow).
     pub fn cancel_task(&self, id: TaskId, reason: Option<&str>) -> Result<()> {
         let reason = reason.filter(|r| !r.is_empty()).map(str::to_owned);
-        let _call = self.core.enter_call()?;
-        self.core.control(Record::Cancel {
+        self.control(Record::Cancel {
             id,
             reason,
             at_ms: self.core.now(),
