@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::fib::events_of;
+use common::fib::{events_of, status_of};
 use common::{children_of, eventually, manual, DropGuard, Gate, Release, PATIENCE};
 use fibflow::{
     AttemptOutcome, ChildSpec, EventType, HandlerOptions, Interrupted, Outcome, Progress, TaskId,
@@ -34,12 +34,8 @@ impl Peak {
     }
 }
 
-fn status(mgr: &TaskManager, id: TaskId) -> TaskStatus {
-    mgr.get_task(id).unwrap().status
-}
-
 fn running(mgr: &TaskManager, id: TaskId) -> bool {
-    status(mgr, id) == TaskStatus::Running
+    status_of(mgr, id) == TaskStatus::Running
 }
 
 fn outcomes(mgr: &TaskManager, id: TaskId) -> Vec<Option<AttemptOutcome>> {
@@ -502,7 +498,7 @@ fn suspend_then_hot_reload_across_sync_and_async_then_resume_or_cancel() {
     let f2 = mgr.submit("flop", json!(2)).unwrap();
     let f3 = mgr.submit("flip", json!(3)).unwrap();
     for id in [f1, f2, f3] {
-        eventually("suspended", || status(&mgr, id) == TaskStatus::Suspended);
+        eventually("suspended", || status_of(&mgr, id) == TaskStatus::Suspended);
     }
     // Hot reload: flip becomes sync, flop becomes async.
     mgr.register("flip", |ctx| {
@@ -616,7 +612,7 @@ fn nested_async_workflow_with_a_reload_between_rounds() {
     mgr.start().unwrap();
     let root = mgr.submit("root", json!(null)).unwrap();
     eventually("root suspended", || {
-        status(&mgr, root) == TaskStatus::Suspended
+        status_of(&mgr, root) == TaskStatus::Suspended
     });
     // Hot reload while the workflow is in flight: the next round runs this.
     mgr.register("root", move |ctx| {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{eventually, Gate, PATIENCE};
+use common::{eventually, within, Gate, PATIENCE};
 use fibflow::{
     ChildSpec, ContextError, Error, HandlerOptions, ManualClock, Outcome, Pool, Progress,
     SubmitOptions, TaskFilter, TaskId, TaskManager, TaskStatus,
@@ -29,40 +29,6 @@ fn manual() -> (TaskManager, Arc<ManualClock>) {
 
 fn total(mgr: &TaskManager) -> u64 {
     mgr.count_by_status().values().sum()
-}
-
-/// Runs `f` on its own thread; fails if it does not return within `limit`
-/// (a hang), and reports a panic as a failure with its message.
-fn within<T: Send + 'static>(
-    what: &str,
-    limit: Duration,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .stack_size(8 << 20)
-        .spawn(move || {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-            let _ = tx.send(r);
-        })
-        .unwrap();
-    match rx.recv_timeout(limit) {
-        Ok(Ok(v)) => v,
-        Ok(Err(p)) => {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            panic!("{what}: panicked: {msg}")
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            panic!("{what}: did not return within {limit:?}")
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            panic!("{what}: its thread ended without a result")
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -138,7 +104,6 @@ fn cron_expressions_that_never_match_are_refused_quickly() {
                 .map(|id| m.get_task(id).map(|t| t.next_run_time))
         });
         let took = started.elapsed();
-        eprintln!("{expr:?}: {r:?} in {took:?}");
         match r {
             Ok(next) => {
                 // Accepted: it must really have a next occurrence.
@@ -195,11 +160,9 @@ fn deep_chain_child() {
     })
     .unwrap();
     mgr.start().unwrap();
-    let started = Instant::now();
     let root = mgr.submit("link", json!(depth)).unwrap();
     let t = mgr.wait(root, Duration::from_secs(600)).unwrap();
     assert_eq!(t.status, TaskStatus::Completed);
-    eprintln!("chain of {depth} built in {:?}", started.elapsed());
     // On a thread with the stack of a process's main thread (8 MiB); a
     // spawned thread's default (2 MiB) overflows at a depth of 4,000 already.
     let mgr = Arc::new(mgr);
@@ -214,15 +177,12 @@ fn deep_chain_child() {
 }
 
 fn queries(mgr: &TaskManager, root: TaskId, depth: u64) {
-    eprintln!("calling workflow_summary");
     let s = mgr.workflow_summary(root).unwrap();
     assert_eq!(s.critical_path.len() as u64, depth + 1);
-    eprintln!("calling workflow_audit");
     let a = mgr
         .workflow_audit(root, fibflow::Page::default(), fibflow::Page::default())
         .unwrap();
     assert_eq!(a.tasks.total as u64, depth + 1);
-    eprintln!("calling delete_tasks");
     let n = mgr.delete_tasks(&TaskFilter::all().workflow(root)).unwrap();
     assert_eq!(n, depth + 1);
 }
@@ -338,7 +298,11 @@ fn workflow_summary_with_huge_attempt_spans_does_not_overflow() {
                 .max()
         })
         .collect();
-    eprintln!("spans {spans:?}");
+    // The premise: the two spans' sum overflows a u64.
+    assert!(
+        matches!(spans[..], [Some(x), Some(y)] if x.checked_add(y).is_none()),
+        "{spans:?}"
+    );
     let mgr = Arc::new(mgr);
     let m = mgr.clone();
     let s = within("workflow_summary", PATIENCE, move || {
@@ -534,7 +498,11 @@ fn oversized_records_from_control_and_handler_calls() {
         mgr.stop(PATIENCE).unwrap();
         (calls, failed, s)
     };
-    eprintln!("{:?}", seen.lock().unwrap());
+    // The handler ran once and saw its three oversized calls refused.
+    let refused = seen.lock().unwrap();
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert!(refused.iter().all(|m| !m.is_empty()), "{refused:?}");
+    drop(refused);
     let again = TaskManager::builder()
         .dir(dir.path())
         .segment_size(4096)

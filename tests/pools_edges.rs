@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::fib::status_of;
 use common::{eventually, Gate, PATIENCE};
 use fibflow::{
     Backoff, ChildSpec, Clock, HandlerOptions, ManualClock, Outcome, Pool, RetryStrategy,
@@ -16,10 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const T0: u64 = 1_700_000_000_000;
-
-fn status(mgr: &TaskManager, id: TaskId) -> TaskStatus {
-    mgr.get_task(id).unwrap().status
-}
 
 fn worker(mgr: &TaskManager, id: TaskId) -> String {
     mgr.get_task(id)
@@ -94,13 +91,13 @@ fn two_pools_serving_one_handler_both_run_and_tags_route_strictly() {
     // Four workers can take x: both pools must be busy at once.
     eventually("four h tasks run", || {
         ids.iter()
-            .filter(|&&id| status(&mgr, id) == TaskStatus::Running)
+            .filter(|&&id| status_of(&mgr, id) == TaskStatus::Running)
             .count()
             == 4
     });
     let pools: BTreeSet<String> = ids
         .iter()
-        .filter(|&&id| status(&mgr, id) == TaskStatus::Running)
+        .filter(|&&id| status_of(&mgr, id) == TaskStatus::Running)
         .map(|&id| pool_of(&worker(&mgr, id)).to_owned())
         .collect();
     assert_eq!(
@@ -160,7 +157,7 @@ fn a_long_backlog_is_spread_over_both_serving_pools() {
     eventually("all four blockers run", || {
         blocks
             .iter()
-            .all(|&id| status(&mgr, id) == TaskStatus::Running)
+            .all(|&id| status_of(&mgr, id) == TaskStatus::Running)
     });
     let mut on = BTreeSet::new();
     for &id in &blocks {
@@ -237,7 +234,7 @@ fn a_missing_capability_waits_is_named_and_runs_after_reopen_with_that_pool() {
             .pool(Pool::new("zz").tags(["z"]).concurrency(1)),
     )
     .unwrap();
-    assert_eq!(status(&mgr, combo), TaskStatus::Pending);
+    assert_eq!(status_of(&mgr, combo), TaskStatus::Pending);
     mgr.register_with("hx", HandlerOptions::new().requires(["x"]), |_| {
         Ok(json!("hx").into())
     })
@@ -277,7 +274,7 @@ fn waiting_reason_not_registered_names_the_handler() {
         Some("No handler registered for task: gone")
     );
     // Unregistered, with a capability no pool has: still says something true.
-    assert_eq!(status(&mgr, id), TaskStatus::Pending);
+    assert_eq!(status_of(&mgr, id), TaskStatus::Pending);
 }
 
 #[test]
@@ -298,7 +295,7 @@ fn waiting_reason_for_a_paused_task_says_it_is_paused() {
     mgr.register("w", |_| Ok(json!(null).into())).unwrap();
     let id = mgr.submit("w", json!(null)).unwrap();
     mgr.pause_task(id).unwrap();
-    assert_eq!(status(&mgr, id), TaskStatus::Paused);
+    assert_eq!(status_of(&mgr, id), TaskStatus::Paused);
     let r = reason(&mgr, id);
     assert!(
         r.as_deref().is_some_and(|r| r.contains("paused")),
@@ -324,7 +321,7 @@ fn waiting_reason_at_a_handler_cap_names_the_cap_not_a_free_worker() {
     .unwrap();
     mgr.start().unwrap();
     let a = mgr.submit("c", json!(1)).unwrap();
-    eventually("a runs", || status(&mgr, a) == TaskStatus::Running);
+    eventually("a runs", || status_of(&mgr, a) == TaskStatus::Running);
     let b = mgr.submit("c", json!(2)).unwrap();
     assert_eq!(mgr.running(), 1, "three workers are idle");
     let r = reason(&mgr, b).unwrap_or_default();
@@ -359,7 +356,7 @@ fn waiting_reason_at_the_global_cap_names_the_cap_not_a_free_worker() {
     .unwrap();
     mgr.start().unwrap();
     let a = mgr.submit("w", json!("block")).unwrap();
-    eventually("a runs", || status(&mgr, a) == TaskStatus::Running);
+    eventually("a runs", || status_of(&mgr, a) == TaskStatus::Running);
     let b = mgr
         .submit_with("w", json!("free"), SubmitOptions::new().requires(["gpu"]))
         .unwrap();
@@ -394,14 +391,14 @@ fn waiting_reason_while_the_manager_is_paused_and_pools_are_busy() {
     // `running()` counts a worker busy before its claim is recorded: wait on statuses.
     eventually("two run", || {
         ids.iter()
-            .filter(|&&id| status(&mgr, id) == TaskStatus::Running)
+            .filter(|&&id| status_of(&mgr, id) == TaskStatus::Running)
             .count()
             == 2
     });
     let running: Vec<TaskId> = ids
         .iter()
         .copied()
-        .filter(|&id| status(&mgr, id) == TaskStatus::Running)
+        .filter(|&id| status_of(&mgr, id) == TaskStatus::Running)
         .collect();
     assert_eq!(running.len(), 2);
     let pools: BTreeSet<String> = running
@@ -423,7 +420,7 @@ fn waiting_reason_while_the_manager_is_paused_and_pools_are_busy() {
     eventually("nothing runs", || mgr.running() == 0);
     for &id in ids.iter().filter(|id| !running.contains(id)).chain([&late]) {
         assert_eq!(
-            status(&mgr, id),
+            status_of(&mgr, id),
             TaskStatus::Pending,
             "no claim while paused"
         );
@@ -452,7 +449,7 @@ fn waiting_reason_for_a_pending_retry_says_when() {
     .unwrap();
     mgr.start().unwrap();
     let id = mgr.submit("f", json!(null)).unwrap();
-    eventually("failed once", || status(&mgr, id) == TaskStatus::Failed);
+    eventually("failed once", || status_of(&mgr, id) == TaskStatus::Failed);
     let r = reason(&mgr, id);
     assert!(
         r.as_deref()
@@ -485,9 +482,11 @@ fn waiting_reason_for_a_parent_awaiting_children_and_a_suspended_task() {
     let p = mgr.submit("parent", json!(null)).unwrap();
     let s = mgr.submit("sus", json!(null)).unwrap();
     eventually("parent suspended", || {
-        status(&mgr, p) == TaskStatus::Suspended
+        status_of(&mgr, p) == TaskStatus::Suspended
     });
-    eventually("sus suspended", || status(&mgr, s) == TaskStatus::Suspended);
+    eventually("sus suspended", || {
+        status_of(&mgr, s) == TaskStatus::Suspended
+    });
     let rp = reason(&mgr, p);
     let rs = reason(&mgr, s);
     gate.open();
@@ -623,7 +622,7 @@ fn a_timeout_on_a_pool_worker_uses_the_pools_strategy() {
     .unwrap();
     mgr.start().unwrap();
     let id = mgr.submit("slow", json!(null)).unwrap();
-    eventually("runs", || status(&mgr, id) == TaskStatus::Running);
+    eventually("runs", || status_of(&mgr, id) == TaskStatus::Running);
     clock.advance(Duration::from_millis(1_000));
     let (d, st) = retry_delay_after(&mgr, &clock, id, 1);
     gate.open();

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::fib::status_of;
 use common::{eventually, manual, Gate, PATIENCE};
 use fibflow::{
     AttemptOutcome, Clock, Error, EventType, HandlerOptions, Outcome, Page, RetryStrategy,
@@ -13,10 +14,6 @@ use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-fn status(mgr: &TaskManager, id: TaskId) -> TaskStatus {
-    mgr.get_task(id).unwrap().status
-}
 
 // ---------------------------------------------------------------- limits
 
@@ -40,12 +37,12 @@ fn a_timeout_frees_the_handler_slot(limit: HandlerOptions) {
     mgr.start().unwrap();
     let blocked = mgr.submit("capped", json!({"block": true})).unwrap();
     eventually("the blocked one runs", || {
-        status(&mgr, blocked) == TaskStatus::Running
+        status_of(&mgr, blocked) == TaskStatus::Running
     });
     let next = mgr.submit("capped", json!({"block": false})).unwrap();
     clock.advance(Duration::from_secs(2));
     eventually("the blocked one times out", || {
-        status(&mgr, blocked) == TaskStatus::PermanentlyFailed
+        status_of(&mgr, blocked) == TaskStatus::PermanentlyFailed
     });
     // Waited for with the gate shut: `next` can only finish if the slot is
     // free while the timed-out handler still blocks.
@@ -135,7 +132,9 @@ fn an_explicit_suspension_frees_the_handler_slot() {
         .map(|i| mgr.submit("approve", json!(i)).unwrap())
         .collect();
     for id in &ids {
-        eventually("suspended", || status(&mgr, *id) == TaskStatus::Suspended);
+        eventually("suspended", || {
+            status_of(&mgr, *id) == TaskStatus::Suspended
+        });
     }
     for id in &ids {
         mgr.resume_task(*id, Some("ok")).unwrap();
@@ -174,7 +173,9 @@ fn wait_on_each_terminal_status_unknown_ids_and_deadlines() {
     let t = mgr.wait(bad, PATIENCE).unwrap();
     assert_eq!(t.status, TaskStatus::PermanentlyFailed);
     assert_eq!(t.error.as_deref(), Some("it broke"));
-    eventually("suspended", || status(&mgr, sus) == TaskStatus::Suspended);
+    eventually("suspended", || {
+        status_of(&mgr, sus) == TaskStatus::Suspended
+    });
     // suspended is not terminal: the deadline passes
     match mgr.wait(sus, Duration::from_millis(50)) {
         Err(Error::WaitTimeout { id, .. }) => assert_eq!(id, sus),
@@ -271,7 +272,9 @@ fn unregister_while_tasks_are_pending_and_running() {
     mgr.register("other", |_| Ok(json!(null).into())).unwrap();
     mgr.start().unwrap();
     let first = mgr.submit("job", json!("first")).unwrap();
-    eventually("first runs", || status(&mgr, first) == TaskStatus::Running);
+    eventually("first runs", || {
+        status_of(&mgr, first) == TaskStatus::Running
+    });
     let queued = mgr.submit("job", json!("second")).unwrap();
     assert_eq!(mgr.unregister(&["job", "job", "missing"]), 1);
     assert_eq!(mgr.handler_names(), vec!["other".to_string()]);
@@ -288,7 +291,7 @@ fn unregister_while_tasks_are_pending_and_running() {
     // the queued task is not lost; it waits and says why
     let other = mgr.submit("other", json!(null)).unwrap();
     mgr.wait(other, PATIENCE).unwrap();
-    assert_eq!(status(&mgr, queued), TaskStatus::Pending);
+    assert_eq!(status_of(&mgr, queued), TaskStatus::Pending);
     assert_eq!(
         mgr.waiting_reason(queued).unwrap().as_deref(),
         Some("No handler registered for task: job")
@@ -355,7 +358,7 @@ fn a_re_registration_during_a_failing_attempt_is_used_by_its_retry() {
     .unwrap();
     mgr.start().unwrap();
     let id = mgr.submit("h", json!(null)).unwrap();
-    eventually("running", || status(&mgr, id) == TaskStatus::Running);
+    eventually("running", || status_of(&mgr, id) == TaskStatus::Running);
     mgr.register_with("h", HandlerOptions::new().max_retries(2), |ctx| {
         Ok(json!({"new": ctx.retry_count()}).into())
     })
@@ -392,7 +395,7 @@ fn manager_pause_with_running_and_queued_tasks() {
     mgr.start().unwrap();
     let first = mgr.submit("h", json!(0)).unwrap();
     eventually("the first runs", || {
-        status(&mgr, first) == TaskStatus::Running
+        status_of(&mgr, first) == TaskStatus::Running
     });
     let second = mgr.submit("h", json!(1)).unwrap();
     mgr.pause();
@@ -405,8 +408,8 @@ fn manager_pause_with_running_and_queued_tasks() {
         mgr.waiting_reason(second).unwrap().as_deref(),
         Some("the manager is paused")
     );
-    assert_eq!(status(&mgr, second), TaskStatus::Pending);
-    assert_eq!(status(&mgr, urgent), TaskStatus::Pending);
+    assert_eq!(status_of(&mgr, second), TaskStatus::Pending);
+    assert_eq!(status_of(&mgr, urgent), TaskStatus::Pending);
     mgr.resume();
     mgr.wait(second, PATIENCE).unwrap();
     mgr.wait(urgent, PATIENCE).unwrap();
@@ -433,7 +436,7 @@ fn stop_with_a_handler_outliving_the_deadline() {
     mgr.start().unwrap();
     let slow = mgr.submit("slow", json!(null)).unwrap();
     let fast = mgr.submit("fast", json!(null)).unwrap();
-    eventually("slow runs", || status(&mgr, slow) == TaskStatus::Running);
+    eventually("slow runs", || status_of(&mgr, slow) == TaskStatus::Running);
     mgr.wait(fast, PATIENCE).unwrap();
     let report = mgr.stop(Duration::from_millis(100)).unwrap();
     assert_eq!(report.interrupted, vec![slow]);
@@ -517,7 +520,7 @@ fn u32_max_retries_keeps_retrying_without_overflow() {
     mgr.start().unwrap();
     let id = mgr.submit("h", json!(null)).unwrap();
     for _ in 0..3 {
-        eventually("failed", || status(&mgr, id) == TaskStatus::Failed);
+        eventually("failed", || status_of(&mgr, id) == TaskStatus::Failed);
         clock.advance(Duration::from_secs(1));
     }
     let t = mgr.wait(id, PATIENCE).unwrap();
@@ -593,7 +596,7 @@ fn async_timeout_then_panic_then_success() {
     .unwrap();
     mgr.start().unwrap();
     let id = mgr.submit("a", json!(null)).unwrap();
-    eventually("running", || status(&mgr, id) == TaskStatus::Running);
+    eventually("running", || status_of(&mgr, id) == TaskStatus::Running);
     clock.advance(Duration::from_secs(2));
     let t = mgr.wait(id, PATIENCE).unwrap();
     assert_eq!(t.status, TaskStatus::Completed);
@@ -633,7 +636,7 @@ fn pause_task_of_an_async_task_then_resume() {
     .unwrap();
     mgr.start().unwrap();
     let id = mgr.submit("a", json!(null)).unwrap();
-    eventually("running", || status(&mgr, id) == TaskStatus::Running);
+    eventually("running", || status_of(&mgr, id) == TaskStatus::Running);
     mgr.pause_task(id).unwrap();
     assert_eq!(mgr.wait(id, PATIENCE).unwrap().status, TaskStatus::Paused);
     tx.send_replace(true);
@@ -696,19 +699,19 @@ fn heartbeats_extend_the_window_but_not_the_total_timeout() {
     .unwrap();
     mgr.start().unwrap();
     let id = mgr.submit("hb", json!(null)).unwrap();
-    eventually("running", || status(&mgr, id) == TaskStatus::Running);
+    eventually("running", || status_of(&mgr, id) == TaskStatus::Running);
     for i in 1..=4 {
         clock.advance(Duration::from_millis(1500));
         go.store(i, Ordering::SeqCst);
         eventually("beat", || beats.load(Ordering::SeqCst) == i);
-        assert_eq!(status(&mgr, id), TaskStatus::Running, "after beat {i}");
+        assert_eq!(status_of(&mgr, id), TaskStatus::Running, "after beat {i}");
     }
     // 6 s so far; 4.5 s more passes the total timeout of 10 s (beats keep coming)
     for i in 5..=7 {
         clock.advance(Duration::from_millis(1500));
         go.store(i, Ordering::SeqCst);
         eventually("beat", || {
-            beats.load(Ordering::SeqCst) == i || status(&mgr, id) != TaskStatus::Running
+            beats.load(Ordering::SeqCst) == i || status_of(&mgr, id) != TaskStatus::Running
         });
     }
     let t = mgr.wait(id, PATIENCE).unwrap();
@@ -758,14 +761,17 @@ fn a_timeout_keeps_the_attempts_strategy(change: impl FnOnce(&TaskManager)) {
         )
         .unwrap();
     eventually("running", || {
-        status(&mgr, t_out) == TaskStatus::Running && status(&mgr, t_fail) == TaskStatus::Running
+        status_of(&mgr, t_out) == TaskStatus::Running
+            && status_of(&mgr, t_fail) == TaskStatus::Running
     });
     change(&mgr);
     clock.advance(Duration::from_secs(6));
     let at = clock.now_ms();
-    eventually("timed out", || status(&mgr, t_out) != TaskStatus::Running);
+    eventually("timed out", || {
+        status_of(&mgr, t_out) != TaskStatus::Running
+    });
     fail.open();
-    eventually("failed", || status(&mgr, t_fail) == TaskStatus::Failed);
+    eventually("failed", || status_of(&mgr, t_fail) == TaskStatus::Failed);
     hang.open();
     let t = mgr.get_task(t_out).unwrap();
     assert_eq!(t.status, TaskStatus::Timeout, "retried at once: {t:?}");
@@ -865,11 +871,11 @@ fn control_pause_frees_the_slot_of_a_blocked_attempt() {
     .unwrap();
     mgr.start().unwrap();
     let a = mgr.submit("capped", json!({"block": true})).unwrap();
-    eventually("a runs", || status(&mgr, a) == TaskStatus::Running);
+    eventually("a runs", || status_of(&mgr, a) == TaskStatus::Running);
     let b = mgr.submit("capped", json!({"block": false})).unwrap();
     mgr.pause_task(a).unwrap();
     eventually("b completes while a's handler blocks", || {
-        status(&mgr, b) == TaskStatus::Completed
+        status_of(&mgr, b) == TaskStatus::Completed
     });
     gate.open();
 }
@@ -919,5 +925,5 @@ fn wait_and_queries_after_stop_on_a_durable_directory() {
     // controls after stop are refused with a typed error and change nothing
     let r = mgr.pause_task(pending);
     assert!(r.is_err(), "{r:?}");
-    assert_eq!(status(&mgr, pending), TaskStatus::Pending);
+    assert_eq!(status_of(&mgr, pending), TaskStatus::Pending);
 }

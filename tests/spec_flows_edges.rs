@@ -5,7 +5,7 @@
 mod common;
 
 use chrono::{TimeZone as _, Utc};
-use common::fib::events_of;
+use common::fib::{events_of, status_of};
 use common::{children_of, event_names, eventually, Gate, PATIENCE};
 use fibflow::{
     AttemptFilter, AttemptOutcome, CatchUp, ChildSpec, Error, EventFilter, EventType,
@@ -50,10 +50,6 @@ fn ms(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> u64 {
     Utc.with_ymd_and_hms(y, mo, d, h, mi, s)
         .unwrap()
         .timestamp_millis() as u64
-}
-
-fn status_of(mgr: &TaskManager, id: TaskId) -> TaskStatus {
-    mgr.get_task(id).unwrap().status
 }
 
 fn wait_status(mgr: &TaskManager, id: TaskId, s: TaskStatus) {

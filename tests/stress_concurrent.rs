@@ -2,6 +2,9 @@
 //! (hot reload, pause, delete, stop). Each test runs its body under a watchdog, so
 //! a deadlock fails with a message instead of hanging the suite.
 
+mod common;
+
+use common::{eventually, within, XorShift, PATIENCE};
 use fibflow::{
     Durability, Error, Handler, HandlerOptions, Pool, SubmitOptions, TaskFilter, TaskId,
     TaskManager, TaskStatus,
@@ -11,56 +14,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex, Weak};
 use std::time::{Duration, Instant};
-
-const PATIENCE: Duration = Duration::from_secs(30);
-
-/// Runs `f` on its own thread; fails with `what` if it does not finish in `limit`
-/// (a deadlock). The stuck thread is leaked.
-fn watchdog<T: Send + 'static>(
-    what: &str,
-    limit: Duration,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-        let _ = tx.send(r);
-    });
-    match rx.recv_timeout(limit) {
-        Ok(Ok(v)) => v,
-        Ok(Err(p)) => std::panic::resume_unwind(p),
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            panic!("HANG: {what} did not finish within {limit:?}")
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            panic!("{what}: its thread ended without a result")
-        }
-    }
-}
-
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + PATIENCE;
-    while !f() {
-        assert!(Instant::now() < until, "timed out waiting for: {what}");
-        std::thread::park_timeout(Duration::from_millis(2));
-    }
-}
-
-struct Rng(u64);
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn noop(mgr: &TaskManager, name: &str) {
     mgr.register(name, |_| Ok(json!(null).into())).unwrap();
@@ -85,7 +38,7 @@ fn dedup_round(mgr: Arc<TaskManager>, seed: u64, threads: usize, keys: usize) {
             let mgr = mgr.clone();
             let barrier = barrier.clone();
             std::thread::spawn(move || {
-                let mut rng = Rng::new(seed * 131 + t as u64);
+                let mut rng = XorShift::new(seed * 131 + t as u64);
                 let mut order: Vec<usize> = (0..keys).collect();
                 for i in (1..order.len()).rev() {
                     order.swap(i, rng.below(i as u64 + 1) as usize);
@@ -162,7 +115,7 @@ fn dedup_round(mgr: Arc<TaskManager>, seed: u64, threads: usize, keys: usize) {
 
 #[test]
 fn dedup_concurrent_submitters_one_task_per_key() {
-    watchdog("dedup rounds", Duration::from_secs(60), || {
+    within("dedup rounds", Duration::from_secs(60), || {
         for seed in 0..8 {
             let mgr = Arc::new(TaskManager::builder().memory().build().unwrap());
             noop(&mgr, "d");
@@ -184,7 +137,7 @@ fn dedup_concurrent_submitters_one_task_per_key() {
 /// even while many threads submit it and others delete.
 #[test]
 fn dedup_key_reuse_after_concurrent_delete() {
-    watchdog("dedup + delete", Duration::from_secs(60), || {
+    within("dedup + delete", Duration::from_secs(60), || {
         for seed in 0..4u64 {
             let mgr = Arc::new(TaskManager::builder().memory().build().unwrap());
             noop(&mgr, "d");
@@ -207,7 +160,7 @@ fn dedup_key_reuse_after_concurrent_delete() {
                 .map(|t| {
                     let mgr = mgr.clone();
                     std::thread::spawn(move || {
-                        let mut rng = Rng::new(seed * 7 + t);
+                        let mut rng = XorShift::new(seed * 7 + t);
                         for _ in 0..1500 {
                             let k = rng.below(20);
                             let id = mgr
@@ -274,7 +227,7 @@ fn dedup_key_reuse_after_concurrent_delete() {
 /// hung until session 15).
 #[test]
 fn register_many_with_a_repeated_name_is_refused() {
-    watchdog("register_many([x, x])", Duration::from_secs(10), || {
+    within("register_many([x, x])", Duration::from_secs(10), || {
         let mgr = TaskManager::builder().memory().build().unwrap();
         let h = || Handler::sync(|_| Ok(json!(1).into()));
         let r = mgr.register_many(vec![
@@ -297,7 +250,7 @@ fn concurrent_register_many_in_opposite_orders() {
     let rounds = Arc::new(AtomicU64::new(0));
     let seen = rounds.clone();
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        watchdog(
+        within(
             "register_many [a,b] vs [b,a]",
             Duration::from_secs(10),
             move || {
@@ -393,7 +346,7 @@ fn tracked(track: &Arc<Track>, h: usize, spin: bool) -> Handler {
 
 #[test]
 fn chaos_submit_pause_reload_unregister_delete_keeps_caps_and_single_runs() {
-    watchdog("chaos", Duration::from_secs(90), || {
+    within("chaos", Duration::from_secs(90), || {
         for seed in 0..3u64 {
             chaos_round(seed);
         }
@@ -427,7 +380,7 @@ fn chaos_round(seed: u64) {
     for t in 0..4u64 {
         let (mgr, submitted) = (mgr.clone(), submitted.clone());
         submitters.push(std::thread::spawn(move || {
-            let mut rng = Rng::new(seed * 1000 + t);
+            let mut rng = XorShift::new(seed * 1000 + t);
             let mut no_handler = 0;
             for i in 0..400 {
                 let name = if rng.below(2) == 0 { "h0" } else { "h1" };
@@ -456,7 +409,7 @@ fn chaos_round(seed: u64) {
         let (mgr, done, track) = (mgr.clone(), done.clone(), track.clone());
         let (o0, o1) = (opts0.clone(), opts1.clone());
         chaos.push(std::thread::spawn(move || {
-            let mut rng = Rng::new(seed + 99);
+            let mut rng = XorShift::new(seed + 99);
             while !done.load(Ordering::Acquire) {
                 match rng.below(5) {
                     0 => {
@@ -500,7 +453,7 @@ fn chaos_round(seed: u64) {
     {
         let (mgr, done, submitted) = (mgr.clone(), done.clone(), submitted.clone());
         chaos.push(std::thread::spawn(move || {
-            let mut rng = Rng::new(seed + 7);
+            let mut rng = XorShift::new(seed + 7);
             while !done.load(Ordering::Acquire) {
                 let pick = {
                     let s = submitted.lock().unwrap();
@@ -598,7 +551,7 @@ fn chaos_round(seed: u64) {
 
 #[test]
 fn pause_task_resume_task_storm_ends_all_completed() {
-    watchdog("pause_task storm", Duration::from_secs(90), || {
+    within("pause_task storm", Duration::from_secs(90), || {
         for seed in 0..6u64 {
             let mgr = Arc::new(TaskManager::builder().memory().build().unwrap());
             let runs = Arc::new(AtomicU64::new(0));
@@ -629,7 +582,7 @@ fn pause_task_resume_task_storm_ends_all_completed() {
                 .map(|t| {
                     let (mgr, ids, done) = (mgr.clone(), ids.clone(), done.clone());
                     std::thread::spawn(move || {
-                        let mut rng = Rng::new(seed * 10 + t);
+                        let mut rng = XorShift::new(seed * 10 + t);
                         let mut errs = 0u64;
                         while !done.load(Ordering::Acquire) {
                             let id = {
@@ -721,7 +674,7 @@ fn pause_task_resume_task_storm_ends_all_completed() {
 
 #[test]
 fn many_waiters_on_retrying_tasks_agree_with_final_state() {
-    watchdog("waiters", Duration::from_secs(60), || {
+    within("waiters", Duration::from_secs(60), || {
         for seed in 0..3u64 {
             let mgr = Arc::new(
                 TaskManager::builder()
@@ -744,7 +697,7 @@ fn many_waiters_on_retrying_tasks_agree_with_final_state() {
                 Ok(json!(ctx.retry_count()).into())
             })
             .unwrap();
-            let mut rng = Rng::new(seed);
+            let mut rng = XorShift::new(seed);
             let specs: Vec<u64> = (0..300).map(|_| rng.below(4)).collect();
             let ids = mgr
                 .submit_batch(
@@ -810,7 +763,7 @@ fn many_waiters_on_retrying_tasks_agree_with_final_state() {
 
 #[test]
 fn handlers_submitting_a_tree_of_tasks_concurrently() {
-    watchdog("handler submits", Duration::from_secs(60), || {
+    within("handler submits", Duration::from_secs(60), || {
         for _round in 0..3 {
             let mgr = Arc::new(TaskManager::builder().memory().build().unwrap());
             let weak: Arc<Mutex<Weak<TaskManager>>> = Arc::new(Mutex::new(Weak::new()));
@@ -874,7 +827,7 @@ fn handlers_submitting_a_tree_of_tasks_concurrently() {
 /// waits succeed.
 #[test]
 fn handlers_waiting_on_their_own_submissions() {
-    watchdog("handler waits", Duration::from_secs(60), || {
+    within("handler waits", Duration::from_secs(60), || {
         for parents in [2usize, 6] {
             let weak: Arc<Mutex<Weak<TaskManager>>> = Arc::new(Mutex::new(Weak::new()));
             let timeouts = Arc::new(AtomicU64::new(0));
@@ -993,7 +946,7 @@ fn stop_round(mgr: Arc<TaskManager>, threads: usize) -> (Vec<TaskId>, fibflow::S
 
 #[test]
 fn stop_while_submitting_in_memory() {
-    watchdog(
+    within(
         "stop while submitting (memory)",
         Duration::from_secs(60),
         || {
@@ -1049,7 +1002,7 @@ fn stop_while_submitting_in_memory() {
 
 #[test]
 fn stop_while_submitting_durable_keeps_every_ack() {
-    watchdog(
+    within(
         "stop while submitting (durable)",
         Duration::from_secs(120),
         || {
@@ -1104,7 +1057,7 @@ fn stop_while_submitting_durable_keeps_every_ack() {
 
 #[test]
 fn durable_concurrent_submitters_every_mode_reopen_has_all() {
-    watchdog("durable submitters", Duration::from_secs(120), || {
+    within("durable submitters", Duration::from_secs(120), || {
         for (m, durability) in [
             Durability::Sync,
             Durability::Os,
@@ -1228,7 +1181,7 @@ fn durable_concurrent_submitters_every_mode_reopen_has_all() {
 
 #[test]
 fn manager_pause_gates_claims_under_concurrent_submitters() {
-    watchdog("pause gate", Duration::from_secs(60), || {
+    within("pause gate", Duration::from_secs(60), || {
         for _round in 0..4 {
             let mgr = Arc::new(TaskManager::builder().memory().build().unwrap());
             let started = Arc::new(AtomicU64::new(0));
@@ -1295,7 +1248,7 @@ fn manager_pause_gates_claims_under_concurrent_submitters() {
 
 #[test]
 fn submit_batch_refused_by_stop_leaves_no_tasks_behind() {
-    watchdog("batch vs stop", Duration::from_secs(60), || {
+    within("batch vs stop", Duration::from_secs(60), || {
         let mut partial_rounds = Vec::new();
         for round in 0..6 {
             let dir = tempfile::tempdir().unwrap();
@@ -1428,7 +1381,7 @@ fn wf_handler() -> Handler {
 
 #[test]
 fn workflows_from_many_threads_with_pause_and_reload() {
-    watchdog("workflows", Duration::from_secs(60), || {
+    within("workflows", Duration::from_secs(60), || {
         for seed in 0..3u64 {
             let mgr = Arc::new(
                 TaskManager::builder()
@@ -1445,7 +1398,7 @@ fn workflows_from_many_threads_with_pause_and_reload() {
             let chaos = {
                 let (mgr, done, opts) = (mgr.clone(), done.clone(), opts.clone());
                 std::thread::spawn(move || {
-                    let mut rng = Rng::new(seed);
+                    let mut rng = XorShift::new(seed);
                     while !done.load(Ordering::Acquire) {
                         match rng.below(3) {
                             0 => {
@@ -1517,7 +1470,7 @@ fn workflows_from_many_threads_with_pause_and_reload() {
 /// last one must run.
 #[test]
 fn deleted_pending_tasks_do_not_hide_a_new_task() {
-    watchdog("deleted backlog", Duration::from_secs(60), || {
+    within("deleted backlog", Duration::from_secs(60), || {
         let mgr = TaskManager::builder()
             .memory()
             .max_concurrent_tasks(2)
@@ -1547,7 +1500,7 @@ fn deleted_pending_tasks_do_not_hide_a_new_task() {
 /// Same, with pending tasks deleted while the manager runs but is paused.
 #[test]
 fn deleted_pending_tasks_while_paused_do_not_hide_the_rest() {
-    watchdog("deleted backlog (paused)", Duration::from_secs(60), || {
+    within("deleted backlog (paused)", Duration::from_secs(60), || {
         let mgr = TaskManager::builder()
             .memory()
             .max_concurrent_tasks(2)
@@ -1580,7 +1533,7 @@ fn deleted_pending_tasks_while_paused_do_not_hide_the_rest() {
 /// before `start`: every resume queues an entry, the older ones are stale.
 #[test]
 fn many_pause_resume_cycles_before_start_then_the_task_runs() {
-    watchdog("pause/resume backlog", Duration::from_secs(60), || {
+    within("pause/resume backlog", Duration::from_secs(60), || {
         let clock = fibflow::ManualClock::new(1_700_000_000_000);
         let mgr = TaskManager::builder()
             .memory()

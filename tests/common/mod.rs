@@ -160,3 +160,31 @@ impl Release {
         let _ = rx.wait_for(|open| *open).await;
     }
 }
+
+/// Runs `f` on its own thread (8 MiB of stack, as a main thread has) and
+/// returns its result; a panic in `f` is raised again here, and a hang (a
+/// deadlock) fails with `what` after `limit`. A stuck thread is leaked.
+pub fn within<T: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .stack_size(8 << 20)
+        .spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            let _ = tx.send(r);
+        })
+        .expect("a thread for `within`");
+    match rx.recv_timeout(limit) {
+        Ok(Ok(v)) => v,
+        Ok(Err(p)) => std::panic::resume_unwind(p),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("HANG: {what} did not finish within {limit:?}")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("{what}: its thread ended without a result")
+        }
+    }
+}
