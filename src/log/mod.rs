@@ -173,7 +173,7 @@ pub enum LogError {
         max: usize,
     },
     /// Acknowledged data is damaged in the middle of the log.
-    #[error("log corrupt in segment {segment} at offset {offset} (LSN {lsn}): {reason}; restore from backup, or open with RecoveryMode::SkipCorrupt to drop the damaged records")]
+    #[error("log corrupt in segment {segment} at offset {offset}{}: {reason}; {}", lsn_note(.offset, .lsn), corrupt_advice(.offset))]
     Corrupt {
         /// Segment file name.
         segment: String,
@@ -517,6 +517,30 @@ pub struct RecoveryReport {
     pub skipped: Vec<CorruptionReport>,
     /// Files removed: empty or torn segments after the end, leftover temp files.
     pub removed: Vec<String>,
+    /// Snapshot files passed over (damaged, unreadable, or written by another
+    /// log): an older snapshot, or the segments alone, were used instead.
+    pub snapshots_ignored: Vec<CorruptionReport>,
+}
+
+/// The LSN of a damaged frame (offset 0 is a segment's header, which has none).
+#[allow(clippy::trivially_copy_pass_by_ref)] // thiserror passes fields by reference
+fn lsn_note(offset: &u64, lsn: &u64) -> String {
+    if *offset == 0 {
+        String::new()
+    } else {
+        format!(" (LSN {lsn})")
+    }
+}
+
+/// What to do about a [`LogError::Corrupt`]: `SkipCorrupt` drops damaged
+/// frames, but cannot stand in for a damaged or missing segment file.
+#[allow(clippy::trivially_copy_pass_by_ref)] // thiserror passes fields by reference
+fn corrupt_advice(offset: &u64) -> &'static str {
+    if *offset == 0 {
+        "restore the directory from a backup (skipping damaged records cannot repair a damaged or missing segment file)"
+    } else {
+        "restore from backup, or open with RecoveryMode::SkipCorrupt to drop the damaged records"
+    }
 }
 
 /// Counters from [`Log::stats`].
@@ -580,6 +604,9 @@ struct Inner {
     commit: GroupCommit,
     /// The synced watermark when the log was opened (see [`Inner::seal`]).
     opened_synced: u64,
+    /// The end of the data the last seal covers (0: not sealed), so that a
+    /// close followed by a drop seals once.
+    sealed_at: AtomicU64,
     completion: Notify,
     // LSN of the last record found by recovery (appends since are tracked per mapping).
     recovered_last: Option<u64>,
@@ -686,6 +713,7 @@ impl Log {
             prep_cond: Condvar::new(),
             commit: GroupCommit::new(synced),
             opened_synced: synced,
+            sealed_at: AtomicU64::new(0),
             completion: Notify::default(),
             recovered_last: last.map(|l| l.0),
             compacted_last: AtomicU64::new(0),
@@ -844,11 +872,15 @@ impl Inner {
     /// when something was appended since the log was opened.
     fn seal(&self) -> Result<(), LogError> {
         self.flush_all()?;
-        if self.commit.synced() <= self.opened_synced {
+        let synced = self.commit.synced();
+        if synced <= self.opened_synced || synced == self.sealed_at.load(Ordering::Acquire) {
             return Ok(());
         }
         self.append_frame(None)?;
-        self.flush_all()
+        self.flush_all()?;
+        self.sealed_at
+            .store(self.commit.synced(), Ordering::Release);
+        Ok(())
     }
 }
 
@@ -874,6 +906,14 @@ impl Log {
     /// Makes everything appended so far durable (any durability mode).
     pub fn flush(&self) -> Result<(), LogError> {
         self.inner.flush_all()
+    }
+
+    /// Flushes and seals the log at a clean close, in every durability
+    /// mode: damage before the seal is then corruption, not a torn tail
+    /// (`docs/log-format.md`). The log stays usable; a later drop does not
+    /// seal again unless something was appended since.
+    pub fn close(&self) -> Result<(), LogError> {
+        self.inner.seal()
     }
 
     /// Ends the active segment where it is: its rest becomes a pad frame and
@@ -1277,6 +1317,7 @@ type LoadedSnapshot = (u64, u64, Vec<u8>);
 fn load_snapshot(
     storage: &dyn Storage,
     names: &[(u64, String)],
+    log_id: Option<u64>,
 ) -> (Option<LoadedSnapshot>, Vec<CorruptionReport>) {
     let mut problems = Vec::new();
     for (_, name) in names {
@@ -1292,6 +1333,16 @@ fn load_snapshot(
             }
         };
         match decode_snapshot(&bytes) {
+            // Copied in from another log: passed over, so that the header
+            // checks do not blame this log's own segments for it.
+            Ok((id, _, _)) if log_id.is_some_and(|l| l != id) => problems.push(CorruptionReport {
+                segment: name.clone(),
+                offset: 0,
+                reason: format!(
+                    "snapshot belongs to another log (id {id:#x}, the segments' is {:#x}); remove it",
+                    log_id.unwrap_or_default()
+                ),
+            }),
             Ok((id, lsn, body)) => return (Some((id, lsn, body.to_vec())), problems),
             Err(e) => problems.push(CorruptionReport {
                 segment: name.clone(),
@@ -1382,7 +1433,6 @@ fn recover(storage: &dyn Storage, config: &LogConfig) -> Result<Recovered, LogEr
             .map_err(io_err(format!("removing leftover {t}")))?;
         report.removed.push(t.clone());
     }
-    let (snap, _bad_snaps) = load_snapshot(storage, &listing.snapshots);
     let mut maps = Vec::new();
     for (_, name) in &listing.segments {
         let map = storage
@@ -1391,6 +1441,11 @@ fn recover(storage: &dyn Storage, config: &LogConfig) -> Result<Recovered, LogEr
         let header = SegmentHeader::decode(map.read(0, map.len()).unwrap_or_default());
         maps.push((name.clone(), header, map));
     }
+    let segments_id = maps
+        .iter()
+        .find_map(|(_, h, _)| h.as_ref().ok().map(|h| h.log_id));
+    let (snap, bad_snaps) = load_snapshot(storage, &listing.snapshots, segments_id);
+    report.snapshots_ignored = bad_snaps;
     let checked: Vec<_> = maps
         .iter()
         .map(|(n, h, m)| (n.clone(), h.clone(), m.len()))
@@ -1604,9 +1659,6 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
     let storage = MmapStorage::new(dir);
     let listing = list(&storage)?;
     let mut out = VerifyReport::default();
-    let (snap, bad) = load_snapshot(&storage, &listing.snapshots);
-    out.problems.extend(bad);
-    out.snapshot_lsn = snap.as_ref().map(|(_, l, _)| Lsn(*l));
     let mut files = Vec::new();
     for (_, name) in &listing.segments {
         let bytes = storage
@@ -1614,6 +1666,12 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
             .map_err(io_err(format!("reading {name}")))?;
         files.push((name.clone(), bytes));
     }
+    let segments_id = files
+        .iter()
+        .find_map(|(_, b)| SegmentHeader::decode(b).ok().map(|h| h.log_id));
+    let (snap, bad) = load_snapshot(&storage, &listing.snapshots, segments_id);
+    out.problems.extend(bad);
+    out.snapshot_lsn = snap.as_ref().map(|(_, l, _)| Lsn(*l));
     let checked: Vec<_> = files
         .iter()
         .map(|(n, b)| (n.clone(), SegmentHeader::decode(b), b.len() as u64))
