@@ -107,6 +107,34 @@ impl TaskEntry {
         }
     }
 
+    /// Whether this is a pending cron task waiting for an occurrence of its
+    /// schedule (created, or a round done, or moved by catch-up), as opposed
+    /// to one made pending by a retry, a resume or its children's fan-in,
+    /// whose run time is not an occurrence: only the former can have missed
+    /// one (SPEC §7), so only it is subject to the catch-up policy.
+    pub(crate) fn awaits_occurrence(&self) -> bool {
+        let t = &self.task;
+        if t.kind != crate::codec::TaskKind::Cron
+            || t.status != TaskStatus::Pending
+            || t.stage != 0
+            || t.retry_count != 0
+        {
+            return false;
+        }
+        // The event that last made it pending; a recovery (running -> pending)
+        // keeps the run time of the attempt it interrupted, so look past it.
+        let made_pending = self
+            .events
+            .iter()
+            .rev()
+            .find(|ev| ev.to == Some(TaskStatus::Pending) && ev.ty != EventType::Recovered);
+        !made_pending.is_some_and(|ev| {
+            ev.ty == EventType::Resumed
+                || ev.ty == EventType::RetryScheduled
+                || (ev.ty == EventType::StatusChanged && ev.from != Some(TaskStatus::Running))
+        })
+    }
+
     /// The task's events in full.
     pub fn event_list(&self) -> Vec<Event> {
         (0..self.events.len())

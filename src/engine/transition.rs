@@ -65,6 +65,11 @@ impl Row {
 /// in that history, so replay numbers them exactly as live operation did.
 fn emit(entry: &mut TaskEntry, at: UnixMs, row: Row) {
     let t = &mut entry.task;
+    // A task's history never goes back in time: a clock stepped back (NTP, a
+    // manual clock) or a control call that read the clock before a worker
+    // took the shard would otherwise list an effect before its cause, since
+    // events sort by (time, id) (SPEC §10). Replay applies the same rule.
+    let at = t.last_event_time.map_or(at, |last| at.max(last));
     t.last_event_time = Some(at);
     t.last_event_type = Some(row.ty);
     let extra = if row.message.is_none() && row.metadata.is_null() {
@@ -269,7 +274,9 @@ fn set_status(entry: &mut TaskEntry, to: TaskStatus, at: UnixMs) -> TaskStatus {
     let from = entry.task.status;
     debug_assert!(from.can_become(to), "unchecked transition {from} -> {to}");
     entry.task.status = to;
-    entry.task.last_active_time = at;
+    // Never before the task's last event, as `emit` stamps the event of this
+    // change: the two times agree even if the clock stepped back.
+    entry.task.last_active_time = entry.task.last_event_time.map_or(at, |last| at.max(last));
     from
 }
 
@@ -521,10 +528,11 @@ fn fail(
     close_attempt(e, outcome, Some(error.clone()), at);
     let from = set_status(e, to, at);
     e.task.error = Some(error.clone());
+    // fib-flow's failure rows carry the error in their metadata as well.
     let meta = match kind {
-        FailKind::Error => Value::Null,
-        FailKind::TimeoutTotal => json!({"timeout_type": "total"}),
-        FailKind::TimeoutHeartbeat => json!({"timeout_type": "heartbeat"}),
+        FailKind::Error => json!({"error": error, "retry_count": e.task.retry_count}),
+        FailKind::TimeoutTotal => json!({"timeout_type": "total", "error": error}),
+        FailKind::TimeoutHeartbeat => json!({"timeout_type": "heartbeat", "error": error}),
     };
     emit(
         e,
@@ -556,7 +564,7 @@ fn exhaust(e: &mut TaskEntry, attempt: Option<u32>, at: UnixMs) {
         TaskKind::Cron => (TaskStatus::Paused, EventType::Paused),
     };
     let from = set_status(e, to, at);
-    let meta = json!({"reason": "retry_exhausted", "retry_exhausted": true, "retry_count": e.task.retry_count});
+    let meta = json!({"reason": "retry_exhausted", "retry_exhausted": true, "retry_count": e.task.retry_count, "error": e.task.error});
     let mut row = Row::new(ty).change(from, to).meta(meta);
     row.attempt = attempt;
     emit(e, at, row);

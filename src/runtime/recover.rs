@@ -295,10 +295,11 @@ impl Core {
         now: u64,
         lsn: &mut Option<Lsn>,
     ) -> Result<bool> {
-        let Some(t) = shard.live(id).map(|e| &e.task) else {
+        let Some(e) = shard.live(id) else {
             return Ok(false);
         };
-        if t.kind != TaskKind::Cron || t.status != TaskStatus::Pending || t.next_run_time >= now {
+        let t = &e.task;
+        if !e.awaits_occurrence() || t.next_run_time >= now {
             return Ok(false);
         }
         let Some(s) = t.cron.as_deref().and_then(|c| self.cron(c).ok()) else {
