@@ -448,7 +448,11 @@ impl TaskManager {
         }
         // Closing releases the directory lock once the last user lets go, even if
         // a handler past the deadline is still running (its result is discarded).
-        self.core.store.close()?;
+        let closed = self.core.store.close();
+        // Callers blocked in `wait` for a task that can no longer move return
+        // `Stopped` now instead of at their deadline.
+        self.core.waiters.wake_all();
+        closed?;
         Ok(StopReport { interrupted })
     }
 
@@ -502,6 +506,11 @@ impl TaskManager {
 
     /// Waits until the task is completed, permanently failed or paused, and its
     /// final record is durable; returns the task.
+    ///
+    /// Errors: [`Error::NotFound`] for an unknown (or deleted) task,
+    /// [`Error::WaitTimeout`] when `timeout` passes first, and
+    /// [`Error::Stopped`] when the manager stops (or has stopped) with the
+    /// task not finished.
     pub fn wait(&self, id: TaskId, timeout: Duration) -> Result<Task> {
         let until = instant_after(timeout);
         let w = &self.core.waiters;
@@ -511,6 +520,8 @@ impl TaskManager {
             match self.get_task(id) {
                 None => break Err(Error::NotFound(id)),
                 Some(t) if t.status.is_terminal() => break Ok(t),
+                // Stopped: nothing runs any more, so it would wait for nothing.
+                Some(_) if self.core.store.is_closed() => break Err(Error::Stopped),
                 Some(_) => {}
             }
             let mut g = w.epoch.lock();

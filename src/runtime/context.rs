@@ -305,7 +305,9 @@ impl TaskContext {
         let (id, attempt) = (self.id(), self.attempt());
         let record = make(id, attempt, core.clock.now_ms());
         core.handler_write(record).map_err(|e| match e {
-            crate::engine::TransitionError::Stale { .. } => ContextError::Stale { id, attempt },
+            // Deleted while its handler ran: the attempt owns nothing any more.
+            crate::engine::TransitionError::Stale { .. }
+            | crate::engine::TransitionError::NotFound(_) => ContextError::Stale { id, attempt },
             other => ContextError::Invalid(other.to_string()),
         })
     }

@@ -306,6 +306,13 @@ impl Waiters {
         self.cv.notify_all();
     }
 
+    /// Wakes every caller in `wait`: the manager stopped, so no task they
+    /// wait for moves again.
+    pub(crate) fn wake_all(&self) {
+        *self.epoch.lock() += 1;
+        self.cv.notify_all();
+    }
+
     /// A caller starts waiting for `id`.
     pub(crate) fn enter(&self, id: TaskId) {
         self.count.fetch_add(1, Ordering::AcqRel);

@@ -66,6 +66,11 @@ impl Store {
         }
     }
 
+    /// Whether the manager stopped and closed its store.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// The log, for a durable manager that is not closed.
     pub(crate) fn log(&self) -> Option<Arc<Log>> {
         self.log.load_full()
@@ -76,7 +81,7 @@ impl Store {
     pub(crate) fn close(&self) -> Result<()> {
         self.closed.store(true, Ordering::Release);
         if let Some(log) = self.log.swap(None) {
-            log.flush()?;
+            log.close()?;
         }
         Ok(())
     }
@@ -156,13 +161,14 @@ impl Store {
         Ok(())
     }
 
-    /// Applies and logs records that must land together (one frame). The first
-    /// record is the one that can be refused; the rest (children) are fresh tasks.
+    /// Applies and logs records that must land together (one frame): a spawn's
+    /// children, then the parent's `Spawn`. Returns each record's effects
+    /// (`None` for one refused), or the refusal when nothing applied.
     pub(crate) fn commit_batch(
         &self,
         shard: &mut Shard,
         batch: Vec<Record>,
-    ) -> Result<(Vec<Applied>, Option<Lsn>)> {
+    ) -> Result<(Vec<Option<Applied>>, Option<Lsn>)> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Stopped);
         }
@@ -176,14 +182,22 @@ impl Store {
             None => None,
         };
         let mut applied = Vec::with_capacity(batch.len());
-        for (i, record) in batch.into_iter().enumerate() {
+        let mut refused = None;
+        for record in batch {
             match shard.apply(record) {
-                Ok(a) => applied.push(a),
-                Err(e) if i == 0 => return Err(e.into()),
-                // I4: later records of a batch are fresh child submissions validated
-                // before the batch was built; replay refuses them the same way.
-                Err(_) => {}
+                Ok(a) => applied.push(Some(a)),
+                // I4: the records of a batch were validated under this shard's
+                // lock before it was built, so none is refused; if one were,
+                // the batch is still logged whole once anything applied, and
+                // replay refuses that record the same way.
+                Err(e) => {
+                    applied.push(None);
+                    refused.get_or_insert(e);
+                }
             }
+        }
+        if let (Some(e), true) = (refused, applied.iter().all(Option::is_none)) {
+            return Err(e.into()); // nothing changed, so nothing is logged
         }
         let lsn = match (guard.as_deref(), bytes) {
             (Some(log), Some(b)) => Some(log.append(&b)?),

@@ -740,7 +740,7 @@ impl Core {
                 (fail, Vec::new())
             }
         };
-        self.commit_outcome(&mut shard, first, rest);
+        self.commit_outcome(&mut shard, first, rest, &job.ctx.inner.reg, w);
     }
 
     fn fail_record(
@@ -763,7 +763,17 @@ impl Core {
         }
     }
 
-    fn commit_outcome(&self, shard: &mut Shard, first: Record, rest: Vec<Record>) {
+    /// Records an attempt's outcome; one too large for the log fails the
+    /// attempt instead, retried with the attempt's registration `reg` and the
+    /// strategy of worker `w`'s pool like any other failure.
+    fn commit_outcome(
+        &self,
+        shard: &mut Shard,
+        first: Record,
+        rest: Vec<Record>,
+        reg: &Registered,
+        w: usize,
+    ) {
         let id = first.task_id();
         let result = if rest.is_empty() {
             // The common case, without a batch's vectors.
@@ -771,13 +781,18 @@ impl Core {
                 .commit(shard, first)
                 .map(|(a, mut lsn)| self.settle(shard, id, a, &mut lsn))
         } else {
-            let batch: Vec<Record> = std::iter::once(first).chain(rest).collect();
+            // The children first: their `task_created` events come before the
+            // parent's `task_subtasks_created` that names them (SPEC §5, and
+            // fib-flow's order), as events sort by (time, id).
+            let batch: Vec<Record> = rest.into_iter().chain(std::iter::once(first)).collect();
             let ids: Vec<TaskId> = batch.iter().map(Record::task_id).collect();
             self.store
                 .commit_batch(shard, batch)
                 .map(|(applied, mut lsn)| {
                     for (a, id) in applied.into_iter().zip(ids) {
-                        self.settle(shard, id, a, &mut lsn);
+                        if let Some(a) = a {
+                            self.settle(shard, id, a, &mut lsn);
+                        }
                     }
                 })
         };
@@ -794,7 +809,7 @@ impl Core {
                 );
                 let id = e_task.task.id;
                 let record =
-                    self.fail_record(e_task, None, usize::MAX, error, FailKind::Error, self.now());
+                    self.fail_record(e_task, Some(reg), w, error, FailKind::Error, self.now());
                 if let Ok((a, mut lsn)) = self.store.commit(shard, record) {
                     self.settle(shard, id, a, &mut lsn);
                 }
@@ -918,7 +933,7 @@ impl Core {
                 .position(|x| Some(&x.name) == worker.as_ref())
                 .unwrap_or(usize::MAX);
             let record = self.fail_record(e, Some(&inner.reg), w, error, kind, now);
-            self.commit_outcome(&mut shard, record, Vec::new());
+            self.commit_outcome(&mut shard, record, Vec::new(), &inner.reg, w);
             ctl.cancel(if kind == FailKind::TimeoutTotal { 1 } else { 2 });
         }
         // After the shard's lock, as on a pause; the worker does not free the
