@@ -810,7 +810,14 @@ impl CrashTest {
         S: Fn(&TaskManager) -> SR,
         SR: StepResult,
     {
-        let kills = env_number(ENV_KILLS)?.map_or(self.kills, |n| n as u32);
+        let kills = match env_number(ENV_KILLS)? {
+            None => self.kills,
+            // More kills than a u32 holds is a mistake, not a request for none.
+            Some(n) => u32::try_from(n).map_err(|_| CrashTestError::BadEnv {
+                var: ENV_KILLS,
+                value: n.to_string(),
+            })?,
+        };
         let seed = env_number(ENV_SEED)?.unwrap_or(self.seed);
         let (root, owned) = self.prepare_root(seed)?;
         let log_dir = root.join("log");

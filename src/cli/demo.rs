@@ -288,8 +288,10 @@ pub fn run(a: &DemoArgs) -> CliResult {
     let outcome = settle(&mgr, &ids)?;
     let elapsed = started.elapsed();
     progress.finish();
-    let counts = mgr.count_by_status();
+    // After the stop: the workers may still be running other tasks of the
+    // directory, and the report is the state the run leaves behind.
     mgr.stop(Duration::from_secs(10))?;
+    let counts = mgr.count_by_status();
     report(a, &outcome, &counts, elapsed, preexisting, open_ms)?;
     let ok = outcome.completed + outcome.failed == a.tasks && outcome.failed == 0;
     Ok(if ok {

@@ -187,6 +187,14 @@ fn inspect_workflow(mgr: &TaskManager, root: TaskId, json_out: bool) -> CliResul
     if tasks.is_empty() {
         return Err(fibflow::Error::NotFound(root).into());
     }
+    // A child's descendants carry the real root's id: shown from a child, the
+    // tree and the summary would leave them out.
+    if let Some(real) = tasks.iter().find(|t| t.id == root).and_then(|t| t.root_id) {
+        return Err(format!(
+            "task {root} is not a workflow root; its workflow is --workflow {real}"
+        )
+        .into());
+    }
     let summary = mgr.workflow_summary(root)?;
     let mut children: std::collections::BTreeMap<Option<TaskId>, Vec<&Task>> =
         std::collections::BTreeMap::new();
